@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first, pinned: this pair installs from the build machines' disk; on a GPU box use environment.yml.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv demo test lint clean-demo
+
+$(BIN)/amc: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(BIN)/amc
+
+venv: $(BIN)/amc
+
+demo: venv
+	$(BIN)/snakemake --snakefile Snakefile --configfile config/demo.yaml --cores 2 --resources gpu=0 --printshellcmds all
+	@$(BIN)/python -m amc.report.where --config config/demo.yaml
+
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check amc baselines tests
+	$(BIN)/ruff format --check amc baselines tests
+
+clean-demo:
+	rm -rf results/demo data/demo

@@ -1,0 +1,65 @@
+"""The ``amc`` command: one subcommand per module, imported only when used.
+
+Each module listed in :data:`COMMANDS` exposes ``configure_parser(parser)`` and
+``run(args) -> int``. Keeping the imports lazy makes ``amc --help`` instant and
+lets a subcommand's heavy dependencies (torch, snakemake) load only when needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from amc.io import AmcError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("amc.synth", "generate the synthetic grounding benchmark in the real datasets' raw formats"),
+    "prepare": ("amc.data.prepare", "read a raw dataset (vg, flickr30k, refcoco+) into grounding records (JSONL)"),
+    "pretrain": ("amc.train", "pretrain an ALBEF-shaped model from random weights (the demo's ALBEF.pth)"),
+    "train": ("amc.train", "fine-tune a method (AMC, its ablations, baselines) from a checkpoint"),
+    "evaluate": ("amc.evaluate", "pointing accuracy of a checkpoint on grounding records"),
+    "gradcam": ("amc.gradcam_cli", "one GradCAM heatmap (and overlay) for an image and a text"),
+    "download": ("amc.download", "download and verify datasets and checkpoints from the manifest"),
+    "report": ("amc.report.cli", "tables (Table 1, ablation) and figures from results/<run>"),
+    "bench": ("amc.bench", "measure training and evaluation throughput against the released code's path"),
+    "gpu-run": ("amc.gpu", "run a command on a free GPU (one lock per device)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amc", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = build_parser()
+    # Parse only the global options and the command name; the command parses the rest.
+    global_args, rest = top.parse_known_args(argv)
+    if global_args.command is None:
+        top.print_help()
+        return 0
+    logging.basicConfig(
+        level=logging.DEBUG if global_args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    module_name, help_text = COMMANDS[global_args.command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"amc {global_args.command}", description=help_text)
+    module.configure_parser(parser)
+    args = parser.parse_args(rest)
+    args.command = global_args.command  # lets one module serve two commands (pretrain, train)
+    try:
+        return int(module.run(args) or 0)
+    except AmcError as error:
+        logging.getLogger("amc").error("%s", error)
+        return 2
+
