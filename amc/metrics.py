@@ -1,0 +1,91 @@
+"""Pointing accuracy, the miss decomposition and ALBEF's box metric.
+
+The pointing protocol of method.md: the GradCAM map at grid resolution is
+upsampled to the ORIGINAL image size with bicubic interpolation
+(``align_corners=False``), the point is the first maximum in row-major order,
+and a case is a hit when the point lies STRICTLY inside any of its boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+Box = Sequence[float]
+
+
+def upsample_heatmap(heatmap: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bicubic upsampling of a ``[h, w]`` map to ``[height, width]`` (align_corners=False)."""
+    if heatmap.ndim != 2:
+        raise ValueError(f"heatmap must be [h, w], got shape {tuple(heatmap.shape)}")
+    grid = heatmap.detach().float()[None, None]
+    return F.interpolate(grid, size=(int(height), int(width)), mode="bicubic", align_corners=False)[0, 0]
+
+
+def argmax_point(upsampled: torch.Tensor) -> tuple[int, int]:
+    """(x, y) of the first maximum of a ``[H, W]`` map in row-major order."""
+    flat_index = int(torch.argmax(upsampled.reshape(-1)))  # torch returns the first maximal index
+    y, x = divmod(flat_index, upsampled.shape[1])
+    return x, y
+
+
+def pointing_point(heatmap: torch.Tensor, height: int, width: int) -> tuple[int, int]:
+    """The predicted point ``(x, y)`` in integer pixels of the original image."""
+    return argmax_point(upsample_heatmap(torch.as_tensor(heatmap), height, width))
+
+
+def point_in_box(point: tuple[float, float], box: Box) -> bool:
+    x, y = point
+    x1, y1, x2, y2 = box
+    return x1 < x < x2 and y1 < y < y2
+
+
+def pointing_hit(point: tuple[float, float], boxes: Sequence[Box]) -> bool:
+    """True when the point lies strictly inside any ``[x1, y1, x2, y2]`` box."""
+    return any(point_in_box(point, box) for box in boxes)
+
+
+def classify_miss(point: tuple[float, float], boxes: Sequence[Box], other_boxes: Sequence[Box]) -> str | None:
+    """None for a hit; ``"other_object"`` when a miss falls inside another annotated
+    object of the image (a wrong choice); ``"background"`` when it falls on no object
+    (this includes the border of the target box itself, which is not strictly inside)."""
+    if pointing_hit(point, boxes):
+        return None
+    if pointing_hit(point, other_boxes):
+        return "other_object"
+    return "background"
+
+
+def box_iou(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def best_proposal(
+    upsampled: torch.Tensor, proposals_xywh: Sequence[Box], alpha: float = 0.5
+) -> list[float] | None:
+    """ALBEF's box metric: rank detector proposals (COCO xywh) by the heatmap mass
+    inside each box divided by ``area ** alpha``; return the best as xyxy.
+
+    Integer slicing as in ALBEF's ``grounding_eval`` (``mask[int(y):int(y+h), int(x):int(x+w)]``).
+    """
+    best, best_score = None, -float("inf")
+    for x, y, w, h in proposals_xywh:
+        area = w * h
+        if area <= 0:
+            continue
+        score = float(upsampled[int(y) : int(y + h), int(x) : int(x + w)].sum()) / area**alpha
+        if score > best_score:
+            best, best_score = [x, y, x + w, y + h], score
+    return best
+
+
+def box_hit(upsampled: torch.Tensor, proposals_xywh: Sequence[Box], gt_box: Box, alpha: float = 0.5) -> bool:
+    """Hit when the best-ranked proposal has IoU >= 0.5 with the ground-truth box (xyxy)."""
+    best = best_proposal(upsampled, proposals_xywh, alpha)
+    return best is not None and box_iou(best, gt_box) >= 0.5

@@ -1,0 +1,71 @@
+"""The pointing metric against a slow per-pixel reference written from method.md."""
+
+import numpy as np
+import pytest
+import torch
+
+from amc.metrics import best_proposal, box_hit, box_iou, classify_miss, pointing_hit, pointing_point
+
+
+def _reference_point(heatmap: np.ndarray, height: int, width: int) -> tuple[int, int]:
+    up = torch.nn.functional.interpolate(
+        torch.tensor(heatmap, dtype=torch.float32)[None, None],
+        size=(height, width),
+        mode="bicubic",
+        align_corners=False,
+    )[0, 0].numpy()
+    best, best_xy = -np.inf, None
+    for y in range(height):  # row-major scan, first maximum wins
+        for x in range(width):
+            if up[y, x] > best:
+                best, best_xy = up[y, x], (x, y)
+    return best_xy
+
+
+@pytest.mark.parametrize(
+    "shape,size", [((12, 12), (120, 97)), ((16, 16), (333, 500)), ((24, 24), (100, 150))]
+)
+def test_point_matches_reference(shape, size):
+    rng = np.random.default_rng(0)
+    heatmap = rng.random(shape).astype(np.float32)
+    height, width = size
+    assert pointing_point(torch.tensor(heatmap), height, width) == _reference_point(heatmap, height, width)
+
+
+def test_first_maximum_wins_on_ties():
+    heatmap = torch.zeros(4, 4)
+    point = pointing_point(heatmap, 8, 8)  # all equal: the very first pixel
+    assert point == (0, 0)
+
+
+def test_point_lands_on_the_peak_in_original_coordinates():
+    heatmap = torch.zeros(10, 10)
+    heatmap[2, 7] = 1.0  # row 2, column 7 -> x ~ 7.5/10*W, y ~ 2.5/10*H
+    x, y = pointing_point(heatmap, 200, 400)
+    assert abs(x - 300) <= 20 and abs(y - 50) <= 10
+
+
+def test_hit_is_strictly_inside_any_box():
+    boxes = [[10, 10, 20, 20], [50, 50, 60, 60]]
+    assert pointing_hit((15, 15), boxes)
+    assert pointing_hit((55, 59), boxes)
+    assert not pointing_hit((10, 15), boxes)  # on the left edge
+    assert not pointing_hit((20, 15), boxes)  # on the right edge
+    assert not pointing_hit((30, 30), boxes)
+
+
+def test_miss_decomposition():
+    target, others = [[10, 10, 20, 20]], [[30, 30, 40, 40]]
+    assert classify_miss((15, 15), target, others) is None
+    assert classify_miss((35, 35), target, others) == "other_object"
+    assert classify_miss((5, 5), target, others) == "background"
+
+
+def test_box_metric_ranks_by_mass_over_sqrt_area():
+    heat = torch.zeros(100, 100)
+    heat[20:40, 20:40] = 1.0
+    proposals = [[0, 0, 100, 100], [20, 20, 20, 20], [60, 60, 10, 10]]
+    assert best_proposal(heat, proposals) == [20, 20, 40, 40]
+    assert box_hit(heat, proposals, [21, 21, 41, 41])
+    assert not box_hit(heat, proposals, [60, 60, 70, 70])
+    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
