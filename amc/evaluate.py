@@ -1,0 +1,318 @@
+"""``amc evaluate``: pointing accuracy of a checkpoint on grounding records.
+
+The protocol of method.md: the model in eval mode, images resized to a square
+(no crop) at the benchmark's resolution, GradCAM of the ITM score from the
+cross-attention of the GradCAM layer, the map upsampled bicubically to the
+original image size, the first maximum as the point, a hit when strictly
+inside any of the case's boxes.
+
+Fast by design: each image is encoded once, under ``torch.no_grad``, for all of
+its phrases; the backward pass that makes GradCAM runs through the fusion layers
+only; a batch of phrases mixes phrases of several images (``image_index`` maps
+each phrase to its image).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import subprocess
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from amc.io import AmcError, DataError, atomic_write_json, sha256_file
+from amc.metrics import argmax_point, box_hit, classify_miss, upsample_heatmap
+from amc.records import Record, load_records
+
+log = logging.getLogger(__name__)
+
+# Words kept by ALBEF's pre_caption at evaluation (method.md).
+MAX_WORDS = {"flickr30k": 50, "refcoco+": 30}
+DEFAULT_MAX_WORDS = 30
+
+
+@dataclass
+class CaseResult:
+    id: str
+    point: list[int]
+    hit: bool
+    miss: str | None
+    category: str | None = None
+    box_hit: bool | None = None
+
+
+@dataclass
+class EvaluationResult:
+    summary: dict
+    cases: list[CaseResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"summary": self.summary, "cases": [vars(c) for c in self.cases]}
+
+
+class _ImageSet(torch.utils.data.Dataset):
+    """Unique images of the records, each loaded and transformed once."""
+
+    def __init__(self, paths: list[str], transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB"))
+
+
+def _code_version() -> str:
+    import amc
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"amc {amc.__version__}" + (f" ({sha})" if sha else "")
+
+
+def _load_proposals(path: str | None) -> dict[str, list]:
+    """Detector proposals per image id (MAttNet's file as ALBEF uses it: {image_id: [[x, y, w, h, ...], ...]})."""
+    if not path:
+        return {}
+    from amc.io import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a mapping image_id -> list of [x, y, w, h] boxes")
+    return {str(k): [list(map(float, b[:4])) for b in v] for k, v in data.items()}
+
+
+@torch.no_grad()
+def _encode_images(model, images: torch.Tensor) -> torch.Tensor:
+    return model.encode_image(images).detach()
+
+
+def evaluate(
+    model,
+    tokenizer,
+    records: list[Record],
+    *,
+    image_res: int,
+    max_words: int,
+    device: torch.device,
+    images_per_batch: int = 16,
+    phrases_per_batch: int = 64,
+    num_workers: int = 2,
+    proposals: dict[str, list] | None = None,
+    on_heatmap=None,
+) -> tuple[list[CaseResult], Counter]:
+    """Evaluate ``records``; returns the per-case results and the skipped counts by reason.
+
+    ``on_heatmap(record, heatmap)`` is called with each grid-resolution map (for figures).
+    """
+    from tqdm import tqdm
+
+    from amc.data.transforms import EvalTransform
+    from amc.gradcam import gradcam_eval
+    from amc.models.tokenizer import pre_caption
+
+    by_image: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        by_image[record.image].append(record)
+    paths = list(by_image)
+    loader = torch.utils.data.DataLoader(
+        _ImageSet(paths, EvalTransform(image_res)),
+        batch_size=images_per_batch,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    model.eval()
+    cases: list[CaseResult] = []
+    skipped: Counter = Counter()
+    progress = tqdm(total=len(records), desc="evaluate", unit="case", mininterval=5.0)
+    for batch_number, images in enumerate(loader):
+        batch_paths = paths[batch_number * images_per_batch : (batch_number + 1) * images_per_batch]
+        image_embeds = _encode_images(model, images.to(device, non_blocking=True))
+        phrases = [(i, r) for i, p in enumerate(batch_paths) for r in by_image[p]]
+        for start in range(0, len(phrases), phrases_per_batch):
+            chunk = phrases[start : start + phrases_per_batch]
+            texts = [pre_caption(r.phrase, max_words) for _, r in chunk]
+            if any(not t for t in texts):
+                for (_, r), t in zip(chunk, texts, strict=True):
+                    if not t:
+                        skipped["phrase empty after clean-up"] += 1
+                        log.warning("%s: phrase %r is empty after clean-up; skipped", r.id, r.phrase)
+                chunk = [(i, r) for (i, r), t in zip(chunk, texts, strict=True) if t]
+                texts = [t for t in texts if t]
+                if not chunk:
+                    continue
+            tokens = tokenizer(texts, max_length=max_words + 1)
+            image_index = torch.tensor([i for i, _ in chunk], device=device)
+            heatmaps = gradcam_eval(
+                model,
+                image_embeds,
+                tokens.input_ids.to(device),
+                tokens.attention_mask.to(device),
+                image_index=image_index,
+            ).float().cpu()
+            for (_, record), heatmap in zip(chunk, heatmaps, strict=True):
+                cases.append(_score(record, heatmap, proposals))
+                if on_heatmap is not None:
+                    on_heatmap(record, heatmap)
+            progress.update(len(chunk))
+    progress.close()
+    return cases, skipped
+
+
+def _score(record: Record, heatmap: torch.Tensor, proposals: dict[str, list] | None) -> CaseResult:
+    upsampled = upsample_heatmap(heatmap, record.height, record.width)
+    point = argmax_point(upsampled)
+    miss = classify_miss(point, record.boxes, record.other_boxes)
+    result = CaseResult(id=record.id, point=list(point), hit=miss is None, miss=miss, category=record.category)
+    if proposals:
+        image_proposals = proposals.get(str(record.image_id), [])
+        result.box_hit = box_hit(upsampled, image_proposals, record.boxes[0]) if image_proposals else False
+    return result
+
+
+def check_images(records: list[Record], skip_missing: bool) -> tuple[list[Record], Counter]:
+    """Missing images are an error naming the record, or skipped and counted with ``skip_missing``."""
+    kept, skipped = [], Counter()
+    for record in records:
+        if Path(record.image).is_file():
+            kept.append(record)
+        elif skip_missing:
+            skipped["image missing"] += 1
+        else:
+            raise DataError(
+                f"record {record.id}: image {record.image} not found "
+                "(pass --skip-missing-images to count such cases as skipped)"
+            )
+    if skipped:
+        log.warning("%d cases skipped: image missing", skipped["image missing"])
+    return kept, skipped
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="ALBEF.pth, refcoco.pth, an AMC checkpoint, or ours")
+    parser.add_argument("--model-config", required=True, help="model configuration YAML (config/models/)")
+    parser.add_argument("--vocab", required=True, help="folder with vocab.txt, or the file")
+    parser.add_argument("--records", required=True, help="records JSONL from amc prepare")
+    parser.add_argument("--benchmark", required=True, help="flickr30k, refcoco+ (decides the word limit)")
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--out", required=True, help="result JSON (summary + every case)")
+    parser.add_argument("--image-res", type=int, help="evaluation resolution (paper: 256 Flickr30k, 384 RefCOCO+)")
+    parser.add_argument("--max-words", type=int, help="words kept by pre_caption (default: per benchmark)")
+    parser.add_argument("--method", default=None, help="method name recorded in the summary")
+    parser.add_argument("--seed", type=int, default=None, help="training seed recorded in the summary")
+    parser.add_argument("--proposals", help="detector proposals JSON for the optional box metric")
+    parser.add_argument("--heatmaps", help="also save every grid-resolution heatmap to this .npz")
+    parser.add_argument("--images-per-batch", type=int, default=16)
+    parser.add_argument("--phrases-per-batch", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--limit", type=int, help="evaluate only the first N records (quick checks)")
+    parser.add_argument("--skip-missing-images", action="store_true", help="count missing images as skipped")
+    parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from amc.models.checkpoint import load_model
+    from amc.models.config import ModelConfig
+    from amc.models.tokenizer import load_tokenizer
+
+    records = load_records(args.records)
+    if args.limit:
+        records = records[: args.limit]
+    records, skipped = check_images(records, args.skip_missing_images)
+    if not records:
+        raise DataError(f"{args.records}: no case left to evaluate")
+
+    model_config = ModelConfig.from_file(args.model_config)
+    if args.image_res:
+        model_config.image_res = args.image_res
+    tokenizer = load_tokenizer(args.vocab)
+    if tokenizer.vocab_size != model_config.text.vocab_size:
+        raise AmcError(
+            f"{args.vocab}: {tokenizer.vocab_size} tokens, but {args.model_config} declares "
+            f"vocab_size {model_config.text.vocab_size}"
+        )
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(args.checkpoint, model_config, purpose="eval").to(device).eval()
+    max_words = args.max_words or MAX_WORDS.get(args.benchmark, DEFAULT_MAX_WORDS)
+
+    heatmaps: dict[str, np.ndarray] = {}
+    cases, more_skipped = evaluate(
+        model,
+        tokenizer,
+        records,
+        image_res=model_config.image_res,
+        max_words=max_words,
+        device=device,
+        images_per_batch=args.images_per_batch,
+        phrases_per_batch=args.phrases_per_batch,
+        num_workers=args.num_workers,
+        proposals=_load_proposals(args.proposals),
+        on_heatmap=(lambda r, h: heatmaps.__setitem__(r.id, h.numpy())) if args.heatmaps else None,
+    )
+    skipped.update(more_skipped)
+    hits = sum(c.hit for c in cases)
+    summary = {
+        "benchmark": args.benchmark,
+        "split": args.split,
+        "method": args.method,
+        "seed": args.seed,
+        "accuracy": hits / len(cases) if cases else 0.0,
+        "n_cases": len(cases),
+        "n_hits": hits,
+        "skipped": dict(skipped),
+        "misses": dict(Counter(c.miss for c in cases if c.miss)),
+        "image_res": model_config.image_res,
+        "max_words": max_words,
+        "records": str(args.records),
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_sha256": sha256_file(args.checkpoint),
+        "model_config": model_config.to_dict(),
+        "code_version": _code_version(),
+        "device": str(device),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    if args.proposals:
+        summary["box_accuracy"] = sum(bool(c.box_hit) for c in cases) / len(cases)
+    if args.heatmaps:
+        from amc.io import atomic_write
+
+        with atomic_write(args.heatmaps, "wb") as handle:
+            np.savez_compressed(handle, **heatmaps)
+    atomic_write_json(args.out, EvaluationResult(summary, cases).to_dict(), indent=None)
+    log.info(
+        "%s %s: pointing accuracy %.2f%% on %d cases (%d skipped) -> %s",
+        args.benchmark,
+        args.split,
+        100 * summary["accuracy"],
+        len(cases),
+        sum(skipped.values()),
+        args.out,
+    )
+    return 0
+
+
+def load_result(path: str) -> EvaluationResult:
+    """Read a result file written by ``amc evaluate``."""
+    from amc.io import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict) or "summary" not in data or "cases" not in data:
+        raise DataError(f"{path}: not an amc evaluate result (needs 'summary' and 'cases')")
+    return EvaluationResult(data["summary"], [CaseResult(**c) for c in data["cases"]])
+

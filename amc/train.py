@@ -1,0 +1,563 @@
+"""``amc train`` and ``amc pretrain``: one training loop for fine-tuning and for the demo's pretraining.
+
+Read top to bottom: the run configuration (defaults, file, ``key=value``
+overrides), the data, the model and its objectives, the optimiser and
+schedule, then the loop. Pretraining is the same loop from random weights on
+captions with the ALBEF objectives only.
+
+Faithful to the released code (AMC-grounding ``Pretrain.py``): AdamW with weight
+decay off for biases and 1-D parameters, cosine schedule with warm-up, alpha
+ramped linearly over the first epoch, momentum update at every forward, queues
+filled with momentum features gathered across processes. Differences, each for a
+reason: the schedule is stepped per optimiser step instead of per epoch (the same
+curve, smoother), gradient accumulation is available, and one process without
+``torch.distributed`` works.
+
+Resuming is exact: the data order is a function of (seed, epoch), each sample's
+augmentation of (seed, epoch, index), and the random state of every micro-step
+(dropout, hard negatives, MLM masking) of (seed, micro-step, rank), so a run
+killed and resumed from its last checkpoint ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from amc.io import AmcError, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "model_config": None,
+    "vocab": None,
+    "init_checkpoint": None,
+    "data": {
+        "kind": "records",
+        "path": None,
+        "image_res": 256,
+        "mask_size": 256,
+        "max_words": 30,
+        "max_tokens": 25,
+        "augment": {
+            "hflip": 0.5,
+            "grayscale": 0.2,
+            "color_jitter": [0.4, 0.4, 0.4, 0.4],
+            "color_jitter_p": 0.5,
+            "swap_left_right": False,
+        },
+    },
+    "method": {
+        "name": "amc",
+        "objectives": {
+            "itc": {"weight": 1.0},
+            "itm": {"weight": 1.0},
+            "mlm": {"weight": 1.0, "probability": 0.15},
+            "amc": {"delta_mean": 0.1, "delta_max": 0.5, "weight_mean": 0.2, "weight_max": 0.8},
+        },
+    },
+    "optim": {
+        "lr": 1.0e-5,
+        "min_lr": 1.0e-6,
+        "weight_decay": 0.02,
+        "warmup_steps": 100,
+        "epochs": 30,
+        "max_steps": None,
+        "batch_size": 64,
+        "grad_accum": 1,
+    },
+    "alpha": 0.4,
+    "seed": 0,
+    "num_workers": 2,
+    "log_every": 10,
+    "save_every_steps": None,
+    "precision": "auto",
+}
+
+# Sections whose keys are free-form (any registered objective, any hyperparameter).
+FREE_FORM = ("method.objectives",)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _is_free_form(dotted: str) -> bool:
+    return any(dotted.startswith(section + ".") for section in FREE_FORM)
+
+
+def _set_dotted(config: dict, dotted: str, value: Any, source: str) -> None:
+    """Set ``a.b.c`` in ``config``; unknown keys are errors outside the free-form sections."""
+    *parents, last = dotted.split(".")
+    node = config
+    for depth, key in enumerate(parents):
+        if node.get(key) is None:
+            if key not in node and not _is_free_form(".".join(parents[: depth + 1])):
+                raise AmcError(f"{source}: unknown configuration key {dotted!r}")
+            node[key] = {}
+        node = node[key]
+        if not isinstance(node, dict):
+            raise AmcError(f"{source}: {'.'.join(parents[: depth + 1])!r} is a value, not a section")
+    if last not in node and not _is_free_form(dotted):
+        raise AmcError(f"{source}: unknown configuration key {dotted!r}")
+    node[last] = value
+
+
+def _merge(config: dict, update: dict, source: str, prefix: str = "") -> None:
+    """Merge a loaded YAML mapping into ``config`` key by key, with the same checks as overrides."""
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if dotted in FREE_FORM:
+            _set_dotted(config, dotted, copy.deepcopy(value), source)  # a method's objectives replace the defaults
+        elif isinstance(value, dict) and not _is_free_form(dotted):
+            _merge(config, value, source, dotted + ".")
+        else:
+            _set_dotted(config, dotted, value, source)
+
+
+def load_run_config(path: str | None, overrides: list[str] = ()) -> dict:
+    """Defaults, then the YAML file, then ``dotted.key=value`` overrides (values parsed as YAML)."""
+    config = copy.deepcopy(DEFAULTS)
+    if path:
+        if not Path(path).is_file():
+            raise AmcError(f"{path}: run configuration not found")
+        with open(path, encoding="utf-8") as handle:
+            try:
+                loaded = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as error:
+                raise AmcError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(loaded, dict):
+            raise AmcError(f"{path}: expected a mapping at the top level")
+        _merge(config, loaded, path)
+    for item in overrides:
+        if "=" not in item:
+            raise AmcError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(config, key.strip(), yaml.safe_load(raw), "command line")
+    for required in ("model_config", "vocab"):
+        if not config[required]:
+            raise AmcError(f"run configuration: {required!r} is required")
+    if not config["data"]["path"]:
+        raise AmcError("run configuration: 'data.path' is required")
+    if config["data"]["kind"] not in ("records", "captions"):
+        raise AmcError(f"run configuration: data.kind must be 'records' or 'captions', not {config['data']['kind']!r}")
+    return config
+
+
+# --------------------------------------------------------------------------- processes and devices
+
+
+@dataclass
+class Processes:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_processes() -> Processes:
+    """torch.distributed when launched by torchrun (WORLD_SIZE set), else one plain process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            device, backend = torch.device("cuda", local_rank), "nccl"
+        else:
+            device, backend = torch.device("cpu"), "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        return Processes(dist.get_rank(), dist.get_world_size(), device)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return Processes(0, 1, device)
+
+
+def step_seed(seed: int, micro_step: int, rank: int) -> int:
+    return (seed * 1_000_003 + micro_step * 1_009 + rank * 7_919) % (2**63 - 1)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation that depends only on (seed, epoch), sharded across ranks, resumable mid-epoch."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = size // (batch_size * world_size)  # drop the last partial batch
+        if self.batches_per_epoch == 0:
+            raise AmcError(
+                f"{size} training samples are fewer than one global batch "
+                f"({batch_size} x {world_size} processes); lower optim.batch_size"
+            )
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        per_rank = self.batches_per_epoch * self.batch_size
+        mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        return iter(mine[self.start_batch * self.batch_size :].tolist())
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def build_dataset(config: dict):
+    from amc.data.datasets import CaptionDataset, PhraseBoxDataset, load_captions
+    from amc.data.transforms import TrainTransform
+    from amc.records import load_records
+
+    data = config["data"]
+    augment = data["augment"]
+    transform = TrainTransform(
+        image_res=data["image_res"],
+        mask_size=data["mask_size"],
+        hflip_p=augment["hflip"],
+        grayscale_p=augment["grayscale"],
+        color_jitter=tuple(augment["color_jitter"]),
+        color_jitter_p=augment["color_jitter_p"],
+        swap_left_right=augment["swap_left_right"],
+    )
+    if data["kind"] == "records":
+        return PhraseBoxDataset(load_records(data["path"]), transform, seed=config["seed"])
+    path = Path(data["path"])
+    return CaptionDataset(load_captions(path), root=path.parent, transform=transform, seed=config["seed"])
+
+
+def collate(samples: list[dict]) -> dict:
+    batch = {"image": torch.stack([s["image"] for s in samples]), "text": [s["text"] for s in samples]}
+    if "mask" in samples[0]:
+        batch["box_mask"] = torch.stack([s["mask"] for s in samples])
+    return batch
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+def build_optimizer(model: nn.Module, optim: dict, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and 1-D parameters (LayerNorm, temperature), as released."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": optim["weight_decay"]},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=optim["lr"], fused=fused)
+
+
+def lr_at(step: int, total_steps: int, optim: dict) -> float:
+    """Linear warm-up to lr, then cosine to min_lr at the last step."""
+    lr, min_lr, warmup = optim["lr"], optim["min_lr"], optim["warmup_steps"]
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# --------------------------------------------------------------------------- the step
+
+
+class TrainingStep(nn.Module):
+    """The model and its objectives as one module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: nn.Module, objectives: list, special_ids: dict[str, int]):
+        super().__init__()
+        self.model = model
+        self.objectives = objectives
+        self.special_ids = special_ids
+        self.needs_gradcam = any(o.needs_gradcam for o in objectives)
+
+    def forward(self, batch, alpha: float, generator: torch.Generator):
+        from amc.objectives import StepContext
+
+        with torch.no_grad():
+            self.model.momentum_update()
+        ctx = StepContext(self.model, batch, alpha, generator, self.needs_gradcam, self.special_ids)
+        total, logs = 0.0, {}
+        for objective in self.objectives:
+            out = objective(ctx)
+            total = total + out.loss
+            logs.update(out.logs)
+        if "momentum" in ctx.__dict__:  # the momentum features were used: push them into the queues
+            # (the model gathers them across processes, as the released concat_all_gather)
+            self.model.dequeue_and_enqueue(ctx.momentum.image_feat, ctx.momentum.text_feat)
+        return total, logs
+
+
+def to_train_batch(raw: dict, tokenizer, config: dict, device: torch.device):
+    from amc.models.tokenizer import pre_caption
+    from amc.objectives import TrainBatch
+
+    texts = [pre_caption(t, config["data"]["max_words"]) for t in raw["text"]]
+    tokens = tokenizer(texts, max_length=config["data"]["max_tokens"])
+    box_mask = raw.get("box_mask")
+    return TrainBatch(
+        image=raw["image"].to(device, non_blocking=True),
+        input_ids=tokens.input_ids.to(device),
+        attention_mask=tokens.attention_mask.to(device),
+        box_mask=None if box_mask is None else box_mask.to(device, non_blocking=True),
+        has_box=None if box_mask is None else torch.ones(len(texts), dtype=torch.bool),
+        texts=texts,
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints and metrics
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop metric lines logged after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_checkpoint: Path
+    last_metrics: dict
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, metrics_path: str | None = None) -> TrainResult:
+    from amc.models.albef import ALBEF
+    from amc.models.checkpoint import load_model, load_state_dict_file, save_checkpoint
+    from amc.models.config import ModelConfig
+    from amc.models.tokenizer import load_tokenizer
+    from amc.objectives import build_objectives
+
+    out_dir = Path(out_dir)
+    procs = setup_processes()
+    if procs.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.resolved.yaml", yaml.safe_dump(config, sort_keys=False))
+    metrics_file = Path(metrics_path) if metrics_path else out_dir / "metrics.jsonl"
+    last_path, final_path = out_dir / "checkpoint_last.pt", out_dir / "checkpoint_final.pt"
+    seed, optim = config["seed"], config["optim"]
+    torch.manual_seed(seed)
+
+    # Model, tokenizer and objectives.
+    model_config = ModelConfig.from_file(config["model_config"])
+    model_config.image_res = config["data"]["image_res"]
+    tokenizer = load_tokenizer(config["vocab"])
+    if tokenizer.vocab_size != model_config.text.vocab_size:
+        raise AmcError(
+            f"{config['vocab']}: the vocabulary has {tokenizer.vocab_size} tokens but "
+            f"{config['model_config']} declares vocab_size {model_config.text.vocab_size}"
+        )
+    if config["init_checkpoint"]:
+        model = load_model(config["init_checkpoint"], model_config, purpose="train")
+    else:
+        model = ALBEF(model_config)
+        model.copy_params()
+    model.to(procs.device).train()
+    objectives = build_objectives(config["method"]["objectives"])
+    for objective in objectives:
+        objective.setup(model)
+    if any(o.needs_boxes for o in objectives) and config["data"]["kind"] != "records":
+        raise AmcError(f"method {config['method']['name']!r} needs boxes: set data.kind to 'records'")
+    special_ids = {"pad": tokenizer.pad_token_id, "cls": tokenizer.cls_token_id, "mask": tokenizer.mask_token_id}
+    step_module: nn.Module = TrainingStep(model, objectives, special_ids)
+    if procs.world_size > 1:
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module,
+            device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
+            find_unused_parameters=True,  # objectives switched off leave heads unused
+            broadcast_buffers=False,  # queues are filled from gathered features: identical on every rank
+        )
+
+    # Data.
+    dataset = build_dataset(config)
+    sampler = EpochSampler(len(dataset), optim["batch_size"], seed, procs.rank, procs.world_size)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=optim["batch_size"],
+        sampler=sampler,
+        num_workers=config["num_workers"],
+        collate_fn=collate,
+        pin_memory=procs.device.type == "cuda",
+        drop_last=True,
+        persistent_workers=False,
+    )
+    accum = optim["grad_accum"]
+    steps_per_epoch = sampler.batches_per_epoch // accum
+    if steps_per_epoch == 0:
+        raise AmcError(f"one epoch has {sampler.batches_per_epoch} batches, fewer than grad_accum={accum}")
+    total_steps = optim["epochs"] * steps_per_epoch
+    if optim["max_steps"]:
+        total_steps = min(total_steps, optim["max_steps"])
+
+    optimizer = build_optimizer(model, optim, procs.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_at(step, total_steps, optim) / optim["lr"]
+    )
+
+    # Resume from the newest checkpoint of this run.
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if resume and final_path.exists():
+        log.info("%s exists: the run is complete, nothing to resume", final_path)
+        return TrainResult(step, final_path, {})
+    if resume and last_path.exists():
+        state = load_state_dict_file(last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", last_path, step, epoch, batch_in_epoch)
+        if procs.is_main:
+            _trim_metrics(metrics_file, step)
+    elif procs.is_main and metrics_file.exists():
+        metrics_file.unlink()
+
+    def save_last(next_epoch: int, next_batch: int) -> None:
+        if procs.is_main:
+            save_checkpoint(
+                last_path,
+                model,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                step=step,
+                epoch=next_epoch,
+                batch_in_epoch=next_batch,
+                run_config=config,
+            )
+        if procs.world_size > 1:
+            dist.barrier()
+
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if procs.device.type == "cuda" and config["precision"] in ("auto", "bf16")
+        else contextlib.nullcontext()
+    )
+    progress = _progress_bar(procs.is_main, total_steps, step, config["method"]["name"])
+    window_start, window_pairs, last_logs = time.perf_counter(), 0, {}
+    global_batch = optim["batch_size"] * accum * procs.world_size
+
+    while step < total_steps:
+        sampler.set_epoch(epoch, batch_in_epoch)
+        dataset.set_epoch(epoch)
+        micro = 0
+        for micro, raw in enumerate(loader, start=batch_in_epoch):
+            micro_step = epoch * sampler.batches_per_epoch + micro
+            torch.manual_seed(step_seed(seed, micro_step, procs.rank))  # dropout
+            generator = torch.Generator().manual_seed(step_seed(seed, micro_step, procs.rank) + 1)
+            # alpha ramps linearly over the first epoch, as released
+            alpha = config["alpha"] * (1.0 if epoch > 0 else min(1.0, micro / sampler.batches_per_epoch))
+            batch = to_train_batch(raw, tokenizer, config, procs.device)
+            last_micro = (micro + 1) % accum == 0
+            sync = contextlib.nullcontext() if last_micro or procs.world_size == 1 else step_module.no_sync()
+            with sync:
+                with autocast:
+                    loss, logs = step_module(batch, alpha, generator)
+                (loss / accum).backward()
+            if not last_micro:
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_pairs += global_batch
+            if procs.is_main and (step % config["log_every"] == 0 or step == total_steps or step == 1):
+                elapsed = time.perf_counter() - window_start
+                last_logs = {
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "loss": float(loss.item()),
+                    **logs,
+                    "alpha": alpha,
+                    "pairs_per_s": window_pairs / max(elapsed, 1e-9),
+                    "max_memory_mb": _memory_mb(procs.device),
+                }
+                with open(metrics_file, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(last_logs) + "\n")
+                progress.set_postfix(loss=f"{last_logs['loss']:.3f}", pairs_s=f"{last_logs['pairs_per_s']:.0f}")
+                window_start, window_pairs = time.perf_counter(), 0
+            progress.update(1)
+            if config["save_every_steps"] and step % config["save_every_steps"] == 0 and step < total_steps:
+                save_last(epoch, micro + 1)
+            if step >= total_steps:
+                break
+        finished_epoch = micro + 1 >= sampler.batches_per_epoch
+        epoch, batch_in_epoch = (epoch + 1, 0) if finished_epoch else (epoch, micro + 1)
+        if step < total_steps or finished_epoch:
+            save_last(epoch, batch_in_epoch)  # one checkpoint per epoch (and at the very end)
+
+    progress.close()
+    if procs.is_main:
+        save_checkpoint(final_path, model, step=step, run_config=config, method=config["method"]["name"])
+        log.info("finished %d steps: %s", step, final_path)
+    if procs.world_size > 1:
+        dist.barrier()
+    return TrainResult(step, final_path, last_logs)
+
+
+def _progress_bar(enabled: bool, total: int, initial: int, name: str):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=f"train {name}",
+        unit="step",
+        disable=not enabled,
+        mininterval=1.0 if os.isatty(2) else 10.0,
+        dynamic_ncols=True,
+    )
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("--config", help="run configuration YAML (docs/architecture.md)")
+    parser.add_argument("--out", required=True, help="output folder (checkpoints, config.resolved.yaml)")
+    parser.add_argument("--metrics", help="where to write metrics.jsonl (default: OUT/metrics.jsonl)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt if present")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a configuration value")
+
+
+def run(args) -> int:
+    config = load_run_config(args.config, args.overrides)
+    if args.command == "pretrain":
+        if config["init_checkpoint"]:
+            raise AmcError("pretrain starts from random weights: init_checkpoint must be null")
+        if any(name not in ("itc", "itm", "mlm") for name in config["method"]["objectives"]):
+            raise AmcError("pretrain uses the ALBEF objectives only (itc, itm, mlm)")
+    train(config, args.out, resume=args.resume, metrics_path=args.metrics)
+    return 0
+
