@@ -157,13 +157,17 @@ def evaluate(
                     continue
             tokens = tokenizer(texts, max_length=max_words + 1)
             image_index = torch.tensor([i for i, _ in chunk], device=device)
-            heatmaps = gradcam_eval(
-                model,
-                image_embeds,
-                tokens.input_ids.to(device),
-                tokens.attention_mask.to(device),
-                image_index=image_index,
-            ).float().cpu()
+            heatmaps = (
+                gradcam_eval(
+                    model,
+                    image_embeds,
+                    tokens.input_ids.to(device),
+                    tokens.attention_mask.to(device),
+                    image_index=image_index,
+                )
+                .float()
+                .cpu()
+            )
             for (_, record), heatmap in zip(chunk, heatmaps, strict=True):
                 cases.append(_score(record, heatmap, proposals))
                 if on_heatmap is not None:
@@ -177,7 +181,9 @@ def _score(record: Record, heatmap: torch.Tensor, proposals: dict[str, list] | N
     upsampled = upsample_heatmap(heatmap, record.height, record.width)
     point = argmax_point(upsampled)
     miss = classify_miss(point, record.boxes, record.other_boxes)
-    result = CaseResult(id=record.id, point=list(point), hit=miss is None, miss=miss, category=record.category)
+    result = CaseResult(
+        id=record.id, point=list(point), hit=miss is None, miss=miss, category=record.category
+    )
     if proposals:
         image_proposals = proposals.get(str(record.image_id), [])
         result.box_hit = box_hit(upsampled, image_proposals, record.boxes[0]) if image_proposals else False
@@ -203,14 +209,18 @@ def check_images(records: list[Record], skip_missing: bool) -> tuple[list[Record
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="ALBEF.pth, refcoco.pth, an AMC checkpoint, or ours")
+    parser.add_argument(
+        "--checkpoint", required=True, help="ALBEF.pth, refcoco.pth, an AMC checkpoint, or ours"
+    )
     parser.add_argument("--model-config", required=True, help="model configuration YAML (config/models/)")
     parser.add_argument("--vocab", required=True, help="folder with vocab.txt, or the file")
     parser.add_argument("--records", required=True, help="records JSONL from amc prepare")
     parser.add_argument("--benchmark", required=True, help="flickr30k, refcoco+ (decides the word limit)")
     parser.add_argument("--split", required=True)
     parser.add_argument("--out", required=True, help="result JSON (summary + every case)")
-    parser.add_argument("--image-res", type=int, help="evaluation resolution (paper: 256 Flickr30k, 384 RefCOCO+)")
+    parser.add_argument(
+        "--image-res", type=int, help="evaluation resolution (paper: 256 Flickr30k, 384 RefCOCO+)"
+    )
     parser.add_argument("--max-words", type=int, help="words kept by pre_caption (default: per benchmark)")
     parser.add_argument("--method", default=None, help="method name recorded in the summary")
     parser.add_argument("--seed", type=int, default=None, help="training seed recorded in the summary")
@@ -315,4 +325,3 @@ def load_result(path: str) -> EvaluationResult:
     if not isinstance(data, dict) or "summary" not in data or "cases" not in data:
         raise DataError(f"{path}: not an amc evaluate result (needs 'summary' and 'cases')")
     return EvaluationResult(data["summary"], [CaseResult(**c) for c in data["cases"]])
-

@@ -106,7 +106,9 @@ class StepContext:
     def momentum(self) -> Momentum:
         with torch.no_grad():
             image_embeds_m = self.model.encode_image_m(self.batch.image)
-            text_embeds_m = self.model.encode_text(self.batch.input_ids, self.batch.attention_mask, momentum=True)
+            text_embeds_m = self.model.encode_text(
+                self.batch.input_ids, self.batch.attention_mask, momentum=True
+            )
             return Momentum(
                 image_embeds=image_embeds_m,
                 image_feat=self.model.image_feat(image_embeds_m, momentum=True),
@@ -237,7 +239,9 @@ class ImageTextMatching(Objective):
         mask_all = torch.cat([batch.attention_mask, batch.attention_mask[neg_text]], dim=0)
         image_all = torch.cat([ctx.image_embeds[neg_image], ctx.image_embeds], dim=0)
         negatives = model.fuse(text_all, mask_all, image_all)
-        logits = torch.cat([ctx.itm_positive_logits, model.itm_logits(negatives.hidden_states[:, 0, :])], dim=0)
+        logits = torch.cat(
+            [ctx.itm_positive_logits, model.itm_logits(negatives.hidden_states[:, 0, :])], dim=0
+        )
         labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(logits.device)
         loss = F.cross_entropy(logits, labels)
         return ObjectiveOutput(self.weight * loss, {"loss_itm": loss.item()})

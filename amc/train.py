@@ -121,7 +121,9 @@ def _merge(config: dict, update: dict, source: str, prefix: str = "") -> None:
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if dotted in FREE_FORM:
-            _set_dotted(config, dotted, copy.deepcopy(value), source)  # a method's objectives replace the defaults
+            _set_dotted(
+                config, dotted, copy.deepcopy(value), source
+            )  # a method's objectives replace the defaults
         elif isinstance(value, dict) and not _is_free_form(dotted):
             _merge(config, value, source, dotted + ".")
         else:
@@ -153,7 +155,9 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict:
     if not config["data"]["path"]:
         raise AmcError("run configuration: 'data.path' is required")
     if config["data"]["kind"] not in ("records", "captions"):
-        raise AmcError(f"run configuration: data.kind must be 'records' or 'captions', not {config['data']['kind']!r}")
+        raise AmcError(
+            f"run configuration: data.kind must be 'records' or 'captions', not {config['data']['kind']!r}"
+        )
     return config
 
 
@@ -353,7 +357,9 @@ class TrainResult:
 # --------------------------------------------------------------------------- the loop
 
 
-def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, metrics_path: str | None = None) -> TrainResult:
+def train(
+    config: dict, out_dir: str | os.PathLike, *, resume: bool = False, metrics_path: str | None = None
+) -> TrainResult:
     from amc.models.albef import ALBEF
     from amc.models.checkpoint import load_model, load_state_dict_file, save_checkpoint
     from amc.models.config import ModelConfig
@@ -390,7 +396,11 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, met
         objective.setup(model)
     if any(o.needs_boxes for o in objectives) and config["data"]["kind"] != "records":
         raise AmcError(f"method {config['method']['name']!r} needs boxes: set data.kind to 'records'")
-    special_ids = {"pad": tokenizer.pad_token_id, "cls": tokenizer.cls_token_id, "mask": tokenizer.mask_token_id}
+    special_ids = {
+        "pad": tokenizer.pad_token_id,
+        "cls": tokenizer.cls_token_id,
+        "mask": tokenizer.mask_token_id,
+    }
     step_module: nn.Module = TrainingStep(model, objectives, special_ids)
     if procs.world_size > 1:
         step_module = nn.parallel.DistributedDataParallel(
@@ -505,7 +515,9 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, met
                 }
                 with open(metrics_file, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(last_logs) + "\n")
-                progress.set_postfix(loss=f"{last_logs['loss']:.3f}", pairs_s=f"{last_logs['pairs_per_s']:.0f}")
+                progress.set_postfix(
+                    loss=f"{last_logs['loss']:.3f}", pairs_s=f"{last_logs['pairs_per_s']:.0f}"
+                )
                 window_start, window_pairs = time.perf_counter(), 0
             progress.update(1)
             if config["save_every_steps"] and step % config["save_every_steps"] == 0 and step < total_steps:
@@ -518,12 +530,28 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, met
             save_last(epoch, batch_in_epoch)  # one checkpoint per epoch (and at the very end)
 
     progress.close()
+    if procs.world_size > 1:
+        _check_replicas_identical(model, procs)
     if procs.is_main:
         save_checkpoint(final_path, model, step=step, run_config=config, method=config["method"]["name"])
         log.info("finished %d steps: %s", step, final_path)
     if procs.world_size > 1:
         dist.barrier()
     return TrainResult(step, final_path, last_logs)
+
+
+def _check_replicas_identical(model: nn.Module, procs: Processes) -> None:
+    """Every process must hold rank 0's weights bit for bit; anything else is a bug worth stopping for."""
+    flat = torch.cat(
+        [p.detach().reshape(-1).float() for p in model.state_dict().values() if p.is_floating_point()]
+    )
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    same = torch.tensor([int(torch.equal(flat, reference))], device=flat.device)
+    dist.all_reduce(same, op=dist.ReduceOp.MIN)
+    if not bool(same.item()):
+        raise AmcError(f"rank {procs.rank}: weights differ between processes after training")
+    log.info("weights identical on %d processes", procs.world_size)
 
 
 def _progress_bar(enabled: bool, total: int, initial: int, name: str):
@@ -547,7 +575,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("--config", help="run configuration YAML (docs/architecture.md)")
     parser.add_argument("--out", required=True, help="output folder (checkpoints, config.resolved.yaml)")
     parser.add_argument("--metrics", help="where to write metrics.jsonl (default: OUT/metrics.jsonl)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt if present")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoint_last.pt if present"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a configuration value")
 
 
@@ -560,4 +590,3 @@ def run(args) -> int:
             raise AmcError("pretrain uses the ALBEF objectives only (itc, itm, mlm)")
     train(config, args.out, resume=args.resume, metrics_path=args.metrics)
     return 0
-

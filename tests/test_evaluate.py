@@ -1,0 +1,116 @@
+"""The evaluation engine against a slow per-case reference, and its errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from amc.cli import main as amc_main
+from amc.data.transforms import EvalTransform
+from amc.metrics import pointing_hit, pointing_point
+from amc.models.albef import ALBEF
+from amc.models.checkpoint import save_checkpoint
+from amc.models.config import ModelConfig
+from amc.models.tokenizer import load_tokenizer, pre_caption
+from amc.records import load_records
+from tests.engine_fixtures import TINY_MODEL, ci_data  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = ALBEF(ModelConfig.from_file(TINY_MODEL))
+    model.copy_params()
+    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
+    save_checkpoint(path, model)
+    return path
+
+
+def _evaluate(records, checkpoint, vocab, out, *extra) -> int:
+    return amc_main(
+        [
+            "evaluate", "--checkpoint", str(checkpoint), "--model-config", str(TINY_MODEL), "--vocab", str(vocab),
+            "--records", str(records), "--benchmark", "flickr30k", "--split", "test", "--out", str(out),
+            "--num-workers", "0", "--images-per-batch", "3", "--phrases-per-batch", "5", *map(str, extra),
+        ]
+    )  # fmt: skip
+
+
+def _reference_case(model, tokenizer, record, transform) -> tuple[int, int]:
+    """One case at a time, straight from method.md: full forward, gradient of the ITM logit w.r.t. P."""
+    with Image.open(record.image) as image:
+        pixels = transform(image.convert("RGB"))[None]
+    tokens = tokenizer([pre_caption(record.phrase, 50)], max_length=51)
+    image_embeds = model.encode_image(pixels)
+    text_embeds = model.encode_text(tokens.input_ids, tokens.attention_mask)
+    fused = model.fuse(text_embeds, tokens.attention_mask, image_embeds, capture_cross_attention=True)
+    score = model.itm_logits(fused.hidden_states[:, 0])[0, 1]
+    attention = fused.cross_attention
+    grad = torch.autograd.grad(score, attention)[0]
+    cam = attention[..., 1:] * grad[..., 1:].clamp(min=0)
+    cam = cam * tokens.attention_mask[:, None, :, None]
+    h, w = model.image_grid
+    cam = cam.reshape(*cam.shape[:3], h, w).mean(dim=1).mean(dim=1)[0]
+    return pointing_point(cam.detach(), record.height, record.width)
+
+
+def test_evaluate_matches_a_slow_per_case_reference(tmp_path, ci_data, random_checkpoint):  # noqa: F811
+    out = tmp_path / "result.json"
+    assert _evaluate(ci_data.flickr_test, random_checkpoint, ci_data.vocab, out, "--heatmaps", tmp_path / "h.npz") == 0
+    result = json.loads(out.read_text())
+    records = load_records(ci_data.flickr_test)
+    assert result["summary"]["n_cases"] == len(records) == len(result["cases"])
+    assert result["summary"]["checkpoint_sha256"] and result["summary"]["code_version"].startswith("amc")
+
+    model = ALBEF(ModelConfig.from_file(TINY_MODEL))
+    model.load_state_dict(torch.load(random_checkpoint, weights_only=False)["model"])
+    model.eval()
+    tokenizer = load_tokenizer(ci_data.vocab)
+    transform = EvalTransform(96)
+    by_id = {c["id"]: c for c in result["cases"]}
+    same_point, hits = 0, 0
+    for record in records:
+        point = _reference_case(model, tokenizer, record, transform)
+        same_point += tuple(by_id[record.id]["point"]) == point
+        hit = pointing_hit(point, record.boxes)
+        hits += hit
+        assert by_id[record.id]["hit"] == pointing_hit(tuple(by_id[record.id]["point"]), record.boxes)
+    assert same_point >= 0.98 * len(records)
+    assert abs(hits - result["summary"]["n_hits"]) <= max(1, len(records) // 50)
+    assert result["summary"]["accuracy"] == pytest.approx(result["summary"]["n_hits"] / len(records))
+    misses = [c for c in result["cases"] if not c["hit"]]
+    assert all(c["miss"] in ("other_object", "background") for c in misses)
+
+
+def test_missing_image_is_a_clear_error_or_counted_with_the_option(tmp_path, ci_data, random_checkpoint):  # noqa: F811
+    rows = [json.loads(line) for line in Path(ci_data.flickr_test).read_text().splitlines()][:4]
+    rows[0]["image"] = str(tmp_path / "nowhere.jpg")
+    for row in rows[1:]:
+        row["image"] = str((Path(ci_data.flickr_test).parent / row["image"]).resolve())
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _evaluate(records, random_checkpoint, ci_data.vocab, tmp_path / "a.json") == 2
+    assert not (tmp_path / "a.json").exists()
+    assert _evaluate(records, random_checkpoint, ci_data.vocab, tmp_path / "b.json", "--skip-missing-images") == 0
+    summary = json.loads((tmp_path / "b.json").read_text())["summary"]
+    assert summary["skipped"] == {"image missing": 1} and summary["n_cases"] == 3
+
+
+def test_empty_records_file_is_an_error(tmp_path, ci_data, random_checkpoint, caplog):  # noqa: F811
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert _evaluate(empty, random_checkpoint, ci_data.vocab, tmp_path / "out.json") == 2
+    assert "empty.jsonl: no records" in caplog.text
+
+
+def test_checkpoint_of_another_model_size_is_an_error(tmp_path, ci_data, caplog):  # noqa: F811
+    config = ModelConfig.from_file(TINY_MODEL)
+    bigger = ModelConfig.from_dict({**config.to_dict(), "embed_dim": 32})
+    model = ALBEF(bigger)
+    save_checkpoint(tmp_path / "other.pt", model)
+    assert _evaluate(ci_data.flickr_test, tmp_path / "other.pt", ci_data.vocab, tmp_path / "out.json") == 2
+    assert "other.pt" in caplog.text
