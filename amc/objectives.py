@@ -183,15 +183,17 @@ class Objective:
 def build_objectives(spec: dict[str, dict[str, Any] | None]) -> list[Objective]:
     """Instantiate the objectives of a method from ``{name: hyperparameters}``.
 
-    An objective is off when its entry is ``null`` or ``{enabled: false}``.
+    An objective is off when its entry is ``null``, ``{enabled: false}`` or has ``weight: 0``.
     Unknown names and unknown hyperparameters are errors that name them.
     """
     import baselines  # noqa: F401  (registers the baselines' objectives)
 
     objectives = []
     for name, params in spec.items():
-        params = dict(params or {})
-        if params.pop("enabled", True) is False or spec[name] is None:
+        if params is None:
+            continue
+        params = dict(params)
+        if params.pop("enabled", True) is False or float(params.get("weight", 1.0)) == 0.0:
             continue
         if name not in OBJECTIVES:
             raise AmcError(f"unknown objective {name!r}; registered: {', '.join(sorted(OBJECTIVES))}")

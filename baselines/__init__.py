@@ -1,10 +1,19 @@
 """Baselines of the AMC comparison, as plug-ins of amc's trainer and evaluator.
 
 Importing this package registers the baselines' objectives (see
-:mod:`amc.objectives`). The methods themselves are configurations:
+:mod:`amc.objectives`; ``build_objectives`` imports it). The methods themselves are
+configurations (:data:`baselines.presets.METHODS`, docs/baselines.md):
 
 - ``albef``: the starting checkpoint evaluated with GradCAM, no fine-tuning.
 - ``albef_vg``: fine-tuned on the same VG data, schedule and seeds as AMC with the
   ALBEF objectives only (itc, itm, mlm): separates the data from the AMC loss.
-- ``vmrm_style``: see :mod:`baselines.vmrm_style`.
+- ``vmrm_style``: a documented approximation of VMRM (Dou & Peng, 2021) on the ALBEF
+  backbone, trained on captions only with phrase-patch pseudo-pairs from a frozen copy
+  of the starting model: objectives ``vmrm_contrastive`` and ``vmrm_consistency``
+  (:mod:`baselines.vmrm_style`).
 """
+
+from baselines import vmrm_style  # noqa: F401  (registers vmrm_contrastive, vmrm_consistency)
+from baselines.presets import METHODS, method_preset, train_overrides
+
+__all__ = ["METHODS", "method_preset", "train_overrides"]

@@ -1,0 +1,500 @@
+"""Baselines: the VMRM-style objectives, their frozen teacher, the presets, and baseline runs on `ci` data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from amc.io import AmcError
+from amc.models.albef import ALBEF
+from amc.models.config import ModelConfig
+from amc.objectives import StepContext, TrainBatch, build_objectives
+from amc.train import TrainingStep, build_optimizer, load_run_config
+from baselines import METHODS, method_preset, train_overrides
+from baselines.vmrm_style import (
+    VmrmConsistency,
+    VmrmContrastive,
+    consistency_loss,
+    content_tokens,
+    contrastive_loss,
+    frozen_teacher,
+    pseudo_targets,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SPECIAL_IDS = {
+    "pad": 0,
+    "cls": 2,
+    "mask": 4,
+}  # the synthetic vocabulary's layout: [PAD] [UNK] [CLS] [SEP] [MASK]
+
+
+# --------------------------------------------------------------------------- tiny model and batch
+
+
+def tiny_model(seed: int = 0) -> ALBEF:
+    """The demo's tiny model at 32 px (a 4x4 patch grid), random weights, eval mode (no dropout)."""
+    config = ModelConfig.from_file(REPO / "config" / "models" / "tiny.yaml").replace(
+        image_res=32, queue_size=64
+    )
+    torch.manual_seed(seed)
+    model = ALBEF(config)
+    model.copy_params()
+    return model.eval()
+
+
+def tiny_batch(model: ALBEF, lengths=(6, 3, 5, 1), seed: int = 1) -> TrainBatch:
+    """Texts of different lengths, padded; the last one is [CLS] only (no content token)."""
+    generator = torch.Generator().manual_seed(seed)
+    res, size = model.config.image_res, len(lengths)
+    length = max(lengths)
+    ids = torch.randint(5, model.config.text.vocab_size, (size, length), generator=generator)
+    mask = torch.zeros(size, length, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    ids[:, 0] = SPECIAL_IDS["cls"]
+    ids[mask == 0] = SPECIAL_IDS["pad"]
+    image = torch.randn(size, 3, res, res, generator=generator)
+    return TrainBatch(image=image, input_ids=ids, attention_mask=mask)
+
+
+def context(model: ALBEF, batch: TrainBatch) -> StepContext:
+    return StepContext(model, batch, 0.4, torch.Generator().manual_seed(0), False, SPECIAL_IDS)
+
+
+def grad_norms(module: torch.nn.Module, prefix: str) -> float:
+    return sum(
+        float(p.grad.norm())
+        for n, p in module.named_parameters()
+        if n.startswith(prefix) and p.grad is not None
+    )
+
+
+# --------------------------------------------------------------------------- the losses on hand-built cases
+
+
+def test_content_tokens_drop_cls_and_padding():
+    ids = torch.tensor([[2, 7, 8, 0], [2, 9, 0, 0], [2, 0, 0, 0]])
+    mask = (ids != 0).long()
+    expected = torch.tensor([[0, 1, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(content_tokens(ids, mask, SPECIAL_IDS), expected)
+
+
+def test_pseudo_targets_topk_and_soft():
+    teacher = torch.tensor([[0.1, 0.9, 0.3, 0.5]])
+    assert torch.equal(pseudo_targets(teacher, "topk", 1, 0.03), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
+    assert torch.equal(pseudo_targets(teacher, "topk", 2, 0.03), torch.tensor([[0.0, 0.5, 0.0, 0.5]]))
+    assert torch.allclose(pseudo_targets(teacher, "topk", 10, 0.03), torch.full((1, 4), 0.25))  # k > N: all
+    soft = pseudo_targets(teacher, "soft", 1, 0.5)
+    assert torch.allclose(soft, F.softmax(teacher / 0.5, dim=-1))
+    sharper = pseudo_targets(teacher, "soft", 1, 0.05)
+    assert sharper[0, 1] > soft[0, 1] and torch.allclose(sharper.sum(-1), torch.ones(1))
+
+
+def test_contrastive_loss_is_the_cross_entropy_toward_the_pseudo_pair():
+    # One caption, two content tokens and one padding token whose garbage must not count.
+    student = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [9.0, -9.0, 9.0, -9.0]]])
+    teacher = torch.tensor([[[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])
+    content = torch.tensor([[True, True, False]])
+    targets = pseudo_targets(teacher, "topk", 1, 0.03)
+    # -log softmax(s)[2]: token 0 puts its mass elsewhere, token 1 on the pseudo-pair patch.
+    expected_0 = math.log(math.e + 3)
+    expected_1 = math.log(math.exp(2) + 3) - 2
+    loss = contrastive_loss(student, targets, content, temperature=1.0)
+    assert loss.item() == pytest.approx((expected_0 + expected_1) / 2, rel=1e-6)
+    # The temperature divides the similarities.
+    loss_t = contrastive_loss(student, targets, content, temperature=0.5)
+    assert loss_t.item() == pytest.approx(
+        contrastive_loss(student * 2, targets, content, 1.0).item(), rel=1e-6
+    )
+
+
+def test_contrastive_gradient_moves_mass_onto_the_pseudo_pair():
+    student = torch.zeros(1, 1, 4, requires_grad=True)
+    targets = torch.tensor([[[0.0, 0.0, 1.0, 0.0]]])
+    contrastive_loss(student, targets, torch.tensor([[True]]), temperature=1.0).backward()
+    # d CE / d logits = softmax - target = 0.25 - [0, 0, 1, 0]
+    assert torch.allclose(student.grad, torch.tensor([[[0.25, 0.25, -0.75, 0.25]]]))
+
+
+def test_consistency_is_zero_with_zero_gradient_when_student_equals_teacher():
+    teacher = torch.randn(2, 3, 5)
+    student = teacher.clone().requires_grad_(True)
+    content = torch.tensor([[True, True, False], [True, False, False]])
+    for aggregate in ("caption", "token"):
+        loss = consistency_loss(student, teacher, content, 0.07, 0.07, aggregate)
+        (grad,) = torch.autograd.grad(loss, student)
+        assert abs(loss.item()) < 1e-6
+        assert grad.abs().max().item() < 1e-5
+
+
+def test_consistency_is_the_kl_of_the_caption_maps():
+    student = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [5.0, -5.0]]])  # token 2 is padding
+    teacher = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [-5.0, 5.0]]])
+    content = torch.tensor([[True, True, False]])
+    p = F.softmax(torch.tensor([0.0, 1.0]), dim=0)  # teacher caption map: mean of tokens 0 and 1
+    q = F.softmax(torch.tensor([0.5, 0.0]), dim=0)  # student caption map
+    expected = float((p * (p.log() - q.log())).sum())
+    loss = consistency_loss(student, teacher, content, 1.0, 1.0, "caption")
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # Per token: the mean of the two tokens' KLs.
+    q0, q1 = F.softmax(torch.tensor([1.0, 0.0]), 0), F.softmax(torch.tensor([0.0, 0.0]), 0)
+    per_token = [float((p1 * (p1.log() - q_.log())).sum()) for p1, q_ in ((p, q0), (p, q1))]
+    assert consistency_loss(student, teacher, content, 1.0, 1.0, "token").item() == pytest.approx(
+        sum(per_token) / 2, rel=1e-6
+    )
+
+
+# --------------------------------------------------------------------------- the frozen teacher
+
+
+def test_teacher_is_a_frozen_copy_outside_the_trained_model():
+    model = tiny_model()
+    keys_before = set(model.state_dict())
+    contrastive, consistency = VmrmContrastive(), VmrmConsistency()
+    model.train()
+    contrastive.setup(model)
+    consistency.setup(model)
+    teacher = contrastive.teacher
+    assert consistency.teacher is teacher  # one shared copy
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    assert teacher.text_encoder_m is None and teacher.image_queue is None  # unused parts dropped
+    step = TrainingStep(model, [contrastive, consistency], SPECIAL_IDS)
+    trained = {id(p) for p in step.parameters()}
+    assert not trained & {id(p) for p in teacher.parameters()}
+    optimizer = build_optimizer(model, {"lr": 1e-3, "weight_decay": 0.02}, torch.device("cpu"))
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in teacher.parameters()}
+    assert set(model.state_dict()) == keys_before and set(step.state_dict()) == {
+        f"model.{k}" for k in keys_before
+    }
+    # The student's weights at setup (minus the dropped parts), in separate storage.
+    student_state = model.state_dict()
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, student_state[name]), name
+        assert value.data_ptr() != student_state[name].data_ptr(), name
+
+
+def test_objectives_on_a_tiny_model_student_equals_teacher():
+    """At the start (student == teacher, no dropout): the consistency term and its gradient are ~0;
+    the contrastive term is positive and its gradient reaches the fusion, text, image encoder and
+    projections, never the teacher."""
+    model = tiny_model()
+    contrastive, consistency = VmrmContrastive(), VmrmConsistency()
+    contrastive.setup(model)
+    consistency.setup(model)
+    batch = tiny_batch(model)
+    ctx = context(model, batch)
+
+    out = consistency(ctx)
+    assert out.logs["loss_vmrm_consistency"] == pytest.approx(0.0, abs=1e-5)
+    out.loss.backward(retain_graph=True)
+    assert max(p.grad.abs().max().item() for p in model.parameters() if p.grad is not None) < 1e-5
+    model.zero_grad(set_to_none=True)
+
+    out = contrastive(ctx)
+    n_patches = model.image_grid[0] * model.image_grid[1]
+    assert 0.0 < out.logs["loss_vmrm_contrastive"] < 2 * math.log(n_patches) / 0.07
+    assert out.logs["vmrm_top1_agreement"] == 1.0  # the student's best patch is the pseudo-pair
+    out.loss.backward()
+    fusion = model.fusion_layer
+    for prefix in (
+        "text_proj.",
+        "vision_proj.",
+        f"text_encoder.bert.encoder.layer.{fusion}.",  # a fusion layer (cross-attention included)
+        "text_encoder.bert.encoder.layer.0.",  # a text-only layer
+        "text_encoder.bert.embeddings.",
+        "visual_encoder.",
+    ):
+        assert grad_norms(model, prefix) > 0, prefix
+    assert all(p.grad is None for p in contrastive.teacher.parameters())
+    assert grad_norms(model, "visual_encoder_m.") == 0 and grad_norms(model, "itm_head.") == 0
+
+
+def test_teacher_does_not_follow_the_student():
+    model = tiny_model()
+    consistency = VmrmConsistency(aggregate="token")
+    consistency.setup(model)
+    batch = tiny_batch(model)
+    teacher_before = consistency.maps(context(model, batch)).teacher
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    maps = consistency.maps(context(model, batch))
+    assert torch.equal(maps.teacher, teacher_before)
+    assert consistency(context(model, batch)).logs["loss_vmrm_consistency"] > 1e-4
+
+
+def test_text_token_source_uses_the_text_only_states():
+    model = tiny_model()
+    objective = VmrmContrastive(token_source="text", target="soft", target_temperature=0.05)
+    objective.setup(model)
+    out = objective(context(model, tiny_batch(model)))
+    out.loss.backward()
+    # Nothing after the text-only layers is on the path.
+    assert grad_norms(model, f"text_encoder.bert.encoder.layer.{model.fusion_layer}.") == 0
+    assert grad_norms(model, "text_proj.") > 0 and grad_norms(model, "visual_encoder.") > 0
+
+
+def test_batch_without_content_tokens_gives_zero():
+    model = tiny_model()
+    objective = VmrmContrastive()
+    objective.setup(model)
+    out = objective(context(model, tiny_batch(model, lengths=(1, 1))))
+    assert out.loss.item() == 0.0 and out.logs["loss_vmrm_contrastive"] == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_teacher_moves_with_the_student():
+    model = tiny_model()
+    objective = VmrmConsistency()
+    objective.setup(model)  # teacher made on the CPU
+    model.cuda()
+    batch = tiny_batch(model)
+    batch = TrainBatch(batch.image.cuda(), batch.input_ids.cuda(), batch.attention_mask.cuda())
+    out = objective(context(model, batch))
+    assert next(objective.teacher.parameters()).is_cuda and out.loss.is_cuda
+
+
+# --------------------------------------------------------------------------- switching terms, configuration
+
+
+def test_terms_switch_off_one_by_one():
+    spec = {"itc": {}, "vmrm_contrastive": {"enabled": False}, "vmrm_consistency": {"weight": 1.0}}
+    names = [o.name for o in build_objectives(spec)]
+    assert names == ["itc", "vmrm_consistency"]
+    assert [o.name for o in build_objectives({"itc": {}, "vmrm_contrastive": None})] == ["itc"]
+    # Weight 0: kept by build_objectives, but inert: no teacher, no loss, no log.
+    model = tiny_model()
+    off = VmrmContrastive(weight=0)
+    off.setup(model)
+    assert off.teacher is None
+    out = off(context(model, tiny_batch(model)))
+    assert out.loss.item() == 0.0 and out.logs == {} and not out.loss.requires_grad
+
+
+def test_a_full_training_step_logs_both_terms():
+    model = tiny_model().train()
+    spec = {**method_preset("vmrm_style")["objectives"], "mlm": {"probability": 0.5}}
+    objectives = build_objectives(spec)
+    for objective in objectives:
+        objective.setup(model)
+    step = TrainingStep(model, objectives, SPECIAL_IDS)
+    loss, logs = step(tiny_batch(model, lengths=(6, 3, 5, 4)), 0.4, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert {"loss_itc", "loss_itm", "loss_mlm", "loss_vmrm_contrastive", "loss_vmrm_consistency"} <= set(logs)
+    assert math.isfinite(loss.item())
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"target": "hard"},
+        {"top_k": 0},
+        {"temperature": 0.0},
+        {"token_source": "image"},
+        {"target_temperature": -1.0},
+    ],
+)
+def test_bad_contrastive_hyperparameters_are_errors(params):
+    with pytest.raises(AmcError, match="vmrm_contrastive"):
+        build_objectives({"vmrm_contrastive": params})
+
+
+def test_bad_consistency_hyperparameters_are_errors():
+    with pytest.raises(AmcError, match="aggregate"):
+        build_objectives({"vmrm_consistency": {"aggregate": "image"}})
+    with pytest.raises(AmcError, match="vmrm_consistency"):
+        build_objectives({"vmrm_consistency": {"top_k": 3}})  # not a consistency hyperparameter
+
+
+def test_presets_resolve_into_run_configurations():
+    assert set(METHODS) == {"albef", "albef_vg", "vmrm_style"}
+    assert "VMRM-style" in METHODS["vmrm_style"]["label"]
+    base = ["model_config=m.yaml", "vocab=v.txt", "data.path=d.jsonl"]
+    albef_vg = load_run_config(None, base + train_overrides("albef_vg"))
+    assert set(albef_vg["method"]["objectives"]) == {"itc", "itm", "mlm"}
+    assert albef_vg["data"]["kind"] == "records" and albef_vg["method"]["name"] == "albef_vg"
+    vmrm = load_run_config(None, base + train_overrides("vmrm_style"))
+    assert vmrm["data"]["kind"] == "captions"
+    names = [o.name for o in build_objectives(vmrm["method"]["objectives"])]
+    assert names == ["itc", "itm", "mlm", "vmrm_contrastive", "vmrm_consistency"]
+    with pytest.raises(AmcError, match="no training run"):
+        train_overrides("albef")
+    with pytest.raises(AmcError, match="unknown baseline"):
+        method_preset("vmrm")
+
+
+def test_frozen_teacher_is_made_once_per_model():
+    model = tiny_model()
+    assert frozen_teacher(model) is frozen_teacher(model)
+    assert frozen_teacher(tiny_model()) is not frozen_teacher(model)
+
+
+# --------------------------------------------------------------------------- baseline runs on the `ci` synthetic set
+
+
+def _missing_pipeline() -> str | None:
+    for module in (
+        "amc.synth",
+        "amc.data.prepare",
+        "amc.data.datasets",
+        "amc.data.transforms",
+        "amc.models.checkpoint",
+    ):
+        try:
+            if importlib.util.find_spec(module) is None:
+                return f"{module} does not exist yet (the data layer / model is being finished)"
+        except ImportError as error:
+            return f"{module} is not importable yet: {error}"
+    return None
+
+
+def _amc(*argv: str) -> None:
+    from amc.cli import main
+
+    assert main([str(a) for a in argv]) == 0, f"amc {' '.join(map(str, argv))} failed"
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state.get("model", state)
+
+
+def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
+    return {k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])}
+
+
+def _captions_with_absolute_paths(synth: Path, out: Path) -> Path:
+    """The synthetic captions with absolute image paths: the trainer reads them relative to the
+    json's folder, and synth (for now) writes them relative to its own root; accept either."""
+    items = json.loads((synth / "captions" / "pretrain.json").read_text())
+    for item in items:
+        beside = synth / "captions" / item["image"]
+        item["image"] = str(beside if beside.is_file() else synth / item["image"])
+    out.write_text(json.dumps(items))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ci_data(tmp_path_factory):
+    """`amc synth --scale ci`, `amc prepare vg`, and a starting checkpoint from `amc pretrain` (2 steps)."""
+    reason = _missing_pipeline()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("ci")
+    synth = root / "synth"
+    _amc("synth", "--out", synth, "--seed", "0", "--scale", "ci", "--workers", "1")
+    records = root / "records" / "vg-train.jsonl"
+    _amc("prepare", "vg", "--root", synth / "vg", "--out", records)
+    captions = _captions_with_absolute_paths(synth, root / "captions.json")
+    common = [
+        f"model_config={REPO / 'config' / 'models' / 'tiny.yaml'}",
+        f"vocab={synth / 'vocab' / 'vocab.txt'}",
+        "data.image_res=32",
+        "data.mask_size=32",
+        "optim.batch_size=8",
+        "optim.warmup_steps=0",
+        "optim.lr=1.0e-3",
+        "num_workers=0",
+        "log_every=1",
+    ]
+    pretrain = root / "pretrain"
+    _amc(
+        "pretrain",
+        "--out",
+        pretrain,
+        *common,
+        "init_checkpoint=null",
+        "data.kind=captions",
+        f"data.path={captions}",
+        f"method.objectives={json.dumps(METHODS['albef_vg']['objectives'])}",
+        "method.name=pretrain",
+        "optim.max_steps=2",
+    )
+    start = pretrain / "checkpoint_final.pt"
+    data_paths = {"records": records, "captions": captions}
+    yield {
+        "root": root,
+        "start": start,
+        "common": common,
+        "data": data_paths,
+        "records": records,
+        "synth": synth,
+    }
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["albef_vg", "vmrm_style"])
+def test_finetuned_baseline_runs_on_ci_data_and_changes_the_weights(ci_data, name):
+    out = ci_data["root"] / name
+    kind = METHODS[name]["data"]["kind"]
+    _amc(
+        "train",
+        "--out",
+        out,
+        *ci_data["common"],
+        f"init_checkpoint={ci_data['start']}",
+        f"data.path={ci_data['data'][kind]}",
+        "optim.max_steps=3",
+        *train_overrides(name),
+    )
+    before, after = _weights(ci_data["start"]), _weights(out / "checkpoint_final.pt")
+    assert set(after) == set(before)  # no teacher (nor anything else) added to the checkpoint
+    changed = _changed(before, after)
+    assert any(k.startswith("text_proj.") for k in changed) and any(
+        k.startswith("visual_encoder.") for k in changed
+    )
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 3
+    logged = set(metrics[-1])
+    assert {"loss_itc", "loss_itm", "loss_mlm"} <= logged and "loss_amc" not in logged
+    if name == "vmrm_style":
+        assert {"loss_vmrm_contrastive", "loss_vmrm_consistency"} <= logged
+    else:
+        assert not any(k.startswith("loss_vmrm") for k in logged)
+
+
+@pytest.mark.slow
+def test_albef_baseline_does_not_train(ci_data, tmp_path):
+    """`albef` is the starting checkpoint itself: evaluating it leaves its weights as they are."""
+    assert METHODS["albef"]["kind"] == "none"
+    with pytest.raises(AmcError):
+        train_overrides("albef")
+    start = ci_data["start"]
+    before = _weights(start)
+    result = tmp_path / "albef-vg.json"
+    _amc(
+        "evaluate",
+        "--checkpoint",
+        start,
+        "--model-config",
+        REPO / "config" / "models" / "tiny.yaml",
+        "--vocab",
+        ci_data["synth"] / "vocab" / "vocab.txt",
+        "--records",
+        ci_data["records"],
+        "--benchmark",
+        "vg",
+        "--split",
+        "train",
+        "--image-res",
+        "32",
+        "--out",
+        result,
+        "--method",
+        "albef",
+        "--seed",
+        "0",
+    )
+    summary = json.loads(result.read_text())["summary"]
+    assert summary["method"] == "albef" and summary["n_cases"] > 0
+    assert not _changed(before, _weights(start))
