@@ -372,17 +372,6 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
     return {k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])}
 
 
-def _captions_with_absolute_paths(synth: Path, out: Path) -> Path:
-    """The synthetic captions with absolute image paths: the trainer reads them relative to the
-    json's folder, and synth (for now) writes them relative to its own root; accept either."""
-    items = json.loads((synth / "captions" / "pretrain.json").read_text())
-    for item in items:
-        beside = synth / "captions" / item["image"]
-        item["image"] = str(beside if beside.is_file() else synth / item["image"])
-    out.write_text(json.dumps(items))
-    return out
-
-
 @pytest.fixture(scope="module")
 def ci_data(tmp_path_factory):
     """`amc synth --scale ci`, `amc prepare vg`, and a starting checkpoint from `amc pretrain` (2 steps)."""
@@ -394,7 +383,7 @@ def ci_data(tmp_path_factory):
     _amc("synth", "--out", synth, "--seed", "0", "--scale", "ci", "--workers", "1")
     records = root / "records" / "vg-train.jsonl"
     _amc("prepare", "vg", "--root", synth / "vg", "--out", records)
-    captions = _captions_with_absolute_paths(synth, root / "captions.json")
+    captions = synth / "captions" / "pretrain.json"
     common = [
         f"model_config={REPO / 'config' / 'models' / 'tiny.yaml'}",
         f"vocab={synth / 'vocab' / 'vocab.txt'}",

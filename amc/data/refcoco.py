@@ -1,0 +1,175 @@
+"""Reader of RefCOCO+ (UNC splits): ``refs(unc).p`` and ``instances.json``.
+
+Layout under ``root``: ``refs(unc).p`` (a pickled list of refs: ``ref_id``, ``ann_id``,
+``image_id``, ``split``, ``category_id``, ``sentences`` [{``sent``, ``tokens``, ``raw``,
+``sent_id``}]) and ``instances.json`` (COCO format, ``bbox`` in xywh). Images default to
+``root/../coco/train2014/<file_name>``.
+
+One record per sentence; its box is the referred annotation's COCO box converted to xyxy;
+``other_boxes`` are the image's other instance boxes. The phrase is the sentence's ``sent``
+as stored (ALBEF's ``pre_caption`` cleans it when tokenising).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+
+from tqdm import tqdm
+
+from amc.data import Problems, box_problem
+from amc.io import DataError, read_json
+from amc.records import Record
+
+log = logging.getLogger(__name__)
+
+DATASET = "refcoco+"
+SPLITS = ("train", "val", "testA", "testB")
+REFS_FILE = "refs(unc).p"
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain lists, dicts, strings and numbers only: a refs file needs nothing else,
+    and refusing classes means a hostile file cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refuses to load {module}.{name} (a refs file holds only plain data)")
+
+
+def load_refs(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with path.open("rb") as handle:
+            # encoding: the original file was written by Python 2; its byte strings are UTF-8.
+            refs = _PlainUnpickler(handle, encoding="utf-8").load()
+    except EOFError:
+        raise DataError(f"{path}: truncated pickle (ended early)") from None
+    except (
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        UnicodeDecodeError,
+    ) as error:
+        raise DataError(f"{path}: not a readable pickle of refs ({error})") from None
+    if not isinstance(refs, list):
+        raise DataError(f"{path}: expected a pickled list of refs, got {type(refs).__name__}")
+    for number, ref in enumerate(refs):
+        missing = [
+            k
+            for k in ("ref_id", "ann_id", "image_id", "split", "sentences")
+            if not isinstance(ref, dict) or k not in ref
+        ]
+        if missing:
+            raise DataError(f"{path}: ref {number}: missing {', '.join(missing)}")
+        for sentence in ref["sentences"]:
+            if not isinstance(sentence, dict) or "sent" not in sentence or "sent_id" not in sentence:
+                raise DataError(f"{path}: ref {ref['ref_id']}: a sentence lacks 'sent' or 'sent_id'")
+    return refs
+
+
+def load_instances(path: str | os.PathLike) -> tuple[dict, dict, dict]:
+    """(images by id, annotations by id, category names by id) from a COCO instances file."""
+    path = Path(path)
+    data = read_json(path)
+    try:
+        images = {img["id"]: img for img in data["images"]}
+        annotations = {ann["id"]: ann for ann in data["annotations"]}
+        categories = {cat["id"]: cat["name"] for cat in data["categories"]}
+        for img in images.values():
+            img["file_name"], img["width"], img["height"]  # noqa: B018 (presence check)
+        for ann in annotations.values():
+            ann["image_id"], ann["bbox"], ann["category_id"]  # noqa: B018
+    except (KeyError, TypeError) as error:
+        raise DataError(f"{path}: not a COCO instances file (missing {error})") from None
+    return images, annotations, categories
+
+
+def xywh_to_xyxy(bbox: list[float]) -> list[float]:
+    x, y, w, h = (float(v) for v in bbox)
+    return [x, y, x + w, y + h]
+
+
+def read_refcoco(
+    root: str | os.PathLike,
+    split: str | None = None,
+    images: str | os.PathLike | None = None,
+    check_images: bool = False,
+    problems: Problems | None = None,
+    dataset: str = DATASET,
+    refs_file: str = REFS_FILE,
+) -> list[Record]:
+    """Records of one split (or all splits when ``split`` is None); ids ``<dataset>/<ref_id>/<sent_id>``."""
+    root = Path(root)
+    images = Path(images) if images is not None else root.parent / "coco" / "train2014"
+    problems = problems or Problems()
+    if split is not None and split not in SPLITS:
+        raise DataError(f"{dataset}: unknown split {split!r} (choose from {', '.join(SPLITS)})")
+    refs_path = root / refs_file
+    refs = load_refs(refs_path)
+    coco_images, annotations, categories = load_instances(root / "instances.json")
+    boxes_by_image: dict = {}
+    for ann in annotations.values():
+        boxes_by_image.setdefault(ann["image_id"], []).append(ann)
+
+    records: list[Record] = []
+    for ref in tqdm(refs, desc=dataset, unit="ref", disable=None):
+        if split is not None and ref["split"] != split:
+            continue
+        where = f"{refs_path}: ref {ref['ref_id']}"
+        ann = annotations.get(ref["ann_id"])
+        image = coco_images.get(ref["image_id"])
+        if ann is None or image is None:
+            problems.bad(
+                "referred annotation or image missing",
+                f"{where}: ann {ref['ann_id']} / image {ref['image_id']} not in instances.json",
+            )
+            continue
+        if ann["image_id"] != ref["image_id"]:
+            problems.bad(
+                "referred annotation on another image",
+                f"{where}: ann {ann['id']} is on image {ann['image_id']}, not {ref['image_id']}",
+            )
+            continue
+        width, height = int(image["width"]), int(image["height"])
+        box = xywh_to_xyxy(ann["bbox"])
+        if reason := box_problem(box, width, height):
+            problems.bad(
+                reason,
+                f"{where}: ann {ann['id']} bbox {ann['bbox']} (xywh) in a {width}x{height} image: {reason}",
+            )
+            continue
+        image_path = images / image["file_name"]
+        if check_images and not image_path.is_file():
+            problems.bad("image missing", f"{where}: image file not found: {image_path}")
+            continue
+        others = [xywh_to_xyxy(a["bbox"]) for a in boxes_by_image[ann["image_id"]] if a["id"] != ann["id"]]
+        others = [b for b in others if box_problem(b, width, height) is None]
+        category = categories.get(ref.get("category_id", ann["category_id"]))
+        for sentence in ref["sentences"]:
+            phrase = sentence["sent"]
+            if not isinstance(phrase, str) or not phrase.strip():
+                problems.bad("empty phrase", f"{where}: sentence {sentence['sent_id']} is empty")
+                continue
+            records.append(
+                Record(
+                    id=f"{dataset}/{ref['ref_id']}/{sentence['sent_id']}",
+                    dataset=dataset,
+                    split=ref["split"],
+                    image=str(image_path),
+                    width=width,
+                    height=height,
+                    phrase=phrase,
+                    boxes=[box],
+                    category=category,
+                    image_id=str(ref["image_id"]),
+                    other_boxes=others,
+                )
+            )
+    return records
