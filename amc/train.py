@@ -361,7 +361,7 @@ def train(
     config: dict, out_dir: str | os.PathLike, *, resume: bool = False, metrics_path: str | None = None
 ) -> TrainResult:
     from amc.models.albef import ALBEF
-    from amc.models.checkpoint import load_model, load_state_dict_file, save_checkpoint
+    from amc.models.checkpoint import load_model, read_checkpoint, save_checkpoint
     from amc.models.config import ModelConfig
     from amc.models.tokenizer import load_tokenizer
     from amc.objectives import build_objectives
@@ -442,8 +442,9 @@ def train(
         log.info("%s exists: the run is complete, nothing to resume", final_path)
         return TrainResult(step, final_path, {})
     if resume and last_path.exists():
-        state = load_state_dict_file(last_path)
-        model.load_state_dict(state["model"])
+        saved = read_checkpoint(last_path)
+        model.load_state_dict(saved.state_dict)  # our own file: the model's exact keys
+        state = saved.extra
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
