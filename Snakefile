@@ -1,0 +1,38 @@
+# The AMC benchmark workflow: data -> [pretrain] -> fine-tune the method grid -> evaluate
+# -> tables, figures, HTML report. docs/workflow.md explains it.
+#
+#   snakemake all --cores 8 --resources gpu=4                  # the paper (config/config.yaml)
+#   snakemake all --configfile config/demo.yaml --cores 2      # the synthetic demo (make demo)
+#   snakemake --profile workflow/profiles/slurm all            # the paper on a Slurm cluster
+#   snakemake --configfile config/demo.yaml --report results/demo/report.html
+#
+# --resources takes several values, so it must come AFTER the target (or before another
+# flag): `snakemake --resources gpu=4 all` reads `all` as a resource and fails.
+
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+# The paper configuration is the default; a --configfile given on the command line
+# (config/demo.yaml, config/ci.yaml) replaces it instead of being merged into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    """Everything: tables, figures, every evaluation of the grid."""
+    default_target: True
+    input:
+        all_outputs(),

@@ -1,0 +1,149 @@
+"""``amc report``: tables and figures of one run, from ``results/<run>/``.
+
+    amc report config      --json TEXT --out results/<run>/workflow-config.json
+    amc report table1      --run results/<run> --config CONFIG
+    amc report ablation    --run results/<run> --config CONFIG
+    amc report figures     --run results/<run> --config CONFIG
+    amc report qualitative --run results/<run> --config CONFIG
+
+CONFIG is the run's ``workflow-config.json`` (written by the workflow's run_config
+rule) or a workflow configuration YAML (``config/demo.yaml``). Outputs go to
+``results/<run>/tables/`` and ``results/<run>/figures/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from amc.io import AmcError, atomic_write_json
+from amc.records import load_records
+from amc.report import figures, grid, tables
+
+log = logging.getLogger("amc.report")
+
+ACTIONS = ("config", "table1", "ablation", "figures", "qualitative")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("--run", type=Path, help="results/<run> folder")
+    parser.add_argument("--config", help="workflow-config.json of the run, or a config YAML")
+    parser.add_argument("--json", help="config: the resolved configuration as JSON text")
+    parser.add_argument("--out", type=Path, help="config: where to write workflow-config.json")
+    parser.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates (default: config's)")
+
+
+def _load(args: argparse.Namespace) -> dict:
+    if not args.config:
+        candidate = args.run / "workflow-config.json" if args.run else None
+        if candidate is None or not candidate.is_file():
+            raise AmcError("--config is required (the run's workflow-config.json or a config YAML)")
+        args.config = str(candidate)
+    try:
+        return grid.load_config(args.config)
+    except (grid.GridError, OSError, json.JSONDecodeError) as error:
+        raise AmcError(f"{args.config}: {error}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "config":
+        if not args.json or not args.out:
+            raise AmcError("amc report config needs --json and --out")
+        atomic_write_json(args.out, json.loads(args.json))
+        log.info("wrote %s", args.out)
+        return 0
+    if args.run is None:
+        raise AmcError(f"amc report {args.action} needs --run results/<run>")
+    config = _load(args)
+    n_boot = args.n_boot or (config.get("ablation") or {}).get("n_boot") or 10000
+    results = tables.load_all(args.run)
+    if not results:
+        raise AmcError(f"{args.run}: no evaluation results under eval/")
+    run_name = config.get("run", args.run.name)
+    if args.action == "table1":
+        frame = tables.table1_frame(results, config, n_boot=n_boot)
+        paths = tables.write_table1(frame, args.run / "tables", run_name)
+    elif args.action == "ablation":
+        frame = tables.ablation_frame(results, config, n_boot=n_boot)
+        reference = (config.get("ablation") or {}).get("reference")
+        paths = tables.write_ablation(frame, args.run / "tables", run_name, reference)
+    elif args.action == "figures":
+        paths = make_figures(args.run, config, results, n_boot)
+    else:
+        paths = make_qualitative(args.run, config, results)
+    for path in paths:
+        log.info("wrote %s", path)
+    return 0
+
+
+def make_figures(run_dir: Path, config: dict, results, n_boot: int) -> list[Path]:
+    out = run_dir / "figures"
+    labels = {name: spec["label"] for name, spec in (config.get("grid") or {}).items()}
+    ablation = tables.ablation_frame(results, config, n_boot=n_boot)
+    paths = figures.ablation_delta(ablation, config.get("sweep_axes") or [], out / "ablation_delta")
+    paths += figures.training_curves(figures.load_metrics(run_dir), labels, out / "training_curves")
+    paths += figures.error_decomposition(ablation, out / "error_decomposition")
+    return paths
+
+
+def qualitative_setup(config: dict) -> tuple[str, str, list[str]]:
+    columns = config["table1"]["columns"]
+    spec = config.get("qualitative") or {}
+    benchmark = spec.get("benchmark") or columns[0]["benchmark"]
+    split = spec.get("split") or columns[0]["split"]
+    methods = spec.get("methods") or list(dict.fromkeys(r["method"] for r in config["table1"]["rows"]))
+    return benchmark, split, methods
+
+
+def make_qualitative(run_dir: Path, config: dict, results) -> list[Path]:
+    """Choose examples where the methods disagree, run ``amc gradcam`` for each method, draw the grid."""
+    benchmark, split, methods = qualitative_setup(config)
+    spec = config.get("qualitative") or {}
+    method_grid = config["grid"]
+    runs = {}
+    for method in methods:
+        by_seed = results.get((method, benchmark, split))
+        if not by_seed:
+            raise AmcError(f"qualitative: no results of {method} on {benchmark} {split}")
+        runs[method] = by_seed[min(by_seed)]
+    reference = (config.get("ablation") or {}).get("reference")
+    ids = figures.choose_examples(runs, spec.get("examples", 6), prefer=reference)
+    records_path = Path(config["data"]["records_dir"]) / f"{benchmark}-{split}.jsonl"
+    records = {r.id: r for r in load_records(records_path)}
+    image_res = config["benchmarks"][benchmark]["image_res"]
+    examples = []
+    with tempfile.TemporaryDirectory(prefix="amc-qualitative-") as tmp:
+        for number, case_id in enumerate(ids):
+            record = records.get(case_id)
+            if record is None:
+                raise AmcError(f"{records_path}: case {case_id!r} of the evaluation is not in the records")
+            example = {
+                "id": case_id,
+                "image": record.image,
+                "phrase": record.phrase,
+                "boxes": record.boxes,
+                "heatmaps": {},
+                "points": {},
+            }
+            for method in methods:
+                run = runs[method]
+                checkpoint = grid.checkpoint_path(config, method, run.seed)
+                example["heatmaps"][method] = figures.run_gradcam(
+                    model_config=config["model_config"],
+                    checkpoint=checkpoint,
+                    vocab=config["vocab"],
+                    image=record.image,
+                    text=record.phrase,
+                    image_res=image_res,
+                    out=Path(tmp) / f"{number}-{method}.npy",
+                )
+                case = run.cases.set_index("id").loc[case_id]
+                point = case["point"]
+                example["points"][method] = (tuple(point), bool(case["hit"])) if point is not None else None
+            examples.append(example)
+    labels = [(m, method_grid.get(m, {}).get("label", m)) for m in methods]
+    return figures.qualitative_grid(examples, labels, run_dir / "figures" / "qualitative")

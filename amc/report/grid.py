@@ -1,0 +1,333 @@
+"""The method grid: from the workflow configuration to the list of runs.
+
+Used by the Snakemake workflow (``workflow/rules/common.smk``) to know which
+jobs exist, and by ``amc report`` and the notebook to know what the jobs were.
+The configuration (``config/*.yaml``, validated against
+``workflow/schemas/config.schema.yaml``) declares
+
+* ``methods``: name -> {label, kind: none|finetune, objectives, optim, data, overrides, seeds};
+* ``sweeps``: each varies one parameter of a base method over values and adds one
+  method per value, named by its pattern (``amc_dmean{value}`` -> ``amc_dmean0.05``).
+  A value equal to the base method's own value adds nothing: the base method
+  stands for it (no duplicate training), and the ablation plot puts it there.
+
+A method of kind ``none`` is the init checkpoint evaluated as it is: it is
+evaluated once, under the first seed (its result does not depend on a seed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PLACEHOLDERS = ("run", "raw_dir", "records_dir")
+
+
+class GridError(ValueError):
+    """A configuration that passes the schema but does not make a grid."""
+
+
+def _format_path(value: str, context: dict[str, str]) -> str:
+    for key in PLACEHOLDERS:
+        value = value.replace("{" + key + "}", context[key])
+    return value
+
+
+def resolve_paths(config: dict) -> dict:
+    """Return a copy of ``config`` with ``{run}``, ``{raw_dir}``, ``{records_dir}`` filled in paths."""
+    config = copy.deepcopy(config)
+    context = {"run": config["run"]}
+    data = config["data"]
+    data["raw_dir"] = data["raw_dir"].replace("{run}", config["run"])
+    context["raw_dir"] = data["raw_dir"]
+    data["records_dir"] = _format_path(data["records_dir"], {**context, "records_dir": ""})
+    context["records_dir"] = data["records_dir"]
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return _format_path(node, context)
+        if isinstance(node, dict):
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    return walk(config)
+
+
+def _get_dotted(mapping: dict, dotted: str) -> Any:
+    node: Any = mapping
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set_dotted(mapping: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = mapping
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def value_text(value: Any) -> str:
+    """A sweep value as it appears in a method name: 0.05 -> '0.05', 1.0 -> '1.0'."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def expand_methods(config: dict) -> dict[str, dict]:
+    """Every method of the grid (declared ones, then sweep-generated ones), fully specified.
+
+    Each entry gains ``seeds`` (resolved; one seed for kind none), ``init_checkpoint``
+    (resolved) and ``sweep`` (None, or {base, parameter, symbol, value}).
+    """
+    declared = config["methods"]
+    seeds = list(config["seeds"])
+    methods: dict[str, dict] = {}
+    for name, spec in declared.items():
+        entry = copy.deepcopy(spec)
+        entry.setdefault("objectives", {})
+        entry.setdefault("optim", {})
+        entry.setdefault("data", {})
+        entry.setdefault("overrides", {})
+        entry["seeds"] = list(entry.get("seeds") or seeds)
+        entry["init_checkpoint"] = entry.get("init_checkpoint") or config["init_checkpoint"]
+        entry["sweep"] = None
+        methods[name] = entry
+
+    for number, sweep in enumerate(config.get("sweeps") or []):
+        base_name = sweep["base"]
+        if base_name not in declared:
+            raise GridError(f"sweeps[{number}]: base method {base_name!r} is not in methods")
+        base = methods[base_name]
+        if base["kind"] != "finetune":
+            raise GridError(f"sweeps[{number}]: base method {base_name!r} is not a fine-tuning method")
+        base_value = _get_dotted(base, sweep["parameter"])
+        symbol = sweep.get("symbol") or sweep["parameter"].rsplit(".", 1)[-1]
+        for value in sweep["values"]:
+            if value == base_value:
+                continue  # the base method itself
+            name = sweep["name"].replace("{value}", value_text(value))
+            if name in methods:
+                raise GridError(f"sweeps[{number}]: method name {name!r} already exists")
+            entry = copy.deepcopy(declared[base_name])
+            entry.setdefault("objectives", {})
+            entry.setdefault("optim", {})
+            entry.setdefault("data", {})
+            entry.setdefault("overrides", {})
+            _set_dotted(entry, sweep["parameter"], value)
+            label_pattern = sweep.get("label") or "{base_label}, {symbol} = {value}"
+            entry["label"] = (
+                label_pattern.replace("{base_label}", base["label"])
+                .replace("{symbol}", symbol)
+                .replace("{value}", value_text(value))
+            )
+            entry["seeds"] = list(sweep.get("seeds") or base["seeds"])
+            entry["init_checkpoint"] = base["init_checkpoint"]
+            entry["sweep"] = {
+                "base": base_name,
+                "parameter": sweep["parameter"],
+                "symbol": symbol,
+                "value": value,
+            }
+            methods[name] = entry
+
+    for entry in methods.values():
+        if entry["kind"] == "none":
+            entry["seeds"] = entry["seeds"][:1]
+    return methods
+
+
+def sweep_axes(config: dict) -> list[dict]:
+    """One entry per sweep: {base, parameter, symbol, points: [{value, method}]} sorted by value."""
+    methods = expand_methods(config)
+    axes = []
+    for sweep in config.get("sweeps") or []:
+        base = sweep["base"]
+        symbol = sweep.get("symbol") or sweep["parameter"].rsplit(".", 1)[-1]
+        points = []
+        base_value = _get_dotted(methods[base], sweep["parameter"])
+        for value in sweep["values"]:
+            if value == base_value:
+                points.append({"value": value, "method": base})
+            else:
+                points.append({"value": value, "method": sweep["name"].replace("{value}", value_text(value))})
+        if base_value is not None and base_value not in sweep["values"]:
+            points.append({"value": base_value, "method": base})
+        points.sort(key=lambda p: (isinstance(p["value"], str), p["value"]))
+        axes.append({"base": base, "parameter": sweep["parameter"], "symbol": symbol, "points": points})
+    return axes
+
+
+def _flatten(prefix: str, node: Any) -> list[tuple[str, Any]]:
+    if isinstance(node, dict) and node:
+        items: list[tuple[str, Any]] = []
+        for key, value in node.items():
+            items.extend(_flatten(f"{prefix}.{key}" if prefix else str(key), value))
+        return items
+    return [(prefix, node)]
+
+
+def override_value(value: Any) -> str:
+    """A value as ``amc train`` parses it (YAML): JSON for anything YAML could misread."""
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = None
+        return value if parsed == value else json.dumps(value)
+    return json.dumps(value)
+
+
+def train_overrides(config: dict, method: str, seed: int) -> list[str]:
+    """The ``key=value`` arguments of ``amc train`` for one method and seed.
+
+    Order: the workflow's paths, the run-wide fine-tuning overrides, then the
+    method's objectives, optim, data and free overrides (later ones win).
+    """
+    methods = expand_methods(config)
+    spec = methods[method]
+    pairs: list[tuple[str, Any]] = [
+        ("model_config", config["model_config"]),
+        ("vocab", config["vocab"]),
+        ("init_checkpoint", spec["init_checkpoint"]),
+        ("data.kind", "records"),
+        ("data.path", f"{config['data']['records_dir']}/vg-train.jsonl"),
+        ("seed", seed),
+        ("method.name", method),
+    ]
+    pairs += list((config["finetune"].get("overrides") or {}).items())
+    pairs += _flatten("method.objectives", spec["objectives"]) if spec["objectives"] else []
+    pairs += _flatten("optim", spec["optim"]) if spec["optim"] else []
+    pairs += _flatten("data", spec["data"]) if spec["data"] else []
+    pairs += list(spec["overrides"].items())
+    return [f"{key}={override_value(value)}" for key, value in pairs]
+
+
+def method_data_path(config: dict, method: str) -> str:
+    """The training data file of a method (records by default, captions for VMRM-style)."""
+    spec = expand_methods(config)[method]
+    return spec["data"].get("path") or f"{config['data']['records_dir']}/vg-train.jsonl"
+
+
+def checkpoint_path(config: dict, method: str, seed: int) -> str:
+    """The checkpoint a method is evaluated with (kind none: its init checkpoint)."""
+    spec = expand_methods(config)[method]
+    if spec["kind"] == "none":
+        return spec["init_checkpoint"]
+    return f"results/{config['run']}/checkpoints/{method}/seed{seed}/checkpoint_final.pt"
+
+
+def eval_targets(config: dict) -> list[dict]:
+    """Every evaluation of the grid: {method, seed, benchmark, split, path}."""
+    targets = []
+    for method, spec in expand_methods(config).items():
+        for seed in spec["seeds"]:
+            for benchmark, bench in config["benchmarks"].items():
+                for split in bench["splits"]:
+                    targets.append(
+                        {
+                            "method": method,
+                            "seed": seed,
+                            "benchmark": benchmark,
+                            "split": split,
+                            "path": f"results/{config['run']}/eval/{method}/seed{seed}/{benchmark}-{split}.json",
+                        }
+                    )
+    return targets
+
+
+def check_grid(config: dict) -> None:
+    """Cross-field checks the JSON schema cannot express; raises GridError with a clear message."""
+    methods = expand_methods(config)
+    for row in config["table1"]["rows"]:
+        if row["method"] not in methods:
+            raise GridError(f"table1.rows: method {row['method']!r} is not in methods ({', '.join(methods)})")
+    for column in config["table1"]["columns"]:
+        bench = config["benchmarks"].get(column["benchmark"])
+        if bench is None or column["split"] not in bench["splits"]:
+            raise GridError(
+                f"table1.columns: {column['benchmark']} {column['split']} is not among the evaluated benchmarks/splits"
+            )
+    reference = (config.get("ablation") or {}).get("reference")
+    if reference and reference not in methods:
+        raise GridError(f"ablation.reference: method {reference!r} is not in methods")
+    qualitative = config.get("qualitative") or {}
+    for name in qualitative.get("methods") or []:
+        if name not in methods:
+            raise GridError(f"qualitative.methods: method {name!r} is not in methods")
+    if config.get("pretrain", {}).get("enabled") and config["data"]["source"] != "synthetic":
+        raise GridError(
+            "pretrain.enabled needs data.source: synthetic (the pretrain rule trains on its captions)"
+        )
+    for name, spec in methods.items():
+        if spec["kind"] == "none" and (spec["objectives"] or spec["optim"] or spec["overrides"]):
+            raise GridError(
+                f"methods.{name}: kind none is not trained; it takes no objectives/optim/overrides"
+            )
+
+
+def resolved_config(config: dict) -> dict:
+    """The configuration as the reports read it: paths resolved, the grid expanded."""
+    config = resolve_paths(config)
+    config["grid"] = expand_methods(config)
+    config["sweep_axes"] = sweep_axes(config)
+    return config
+
+
+SCHEMA_PATH = "workflow/schemas/config.schema.yaml"
+
+
+def _schema_path() -> Path:
+    """The schema of the checkout this package runs from (editable install), else under the cwd."""
+    beside = Path(__file__).resolve().parents[2] / SCHEMA_PATH
+    return beside if beside.is_file() else Path(SCHEMA_PATH)
+
+
+def validate_config(config: dict, schema_path: str | Path | None = None) -> dict:
+    """Validate a workflow configuration and fill in defaults, as Snakemake's ``validate`` does."""
+    import jsonschema
+    from jsonschema import Draft202012Validator, validators
+
+    schema_path = schema_path or _schema_path()
+
+    with open(schema_path, encoding="utf-8") as handle:
+        schema = yaml.safe_load(handle)
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        for name, subschema in properties.items():
+            if isinstance(instance, dict) and "default" in subschema:
+                instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    validator_class = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    config = copy.deepcopy(config)
+    errors = list(validator_class(schema).iter_errors(config))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        where = "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in best.absolute_path)
+        raise GridError(f"{where}: {best.message}")
+    return config
+
+
+def load_config(path: str) -> dict:
+    """A run's configuration for the reports: ``workflow-config.json`` as is, or a config YAML validated and resolved."""
+    with open(path, encoding="utf-8") as handle:
+        if str(path).endswith(".json"):
+            loaded = json.load(handle)
+            if "grid" in loaded:
+                return loaded
+        else:
+            loaded = yaml.safe_load(handle)
+    config = validate_config(loaded)
+    check_grid(resolve_paths(config))
+    return resolved_config(config)

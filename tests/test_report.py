@@ -1,0 +1,261 @@
+"""Report tables and figures from evaluation results fabricated in the documented format.
+
+The fabricated run has numbers one can check by hand: on Flickr30k test (10 cases)
+AMC hits 8 (seed 0) and 6 (seed 1) cases -> 70%, ALBEF hits 5 -> 50%, and so on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from amc.cli import main as amc_main
+from amc.report import figures, grid, tables
+
+REPO = Path(__file__).resolve().parent.parent
+
+# hits per (method, seed, benchmark-split); a 0 case is a miss (its kind below)
+HITS = {
+    ("albef", 0, "flickr30k-test"): [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+    ("amc", 0, "flickr30k-test"): [1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
+    ("amc", 1, "flickr30k-test"): [1, 1, 1, 1, 1, 1, 0, 0, 0, 0],
+    ("vmrm_style", 0, "flickr30k-test"): [1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+    ("vmrm_style", 1, "flickr30k-test"): [1, 1, 1, 1, 1, 1, 0, 0, 0, 0],
+    ("amc_dmean0.05", 0, "flickr30k-test"): [1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    ("albef", 0, "refcoco+-testA"): [1, 0, 1, 0, 1, 0, 1, 0],
+    ("amc", 0, "refcoco+-testA"): [1, 1, 1, 1, 1, 1, 0, 0],
+    ("amc", 1, "refcoco+-testA"): [1, 1, 1, 1, 1, 1, 1, 0],
+    ("vmrm_style", 0, "refcoco+-testA"): [1, 1, 0, 0, 0, 0, 0, 0],
+    ("vmrm_style", 1, "refcoco+-testA"): [1, 1, 1, 0, 0, 0, 0, 0],
+    ("amc_dmean0.05", 0, "refcoco+-testA"): [1, 1, 1, 1, 0, 0, 0, 0],
+}
+CATEGORIES = ["people", "animals"]
+
+
+def run_config(paper: Path) -> dict:
+    return {
+        "run": "fab",
+        "data": {"source": "synthetic", "raw_dir": "data/fab/synth", "records_dir": "data/fab/records"},
+        "model_config": "config/models/tiny.yaml",
+        "vocab": "{raw_dir}/vocab/vocab.txt",
+        "init_checkpoint": "results/{run}/pretrain/checkpoint_final.pt",
+        "finetune": {"config": "config/runs/demo-finetune.yaml"},
+        "seeds": [0, 1],
+        "methods": {
+            "albef": {"label": "ALBEF", "kind": "none"},
+            "vmrm_style": {"label": "VMRM-style", "kind": "finetune"},
+            "amc": {
+                "label": "AMC",
+                "kind": "finetune",
+                "objectives": {"amc": {"delta_mean": 0.1, "delta_max": 0.5}},
+            },
+        },
+        "sweeps": [
+            {
+                "base": "amc",
+                "parameter": "objectives.amc.delta_mean",
+                "symbol": "Δ1",
+                "values": [0.05, 0.1],
+                "name": "amc_dmean{value}",
+                "seeds": [0],
+            }
+        ],
+        "benchmarks": {
+            "flickr30k": {"splits": ["test"], "image_res": 96},
+            "refcoco+": {"splits": ["testA"], "image_res": 96},
+        },
+        "table1": {
+            "paper": str(paper),
+            "rows": [
+                {"label": "VMRM-style", "method": "vmrm_style", "paper": "VMRM"},
+                {"label": "ALBEF", "method": "albef", "paper": "ALBEF"},
+                {"label": "AMC", "method": "amc", "paper": "AMC"},
+            ],
+            "columns": [
+                {"benchmark": "flickr30k", "split": "test", "label": "Flickr30k test"},
+                {"benchmark": "refcoco+", "split": "testA", "label": "RefCOCO+ testA"},
+            ],
+        },
+        "ablation": {"reference": "amc", "n_boot": 2000},
+    }
+
+
+def fabricate_run(root: Path, with_metrics: bool = True) -> tuple[Path, dict]:
+    """results/fab/ under ``root``: eval JSONs, metrics.jsonl, workflow-config.json."""
+    run_dir = root / "results" / "fab"
+    config = grid.resolved_config(grid.validate_config(run_config(REPO / "results/paper/table1.csv")))
+    (run_dir).mkdir(parents=True, exist_ok=True)
+    (run_dir / "workflow-config.json").write_text(json.dumps(config))
+    for (method, seed, name), hits in HITS.items():
+        benchmark, split = name.rsplit("-", 1)
+        cases = []
+        for i, hit in enumerate(hits):
+            miss = None if hit else ("other_object" if i % 2 == 0 else "background")
+            cases.append(
+                {
+                    "id": f"{benchmark}/{split}/{i}",
+                    "point": [10.0 + i, 20.0],
+                    "hit": bool(hit),
+                    "miss": miss,
+                    "category": CATEGORIES[i % 2],
+                }
+            )
+        summary = {
+            "benchmark": benchmark,
+            "split": split,
+            "method": method,
+            "seed": seed,
+            "accuracy": sum(hits) / len(hits),
+            "n_cases": len(hits),
+            "n_hits": sum(hits),
+        }
+        path = run_dir / "eval" / method / f"seed{seed}" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"summary": summary, "cases": cases}))
+    if with_metrics:
+        for method, seeds in (("amc", [0, 1]), ("vmrm_style", [0, 1]), ("amc_dmean0.05", [0])):
+            for seed in seeds:
+                path = run_dir / "train" / method / f"seed{seed}" / "metrics.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                lines = [
+                    {
+                        "step": s,
+                        "epoch": 0,
+                        "lr": 1e-4,
+                        "loss": 3.0 - 0.1 * s + 0.05 * seed,
+                        "loss_itc": 1.0,
+                        "loss_amc": 0.5,
+                    }
+                    for s in range(0, 20, 5)
+                ]
+                path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return run_dir, config
+
+
+def report(*args: str) -> int:
+    return amc_main(["report", *args])
+
+
+@pytest.fixture()
+def fabricated(tmp_path):
+    return fabricate_run(tmp_path)
+
+
+def test_grid_expansion_skips_the_base_value():
+    config = grid.resolve_paths(grid.validate_config(run_config(REPO / "results/paper/table1.csv")))
+    methods = grid.expand_methods(config)
+    assert list(methods) == ["albef", "vmrm_style", "amc", "amc_dmean0.05"]
+    assert methods["albef"]["seeds"] == [0]  # kind none: one seed-independent evaluation
+    assert methods["amc_dmean0.05"]["objectives"]["amc"] == {"delta_mean": 0.05, "delta_max": 0.5}
+    assert methods["amc_dmean0.05"]["label"] == "AMC, Δ1 = 0.05"
+    axes = grid.sweep_axes(config)
+    assert [(p["value"], p["method"]) for p in axes[0]["points"]] == [(0.05, "amc_dmean0.05"), (0.1, "amc")]
+    overrides = grid.train_overrides(config, "amc_dmean0.05", 0)
+    assert "method.objectives.amc.delta_mean=0.05" in overrides
+    assert "method.name=amc_dmean0.05" in overrides and "seed=0" in overrides
+    assert grid.override_value("0.1") == '"0.1"' and grid.override_value("true") == '"true"'
+
+
+def test_table1_numbers(fabricated):
+    run_dir, config = fabricated
+    results = tables.load_all(run_dir)
+    frame = tables.table1_frame(results, config, n_boot=2000)
+    amc = frame[(frame["method"] == "amc") & (frame["benchmark"] == "flickr30k")].iloc[0]
+    assert amc["reproduced"] == pytest.approx(70.0)  # (8 + 6) / 20
+    assert amc["paper"] == pytest.approx(86.49)
+    assert amc["difference"] == pytest.approx(70.0 - 86.49)
+    assert amc["n_seeds"] == 2 and amc["n_cases"] == 10
+    assert amc["low"] <= amc["reproduced"] <= amc["high"]
+    assert "CVPR 2023" in amc["source"]
+    albef = frame[(frame["method"] == "albef") & (frame["benchmark"] == "flickr30k")].iloc[0]
+    assert albef["reproduced"] == pytest.approx(50.0) and albef["n_seeds"] == 1
+    vmrm = frame[(frame["method"] == "vmrm_style") & (frame["split"] == "testA")].iloc[0]
+    assert vmrm["reproduced"] == pytest.approx(100 * 5 / 16)
+
+
+def test_table1_files(fabricated):
+    run_dir, _ = fabricated
+    assert report("table1", "--run", str(run_dir), "--n-boot", "500") == 0
+    csv = pd.read_csv(run_dir / "tables/table1.csv")
+    assert list(dict.fromkeys(csv["row"])) == ["VMRM-style", "ALBEF", "AMC"]
+    md = (run_dir / "tables/table1.md").read_text()
+    assert "| AMC | 86.49 | 70.00 [" in md
+    assert "Yang et al., Improving Visual Grounding" in md
+    assert r"\begin{tabular}" in (run_dir / "tables/table1.tex").read_text()
+
+
+def test_ablation_paired_and_errors(fabricated):
+    run_dir, config = fabricated
+    frame = tables.ablation_frame(tables.load_all(run_dir), config, n_boot=2000)
+    row = frame[(frame["method"] == "albef") & (frame["benchmark"] == "flickr30k")].iloc[0]
+    assert row["accuracy"] == pytest.approx(50.0)
+    assert row["diff_vs_reference"] == pytest.approx(50.0 - 70.0)
+    assert row["diff_low"] <= row["diff_vs_reference"] <= row["diff_high"]
+    assert 0.0 < row["p_bootstrap"] <= 1.0
+    # McNemar against AMC seed 0: ALBEF hits cases 0-4, AMC 0-7 -> b = 0, c = 3, exact p = 0.25
+    assert (row["mcnemar_b"], row["mcnemar_c"]) == (0, 3)
+    assert row["mcnemar_p"] == pytest.approx(0.25)
+    # misses of ALBEF: cases 5-9 -> odd ids background (5, 7, 9), even other object (6, 8)
+    assert row["miss_other_object"] == 2 and row["miss_background"] == 3
+    assert row["miss_other_object_share"] == pytest.approx(0.4)
+    reference = frame[(frame["method"] == "amc") & (frame["benchmark"] == "flickr30k")].iloc[0]
+    assert math.isnan(reference["diff_vs_reference"])
+    assert set(frame["method"]) == {"albef", "vmrm_style", "amc", "amc_dmean0.05"}
+
+
+def test_ablation_and_figure_files(fabricated):
+    run_dir, _ = fabricated
+    assert report("ablation", "--run", str(run_dir), "--n-boot", "500") == 0
+    assert "Misses: background" in (run_dir / "tables/ablation.md").read_text()
+    assert report("figures", "--run", str(run_dir), "--n-boot", "200") == 0
+    for name in ("ablation_delta", "training_curves", "error_decomposition"):
+        for ext in ("png", "pdf"):
+            assert (run_dir / "figures" / f"{name}.{ext}").stat().st_size > 1000
+
+
+def test_misaligned_cases_are_an_error(fabricated):
+    run_dir, config = fabricated
+    path = run_dir / "eval/amc/seed1/flickr30k-test.json"
+    data = json.loads(path.read_text())
+    data["cases"][0]["id"] = "other"
+    path.write_text(json.dumps(data))
+    with pytest.raises(Exception, match="missing"):
+        tables.table1_frame(tables.load_all(run_dir), config, n_boot=100)
+
+
+def test_qualitative_choice_and_grid(fabricated, tmp_path):
+    run_dir, _ = fabricated
+    results = tables.load_all(run_dir)
+    runs = {m: results[(m, "flickr30k", "test")][0] for m in ("albef", "amc")}
+    ids = figures.choose_examples(runs, 3, prefer="amc")
+    assert ids == figures.choose_examples(runs, 3, prefer="amc")  # deterministic
+    assert set(ids) <= {"flickr30k/test/5", "flickr30k/test/6", "flickr30k/test/7"}  # AMC hits, ALBEF misses
+    from PIL import Image
+
+    image = tmp_path / "img.png"
+    Image.new("RGB", (64, 48), (120, 30, 200)).save(image)
+    example = {
+        "image": str(image),
+        "phrase": "a purple square",
+        "boxes": [[5, 5, 30, 30]],
+        "heatmaps": {"albef": np.random.default_rng(0).random((6, 8)), "amc": None},
+        "points": {"albef": ((40.0, 10.0), False), "amc": ((10.0, 10.0), True)},
+    }
+    paths = figures.qualitative_grid([example], [("albef", "ALBEF"), ("amc", "AMC")], tmp_path / "q")
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_where_prints_locations(tmp_path, monkeypatch, capsys):
+    from amc.report import where
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg.yaml").write_text("run: fab\n")
+    fabricate_run(tmp_path)
+    assert where.main(["--config", "cfg.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "results/fab/tables/table1.md" in out and "report.html" in out

@@ -1,0 +1,200 @@
+"""The Snakemake workflow: the full grid in a dry run, clear schema errors, and (slow) the mini run end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from amc.report import grid
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SNAKEMAKE = shutil.which("snakemake", path=str(BIN)) or shutil.which("snakemake")
+
+pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")
+
+
+def snakemake(
+    *args: str, cwd: Path = REPO, check: bool = True, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    result = subprocess.run(
+        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--nolock", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def job_counts(output: str) -> Counter:
+    """The 'Job stats' table of a dry run: rule -> count."""
+    counts: Counter = Counter()
+    block = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    for line in block.splitlines():
+        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if match:
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def planned_outputs(output: str) -> set[str]:
+    """Every output file of the jobs a (non-quiet) dry run lists."""
+    files: set[str] = set()
+    for match in re.finditer(r"^\s+output: (.*)$", output, flags=re.MULTILINE):
+        files.update(part.strip() for part in match.group(1).split(", "))
+    return files
+
+
+@pytest.fixture(scope="module")
+def paper_dry_run() -> str:
+    result = snakemake("-n", "all")
+    return result.stdout + result.stderr
+
+
+def test_paper_grid_is_complete_without_data(paper_dry_run):
+    counts = job_counts(paper_dry_run)
+    methods_finetuned = (
+        6 + 4
+    )  # albef_vg, vmrm_style, amc, L_mean only, L_max only, per-sample + 4 sweep points
+    assert counts["train"] == methods_finetuned * 3
+    assert counts["evaluate"] == (methods_finetuned * 3 + 1) * 5  # + ALBEF once; 5 benchmark splits
+    assert counts["prepare_eval"] == 5 and counts["prepare_vg"] == 1
+    assert counts["download_albef_14m"] == 1 and counts["download_flickr30k_images"] == 1
+    for rule in ("table1", "ablation", "figures", "qualitative", "run_config", "all"):
+        assert counts[rule] == 1
+    assert "pretrain" not in counts and "synth" not in counts
+
+
+def test_paper_grid_names(paper_dry_run):
+    outputs = planned_outputs(paper_dry_run)
+    run = "results/reproduction"
+    for method in (
+        "albef_vg", "vmrm_style", "amc", "amc_lmean_only", "amc_lmax_only", "amc_per_sample",
+        "amc_dmean0.05", "amc_dmean0.2", "amc_dmax0.25", "amc_dmax1.0",
+    ):  # fmt: skip
+        for seed in (0, 1, 2):
+            assert f"{run}/checkpoints/{method}/seed{seed}/checkpoint_final.pt" in outputs
+            assert f"{run}/train/{method}/seed{seed}/metrics.jsonl" in outputs
+            for split in (
+                "flickr30k-val",
+                "flickr30k-test",
+                "refcoco+-val",
+                "refcoco+-testA",
+                "refcoco+-testB",
+            ):
+                assert f"{run}/eval/{method}/seed{seed}/{split}.json" in outputs
+    # the base values of the sweeps are AMC itself, not duplicate runs
+    assert not any("amc_dmean0.1/" in o or "amc_dmax0.5/" in o for o in outputs)
+    assert f"{run}/eval/albef/seed0/refcoco+-testB.json" in outputs
+    assert not any(o.startswith(f"{run}/eval/albef/seed1") for o in outputs)
+    assert "data/raw/albef/ALBEF.pth" in outputs and "data/records/vg-train.jsonl" in outputs
+    for name in ("table1.csv", "table1.md", "table1.tex", "ablation.csv", "ablation.md", "ablation.tex"):
+        assert f"{run}/tables/{name}" in outputs
+    for name in ("qualitative", "ablation_delta", "training_curves", "error_decomposition"):
+        assert f"{run}/figures/{name}.png" in outputs and f"{run}/figures/{name}.pdf" in outputs
+
+
+def test_demo_grid():
+    demo = job_counts(snakemake("-n", "--quiet", "rules", "--configfile", "config/demo.yaml").stdout)
+    assert demo["synth"] == 1 and demo["pretrain"] == 1
+    assert demo["train"] == 12 and demo["evaluate"] == 13 * 4
+
+
+def test_ci_grid_and_gpu_commands(tmp_path):
+    """config/ci.yaml alone (not merged into config/config.yaml); GPU rules go through amc gpu-run."""
+    config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    config["finetune"]["gpus"] = 2
+    (tmp_path / "ci2.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--printshellcmds", "--configfile", str(tmp_path / "ci2.yaml"))
+    text = result.stdout
+    counts = job_counts(text)
+    assert counts["train"] == 1 and counts["evaluate"] == 2 * 3
+    assert "amc gpu-run --gpus 2 -- torchrun --standalone --nproc-per-node 2 -m amc train" in text
+    assert "--resume" in text and "method.objectives.amc.delta_mean=0.1" in text
+    assert re.search(r"amc gpu-run --gpus 1 -- amc evaluate .*--image-res 96", text)
+    assert "gpu=2" in text
+
+
+def test_schema_error_is_clear_in_snakemake():
+    result = snakemake("-n", "--configfile", "config/ci.yaml", "--config", "seedz=[0]", check=False)
+    assert result.returncode != 0
+    out = result.stderr + result.stdout
+    assert "Invalid workflow configuration" in out
+    assert "Additional properties are not allowed ('seedz' was unexpected)" in out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.update(seeds=3), "config.seeds: 3 is not of type 'array'"),
+        (
+            lambda c: c["data"].update(scal="demo"),
+            "config.data: Additional properties are not allowed ('scal'",
+        ),
+        (lambda c: c.update(run="paper"), "config.run"),
+        (lambda c: c["methods"]["amc"].update(kind="fine"), "config.methods.amc.kind: 'fine' is not one of"),
+        (lambda c: c["evaluate"].update(gpus=-1), "config.evaluate.gpus: -1 is less than the minimum of 0"),
+    ],
+)
+def test_schema_errors_name_the_key(change, message):
+    config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    change(config)
+    with pytest.raises(grid.GridError) as error:
+        grid.validate_config(config)
+    assert message in str(error.value)
+
+
+def test_cross_field_errors():
+    config = grid.resolve_paths(grid.validate_config(yaml.safe_load((REPO / "config/ci.yaml").read_text())))
+    config["table1"]["rows"][0]["method"] = "nope"
+    with pytest.raises(grid.GridError, match="table1.rows: method 'nope' is not in methods"):
+        grid.check_grid(config)
+
+
+def test_all_configs_validate():
+    for name in ("config.yaml", "demo.yaml", "ci.yaml"):
+        config = grid.validate_config(yaml.safe_load((REPO / "config" / name).read_text()))
+        grid.check_grid(grid.resolve_paths(config))
+
+
+# ------------------------------------------------------------------ the mini run, end to end
+
+NEEDED = ("amc.synth", "amc.data.prepare", "amc.train", "amc.evaluate", "amc.gradcam_cli")
+MISSING = [name for name in NEEDED if importlib.util.find_spec(name) is None]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(bool(MISSING), reason=f"commands not written yet: {', '.join(MISSING)}")
+def test_ci_config_end_to_end(tmp_path):
+    """config/ci.yaml in a scratch folder: every stage, then an interrupted-and-rerun check."""
+    for name in ("config", "results/paper"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).symlink_to(REPO / name)
+    args = ("--configfile", "config/ci.yaml", "--directory", str(tmp_path))
+    snakemake("all", "--cores", "2", "--resources", "gpu=0", *args, cwd=tmp_path, timeout=1100)
+    run = tmp_path / "results/ci"
+    for name in ("table1.csv", "table1.md", "table1.tex", "ablation.csv", "ablation.md", "ablation.tex"):
+        assert (run / "tables" / name).stat().st_size > 0
+    for name in ("qualitative", "ablation_delta", "training_curves", "error_decomposition"):
+        assert (run / "figures" / f"{name}.png").is_file() and (run / "figures" / f"{name}.pdf").is_file()
+    assert (run / "eval/albef/seed0/flickr30k-test.json").is_file()
+    # Rerun after losing one result: only that evaluation and the reports that read it.
+    (run / "eval/amc/seed0/refcoco+-testA.json").unlink()
+    counts = job_counts(snakemake("-n", "--quiet", "rules", *args, cwd=tmp_path).stdout)
+    assert counts["evaluate"] == 1 and counts.get("train", 0) == 0 and counts.get("pretrain", 0) == 0
+    # The HTML report.
+    snakemake("--report", str(run / "report.html"), *args, cwd=tmp_path)
+    assert (run / "report.html").stat().st_size > 10_000

@@ -1,0 +1,217 @@
+# Configuration, the method grid, and the small helpers the rules use for inputs and params.
+#
+# The configuration is validated against workflow/schemas/config.schema.yaml (defaults
+# filled in), then its paths are resolved ({run}, {raw_dir}, {records_dir}) and the grid
+# is expanded by amc.report.grid, the same code `amc report` and the notebook use.
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from amc.report import grid as amc_grid
+
+SCHEMA = "../schemas/config.schema.yaml"
+
+
+# First our own pass over the schema, for a one-line error that says where and what
+# (e.g. "config.data: Additional properties are not allowed ('scal' was unexpected)"),
+# then Snakemake's validate(), which fills in the defaults.
+try:
+    amc_grid.validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+except amc_grid.GridError as error:
+    raise WorkflowError(
+        f"Invalid workflow configuration (see workflow/schemas/config.schema.yaml): {error}"
+    ) from None
+validate(config, SCHEMA)
+config.update(amc_grid.resolve_paths(config))
+try:
+    amc_grid.check_grid(config)
+except amc_grid.GridError as error:
+    raise WorkflowError(f"Invalid workflow configuration: {error}") from None
+
+RUN = config["run"]
+RESULTS = f"results/{RUN}"
+LOGS = f"{RESULTS}/logs"
+RAW = config["data"]["raw_dir"]
+RECORDS = config["data"]["records_dir"]
+SYNTHETIC = config["data"]["source"] == "synthetic"
+METHODS = amc_grid.expand_methods(config)
+FINETUNED = [m for m, spec in METHODS.items() if spec["kind"] == "finetune"]
+BENCHMARKS = config["benchmarks"]
+EVAL_SPLITS = [(b, s) for b, spec in BENCHMARKS.items() for s in spec["splits"]]
+SYNTH_FLAG = f"{RAW}/SYNTH_INFO.json"
+VG_TRAIN = f"{RECORDS}/vg-train.jsonl"
+
+
+wildcard_constraints:
+    method="|".join(map(re.escape, METHODS)) or "NO_METHOD",
+    seed=r"\d+",
+    benchmark="|".join(map(re.escape, BENCHMARKS)),
+    split=r"[A-Za-z]+",
+
+
+# ------------------------------------------------------------------ raw data (downloads)
+
+
+def load_manifest() -> dict[str, dict]:
+    """name -> artifact entry of the download manifest (real data only)."""
+    path = Path(config["data"]["manifest"])
+    if not path.is_file():
+        raise WorkflowError(f"{path}: download manifest not found (config data.manifest)")
+    with path.open(encoding="utf-8") as handle:
+        manifest = yaml.safe_load(handle) or {}
+    artifacts = manifest.get("artifacts", manifest)
+    if isinstance(artifacts, dict):
+        artifacts = [{"name": name, **entry} for name, entry in artifacts.items()]
+    return {entry["name"]: entry for entry in artifacts}
+
+
+MANIFEST = {} if SYNTHETIC else load_manifest()
+
+
+def artifact_outputs(entry: dict) -> list[str]:
+    """The paths an artifact produces, under raw_dir (a path without suffix is a folder)."""
+    return [f"{RAW}/{p.rstrip('/')}" for p in entry.get("produces", [])]
+
+
+def is_folder(path: str) -> bool:
+    return Path(path).suffix == "" or path.endswith("/")
+
+
+PRODUCED = {path: name for name, entry in MANIFEST.items() for path in artifact_outputs(entry)}
+
+
+def raw_input(path: str) -> str:
+    """The workflow target that provides ``path`` (a file or folder of the raw data).
+
+    Synthetic: the synth rule's flag file for anything under raw_dir. Real: the
+    manifest output that is ``path`` or a folder holding it; other paths are taken as
+    they are (they must exist, e.g. a hand-made file).
+    """
+    if not path.startswith(RAW + "/"):
+        return path
+    if SYNTHETIC:
+        return SYNTH_FLAG
+    for produced in sorted(PRODUCED, key=len, reverse=True):
+        if path == produced or path.startswith(produced + "/"):
+            return produced
+    return path
+
+
+def dataset_inputs(dataset: str) -> list[str]:
+    """Raw inputs of `amc prepare DATASET`."""
+    if SYNTHETIC:
+        return [SYNTH_FLAG]
+    layout = config["data"]["layout"][dataset]
+    missing = [name for name in layout["artifacts"] if name not in MANIFEST]
+    if missing:
+        raise WorkflowError(
+            f"config data.layout.{dataset}.artifacts: {', '.join(missing)} not in {config['data']['manifest']}"
+        )
+    paths = [p for name in layout["artifacts"] for p in artifact_outputs(MANIFEST[name])]
+    return paths or [f"{RAW}/{layout['root']}"]
+
+
+def layout_path(dataset: str, key: str) -> str:
+    return f"{RAW}/{config['data']['layout'][dataset][key]}"
+
+
+# ------------------------------------------------------------------ records
+
+
+def eval_records(benchmark: str, split: str) -> str:
+    return f"{RECORDS}/{benchmark}-{split}.jsonl"
+
+
+def all_eval_records() -> list[str]:
+    return [eval_records(b, s) for b, s in EVAL_SPLITS]
+
+
+# ------------------------------------------------------------------ training and evaluation
+
+
+def q(value) -> str:
+    return shlex.quote(str(value))
+
+
+def gpu_launcher(gpus: int, torchrun: bool = False) -> str:
+    """`amc gpu-run` prefix: takes `gpus` free devices (none found: the CPU)."""
+    prefix = f"amc gpu-run --gpus {gpus} --"
+    if torchrun and gpus > 1:
+        prefix += f" torchrun --standalone --nproc-per-node {gpus} -m amc"
+    else:
+        prefix += " amc"
+    return prefix
+
+
+def checkpoint_dir(method: str, seed) -> str:
+    return f"{RESULTS}/checkpoints/{method}/seed{seed}"
+
+
+def train_inputs(wildcards) -> dict[str, str]:
+    spec = METHODS[wildcards.method]
+    return {
+        "data": raw_input(amc_grid.method_data_path(config, wildcards.method)),
+        "init": raw_input(spec["init_checkpoint"]),
+        "vocab": raw_input(config["vocab"]),
+        "base_config": config["finetune"]["config"],
+        "model_config": config["model_config"],
+    }
+
+
+def train_overrides(wildcards) -> str:
+    args = amc_grid.train_overrides(config, wildcards.method, int(wildcards.seed))
+    return " ".join(q(a) for a in args)
+
+
+def eval_checkpoint(wildcards) -> str:
+    return raw_input(amc_grid.checkpoint_path(config, wildcards.method, int(wildcards.seed)))
+
+
+def eval_path(method: str, seed, benchmark: str, split: str) -> str:
+    return f"{RESULTS}/eval/{method}/seed{seed}/{benchmark}-{split}.json"
+
+
+def all_evals(methods=None, splits=None) -> list[str]:
+    methods = list(METHODS) if methods is None else methods
+    splits = EVAL_SPLITS if splits is None else splits
+    return [
+        eval_path(m, seed, b, s) for m in methods for seed in METHODS[m]["seeds"] for b, s in splits
+    ]
+
+
+def all_train_metrics() -> list[str]:
+    return [f"{RESULTS}/train/{m}/seed{seed}/metrics.jsonl" for m in FINETUNED for seed in METHODS[m]["seeds"]]
+
+
+# ------------------------------------------------------------------ reports
+
+
+TABLE1_METHODS = list(dict.fromkeys(row["method"] for row in config["table1"]["rows"]))
+TABLE1_SPLITS = [(c["benchmark"], c["split"]) for c in config["table1"]["columns"]]
+QUALITATIVE = config["qualitative"]
+QUALITATIVE_METHODS = QUALITATIVE.get("methods") or TABLE1_METHODS
+QUALITATIVE_SPLIT = (
+    QUALITATIVE.get("benchmark") or TABLE1_SPLITS[0][0],
+    QUALITATIVE.get("split") or TABLE1_SPLITS[0][1],
+)
+FIGURES = ["ablation_delta", "training_curves", "error_decomposition"]
+
+
+def figure_paths(name: str) -> list[str]:
+    return [f"{RESULTS}/figures/{name}.png", f"{RESULTS}/figures/{name}.pdf"]
+
+
+def all_outputs() -> list[str]:
+    outputs = [f"{RESULTS}/tables/{t}.{ext}" for t in ("table1", "ablation") for ext in ("csv", "md", "tex")]
+    for name in FIGURES:
+        outputs += figure_paths(name)
+    if QUALITATIVE["enabled"]:
+        outputs += figure_paths("qualitative")
+    outputs += all_evals()
+    return outputs

@@ -1,0 +1,102 @@
+# Data: the raw datasets (synthesised, or downloaded from the manifest) and `amc prepare`,
+# which turns each into grounding records (one JSON line per case).
+#
+#   synthetic: synth -> prepare_vg, prepare_eval (one per benchmark split)
+#   real:      download_<artifact> (one local rule per manifest artifact) -> prepare_*
+
+
+if SYNTHETIC:
+
+    rule synth:
+        """The synthetic benchmark in the real datasets' raw formats (amc synth)."""
+        output:
+            SYNTH_FLAG,
+        log:
+            f"{LOGS}/synth.log",
+        params:
+            out=RAW,
+            seed=config["data"]["synthetic"]["seed"],
+            scale=config["data"]["synthetic"]["scale"],
+            workers=config["data"]["synthetic"]["workers"],
+        threads: config["data"]["synthetic"]["workers"]
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        shell:
+            "amc synth --out {params.out:q} --seed {params.seed} --scale {params.scale}"
+            " --workers {params.workers} > {log:q} 2>&1"
+
+else:
+
+    # One local rule per artifact: downloads run on the machine Snakemake runs on (the
+    # cluster's compute nodes often have no internet). Only the artifacts some rule
+    # needs are fetched.
+    for _name, _entry in MANIFEST.items():
+
+        rule:
+            name:
+                f"download_{_name}"
+            localrule: True
+            output:
+                [directory(p) if is_folder(p) else p for p in artifact_outputs(_entry)],
+            log:
+                f"{LOGS}/download/{_name}.log",
+            params:
+                name=_name,
+                dest=RAW,
+                manifest=config["data"]["manifest"],
+            threads: 1
+            resources:
+                mem_mb=1000,
+                runtime=600,
+            shell:
+                "amc download {params.name} --dest {params.dest:q} --manifest {params.manifest:q}"
+                " --no-progress > {log:q} 2>&1"
+
+
+def _exclude_records_arg(wildcards, input) -> str:
+    if not config["data"]["exclude_eval_images"]:
+        return ""
+    return "--exclude-records " + " ".join(q(p) for p in input.exclude)
+
+
+rule prepare_vg:
+    """VG phrases with boxes (region descriptions, attributes, relations): the fine-tuning records."""
+    input:
+        raw=dataset_inputs("vg"),
+        exclude=all_eval_records() if config["data"]["exclude_eval_images"] else [],
+    output:
+        VG_TRAIN,
+    log:
+        f"{LOGS}/prepare/vg-train.log",
+    params:
+        root=layout_path("vg", "root"),
+        images=layout_path("vg", "images"),
+        exclude=_exclude_records_arg,
+    threads: 1
+    resources:
+        mem_mb=16000 if not SYNTHETIC else 1000,
+        runtime=120,
+    shell:
+        "amc prepare vg --root {params.root:q} --images {params.images:q} --out {output:q}"
+        " {params.exclude} > {log:q} 2>&1"
+
+
+rule prepare_eval:
+    """One evaluation split (Flickr30k Entities or RefCOCO+) as records."""
+    input:
+        lambda wc: dataset_inputs(wc.benchmark),
+    output:
+        f"{RECORDS}/{{benchmark}}-{{split}}.jsonl",
+    log:
+        f"{LOGS}/prepare/{{benchmark}}-{{split}}.log",
+    params:
+        root=lambda wc: layout_path(wc.benchmark, "root"),
+        images=lambda wc: layout_path(wc.benchmark, "images"),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "amc prepare {wildcards.benchmark:q} --root {params.root:q} --images {params.images:q}"
+        " --split {wildcards.split:q} --out {output:q} > {log:q} 2>&1"

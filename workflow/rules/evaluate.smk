@@ -1,0 +1,36 @@
+# Evaluation: pointing accuracy of every method x seed on every benchmark split
+# (amc evaluate), each on a free GPU. The result JSON holds the summary and every
+# case (point, hit, miss kind, category), so the reports can pair methods case by case.
+#
+# A method of kind `none` (the ALBEF row) is its init checkpoint evaluated as is: it
+# is evaluated once, under the first seed (see amc.report.grid).
+
+
+rule evaluate:
+    """One checkpoint on one benchmark split."""
+    input:
+        checkpoint=eval_checkpoint,
+        records=lambda wc: eval_records(wc.benchmark, wc.split),
+        vocab=raw_input(config["vocab"]),
+        model_config=config["model_config"],
+    output:
+        f"{RESULTS}/eval/{{method}}/seed{{seed}}/{{benchmark}}-{{split}}.json",
+    log:
+        f"{LOGS}/evaluate/{{method}}/seed{{seed}}/{{benchmark}}-{{split}}.log",
+    params:
+        launcher=gpu_launcher(config["evaluate"]["gpus"]),
+        vocab=config["vocab"],
+        image_res=lambda wc: BENCHMARKS[wc.benchmark]["image_res"],
+        num_workers=config["evaluate"]["num_workers"],
+        extra=config["evaluate"]["extra_args"],
+    threads: config["evaluate"]["threads"]
+    resources:
+        gpu=config["evaluate"]["gpus"],
+        mem_mb=config["evaluate"]["mem_mb"],
+        runtime=config["evaluate"]["runtime"],
+    shell:
+        "{params.launcher} evaluate --checkpoint {input.checkpoint:q} --model-config {input.model_config:q}"
+        " --vocab {params.vocab:q} --records {input.records:q} --benchmark {wildcards.benchmark:q}"
+        " --split {wildcards.split:q} --image-res {params.image_res} --method {wildcards.method:q}"
+        " --seed {wildcards.seed} --num-workers {params.num_workers} {params.extra}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,130 @@
+# Reports: Table 1 against the paper, the ablation table, figures (PNG + PDF), all
+# regenerated from results/<run>/ by `amc report`. Outputs marked report(...) appear
+# in `snakemake --report results/<run>/report.html`.
+#
+# run_config writes results/<run>/workflow-config.json: the validated configuration
+# with defaults, resolved paths and the expanded grid. The report commands and the
+# notebook read it, so they know labels, seeds and sweeps without Snakemake. It is
+# rewritten when the configuration changes (Snakemake reruns on changed params).
+
+REPORT_CONFIG = f"{RESULTS}/workflow-config.json"
+
+
+rule run_config:
+    """The resolved configuration and grid of this run, for the reports and the notebook."""
+    output:
+        REPORT_CONFIG,
+    log:
+        f"{LOGS}/report/run_config.log",
+    params:
+        config=lambda wc: json.dumps(amc_grid.resolved_config(config), sort_keys=True),
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "amc report config --json {params.config:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule table1:
+    """Table 1: the paper's numbers, the reproduced mean over seeds with its 95% interval, the difference."""
+    input:
+        config=REPORT_CONFIG,
+        paper=config["table1"]["paper"],
+        evals=all_evals(TABLE1_METHODS, TABLE1_SPLITS),
+    output:
+        csv=report(f"{RESULTS}/tables/table1.csv", category="Tables", labels={"table": "Table 1"}),
+        md=f"{RESULTS}/tables/table1.md",
+        tex=f"{RESULTS}/tables/table1.tex",
+    log:
+        f"{LOGS}/report/table1.log",
+    params:
+        run=RESULTS,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "amc report table1 --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"
+
+
+rule ablation:
+    """Every grid variant: accuracy with interval, paired comparison with the reference, error decomposition."""
+    input:
+        config=REPORT_CONFIG,
+        evals=all_evals(),
+    output:
+        csv=report(f"{RESULTS}/tables/ablation.csv", category="Tables", labels={"table": "Ablation"}),
+        md=f"{RESULTS}/tables/ablation.md",
+        tex=f"{RESULTS}/tables/ablation.tex",
+    log:
+        f"{LOGS}/report/ablation.log",
+    params:
+        run=RESULTS,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "amc report ablation --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"
+
+
+rule figures:
+    """Ablation over the Δ sweeps, training curves, error decomposition (PNG + PDF)."""
+    input:
+        config=REPORT_CONFIG,
+        evals=all_evals(),
+        metrics=all_train_metrics(),
+    output:
+        [
+            report(path, category="Figures", labels={"figure": name.replace("_", " ")})
+            if path.endswith(".png")
+            else path
+            for name in FIGURES
+            for path in figure_paths(name)
+        ],
+    log:
+        f"{LOGS}/report/figures.log",
+    params:
+        run=RESULTS,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "amc report figures --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"
+
+
+if QUALITATIVE["enabled"]:
+
+    rule qualitative:
+        """Image, phrase, ground-truth box, heatmap and point of each method side by side (amc gradcam)."""
+        input:
+            config=REPORT_CONFIG,
+            evals=all_evals(QUALITATIVE_METHODS, [QUALITATIVE_SPLIT]),
+            records=eval_records(*QUALITATIVE_SPLIT),
+            checkpoints=lambda wc: sorted(
+                {
+                    raw_input(amc_grid.checkpoint_path(config, m, METHODS[m]["seeds"][0]))
+                    for m in QUALITATIVE_METHODS
+                }
+            ),
+        output:
+            png=report(
+                f"{RESULTS}/figures/qualitative.png",
+                category="Figures",
+                labels={"figure": "qualitative examples"},
+            ),
+            pdf=f"{RESULTS}/figures/qualitative.pdf",
+        log:
+            f"{LOGS}/report/qualitative.log",
+        params:
+            launcher=gpu_launcher(QUALITATIVE["gpus"]),
+            run=RESULTS,
+        threads: 1
+        resources:
+            gpu=QUALITATIVE["gpus"],
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            "{params.launcher} report qualitative --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"
