@@ -228,10 +228,11 @@ class ImageTextMatching(Objective):
         if bs < 2:
             raise AmcError("the matching objective needs at least 2 pairs per batch (hard negatives)")
         with torch.no_grad():
-            # Same similarities as the contrastive loss; recomputed from the features when itc is off.
-            sim_i2t = ctx.image_feat @ ctx.text_feat.t() / model.temp
-            weights_i2t = F.softmax(sim_i2t.float(), dim=1) + 1e-9
-            weights_t2i = F.softmax(sim_i2t.t().float(), dim=1) + 1e-9
+            # As released: the in-batch block of the contrastive similarities, i.e. online features
+            # against the MOMENTUM features of the batch (the first bs columns, before the queue).
+            sim = ctx.contrastive
+            weights_i2t = F.softmax(sim.sim_i2t[:, :bs].float(), dim=1) + 1e-9  # + eps: no all-zero row
+            weights_t2i = F.softmax(sim.sim_t2i[:, :bs].float(), dim=1) + 1e-9
             weights_i2t.fill_diagonal_(0)
             weights_t2i.fill_diagonal_(0)
             neg_image = torch.multinomial(weights_t2i, 1, generator=ctx.generator).squeeze(1)

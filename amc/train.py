@@ -368,11 +368,19 @@ def train(
 
     out_dir = Path(out_dir)
     procs = setup_processes()
-    if procs.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.resolved.yaml", yaml.safe_dump(config, sort_keys=False))
     metrics_file = Path(metrics_path) if metrics_path else out_dir / "metrics.jsonl"
     last_path, final_path = out_dir / "checkpoint_last.pt", out_dir / "checkpoint_final.pt"
+    resolved_path = out_dir / "config.resolved.yaml"
+    if resume and resolved_path.exists() and yaml.safe_load(resolved_path.read_text()) != config:
+        # The workflow reruns a job whose configuration changed: the old checkpoints belong to another run.
+        log.warning("%s: the configuration changed since the last run; starting afresh", resolved_path)
+        resume = False
+        if procs.is_main:
+            for stale in (last_path, final_path):
+                stale.unlink(missing_ok=True)
+    if procs.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(resolved_path, yaml.safe_dump(config, sort_keys=False))
     seed, optim = config["seed"], config["optim"]
     torch.manual_seed(seed)
 
