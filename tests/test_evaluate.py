@@ -114,3 +114,33 @@ def test_checkpoint_of_another_model_size_is_an_error(tmp_path, ci_data, caplog)
     save_checkpoint(tmp_path / "other.pt", model)
     assert _evaluate(ci_data.flickr_test, tmp_path / "other.pt", ci_data.vocab, tmp_path / "out.json") == 2
     assert "other.pt" in caplog.text
+
+
+def test_box_metric_with_a_proposals_file(tmp_path, ci_data, random_checkpoint):  # noqa: F811
+    """With --proposals, every case also gets ALBEF's box metric; a proposal equal to the
+    ground-truth box as the only candidate is always a hit."""
+    records = load_records(ci_data.refcoco_testA)
+    proposals = {}
+    for record in records:
+        x1, y1, x2, y2 = record.boxes[0]
+        proposals.setdefault(str(record.image_id), []).append([x1, y1, x2 - x1, y2 - y1])
+    path = tmp_path / "proposals.json"
+    path.write_text(json.dumps(proposals))
+    out = tmp_path / "result.json"
+    code = amc_main(
+        [
+            "evaluate", "--checkpoint", str(random_checkpoint), "--model-config", str(TINY_MODEL),
+            "--vocab", str(ci_data.vocab), "--records", str(ci_data.refcoco_testA), "--benchmark", "refcoco+",
+            "--split", "testA", "--out", str(out), "--num-workers", "0", "--proposals", str(path),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    one_candidate = {k for k, v in proposals.items() if len(v) == 1}
+    by_id = {c["id"]: c for c in result["cases"]}
+    for record in records:
+        case = by_id[record.id]
+        assert case["box_hit"] in (True, False)
+        if str(record.image_id) in one_candidate:
+            assert case["box_hit"] is True
+    assert 0.0 <= result["summary"]["box_accuracy"] <= 1.0

@@ -29,7 +29,7 @@ rule evaluate:
         mem_mb=config["evaluate"]["mem_mb"],
         runtime=config["evaluate"]["runtime"],
     shell:
-        "{params.launcher} evaluate --checkpoint {input.checkpoint:q} --model-config {input.model_config:q}"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} evaluate --checkpoint {input.checkpoint:q} --model-config {input.model_config:q}"
         " --vocab {params.vocab:q} --records {input.records:q} --benchmark {wildcards.benchmark:q}"
         " --split {wildcards.split:q} --image-res {params.image_res} --method {wildcards.method:q}"
         " --seed {wildcards.seed} --num-workers {params.num_workers} {params.extra}"

@@ -7,6 +7,9 @@
 # continues from it. The metrics are copied out of DIR at the end (DIR/metrics.jsonl
 # keeps the history across resumes; Snakemake would delete a declared output that
 # the trainer appends to).
+#
+# OMP_NUM_THREADS/MKL_NUM_THREADS = the rule's threads: torch otherwise starts one thread per
+# core in EVERY job, and two CPU jobs side by side then run several times slower than one.
 
 
 if config["pretrain"]["enabled"]:
@@ -42,7 +45,7 @@ if config["pretrain"]["enabled"]:
             mem_mb=config["pretrain"]["mem_mb"],
             runtime=config["pretrain"]["runtime"],
         shell:
-            "{params.launcher} pretrain --config {input.base_config:q} --out {params.out:q} --resume"
+            "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} pretrain --config {input.base_config:q} --out {params.out:q} --resume"
             " {params.overrides} > {log:q} 2>&1"
 
 
@@ -68,7 +71,7 @@ rule train:
         mem_mb=config["finetune"]["mem_mb"],
         runtime=config["finetune"]["runtime"],
     shell:
-        "{params.launcher} train --config {input.base_config:q} --out {params.out:q} {params.resume}"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} train --config {input.base_config:q} --out {params.out:q} {params.resume}"
         " {params.overrides} > {log:q} 2>&1"
         " && cp {params.out:q}/metrics.jsonl {output.metrics:q}.tmp"
         " && mv {output.metrics:q}.tmp {output.metrics:q}"
