@@ -235,8 +235,10 @@ class ImageTextMatching(Objective):
             weights_t2i = F.softmax(sim.sim_t2i[:, :bs].float(), dim=1) + 1e-9
             weights_i2t.fill_diagonal_(0)
             weights_t2i.fill_diagonal_(0)
-            neg_image = torch.multinomial(weights_t2i, 1, generator=ctx.generator).squeeze(1)
-            neg_text = torch.multinomial(weights_i2t, 1, generator=ctx.generator).squeeze(1)
+            # Drawn on the host: the step's generator is a CPU generator (exact resume), and
+            # CUDA kernels refuse it.
+            neg_image = torch.multinomial(weights_t2i.cpu(), 1, generator=ctx.generator).squeeze(1)
+            neg_text = torch.multinomial(weights_i2t.cpu(), 1, generator=ctx.generator).squeeze(1)
         neg_image, neg_text = neg_image.to(batch.image.device), neg_text.to(batch.image.device)
         text_all = torch.cat([ctx.text_embeds, ctx.text_embeds[neg_text]], dim=0)
         mask_all = torch.cat([batch.attention_mask, batch.attention_mask[neg_text]], dim=0)

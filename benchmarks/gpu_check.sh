@@ -23,7 +23,7 @@ export PYTHONUNBUFFERED=1
 
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 mkdir -p "$OUT"
 
 # ------------------------------------------------------------------ environment (fail early and clearly)

@@ -51,6 +51,16 @@ def small_settings(**changes) -> BenchSettings:
     return BenchSettings(**values)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny models gain nothing from two, and on a busy 2-core machine
+    two threads fighting another process's threads make the tests many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny32() -> ModelConfig:
     return ModelConfig.from_file(TINY_YAML).replace(image_res=32, queue_size=64)
