@@ -59,18 +59,10 @@ def _as_seed_matrix(hits) -> np.ndarray:
     return array
 
 
-def bootstrap_ci(hits, *, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> Interval:
-    """Percentile bootstrap interval of the mean accuracy.
-
-    ``hits`` is ``[cases]`` (one run) or ``[seeds, cases]`` (several training
-    seeds evaluated on the same cases). With several seeds each replicate draws
-    seeds with replacement and then cases with replacement (the same cases for
-    every drawn seed, since the seeds were evaluated on the same split), so the
-    interval covers both sources of variation.
-    """
-    matrix = _as_seed_matrix(hits)
+def _bootstrap_replicates(matrix: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of ``n_boot`` resamples of a ``[seeds, cases]`` matrix: cases with replacement and,
+    with several rows, seeds with replacement too (the same drawn cases for every drawn seed)."""
     n_seeds, n_cases = matrix.shape
-    rng = np.random.default_rng(seed)
     replicates = np.empty(n_boot)
     # Chunked so that memory stays bounded on large splits.
     chunk = max(1, min(n_boot, 2_000_000 // max(n_cases, 1)))
@@ -86,9 +78,28 @@ def bootstrap_ci(hits, *, n_boot: int = 10000, level: float = 0.95, seed: int = 
                 [matrix[seed_index[:, s]][np.arange(size)[:, None], case_index] for s in range(n_seeds)]
             )
             replicates[start : start + size] = per_seed.mean(axis=(0, 2))
+    return replicates
+
+
+def _percentile_interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
-    return Interval(float(matrix.mean()), float(low), float(high), level, n_cases, n_seeds)
+    return float(low), float(high)
+
+
+def bootstrap_ci(hits, *, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of the mean accuracy.
+
+    ``hits`` is ``[cases]`` (one run) or ``[seeds, cases]`` (several training
+    seeds evaluated on the same cases). With several seeds each replicate draws
+    seeds with replacement and then cases with replacement (the same cases for
+    every drawn seed, since the seeds were evaluated on the same split), so the
+    interval covers both sources of variation.
+    """
+    matrix = _as_seed_matrix(hits)
+    replicates = _bootstrap_replicates(matrix, n_boot, np.random.default_rng(seed))
+    low, high = _percentile_interval(replicates, level)
+    return Interval(float(matrix.mean()), low, high, level, matrix.shape[1], matrix.shape[0])
 
 
 def paired_bootstrap(
@@ -106,23 +117,13 @@ def paired_bootstrap(
     if a.shape != b.shape:
         raise ValueError(f"paired comparison needs the same cases: {a.shape[0]} vs {b.shape[0]}")
     diff_per_case = a - b
-    n_cases = diff_per_case.shape[0]
-    rng = np.random.default_rng(seed)
-    replicates = np.empty(n_boot)
-    chunk = max(1, min(n_boot, 2_000_000 // max(n_cases, 1)))
-    for start in range(0, n_boot, chunk):
-        size = min(chunk, n_boot - start)
-        index = rng.integers(0, n_cases, size=(size, n_cases))
-        replicates[start : start + size] = diff_per_case[index].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
+    replicates = _bootstrap_replicates(diff_per_case[None, :], n_boot, np.random.default_rng(seed))
+    low, high = _percentile_interval(replicates, level)
     tail = min((replicates <= 0).sum(), (replicates >= 0).sum())
     p_value = min(1.0, 2.0 * (tail + 1) / (n_boot + 1))
     if np.all(diff_per_case == 0):
         p_value = 1.0
-    return PairedComparison(
-        float(diff_per_case.mean()), float(low), float(high), float(p_value), level, n_cases
-    )
+    return PairedComparison(float(diff_per_case.mean()), low, high, float(p_value), level, len(diff_per_case))
 
 
 def mcnemar(hits_a, hits_b) -> McNemarResult:
