@@ -17,7 +17,10 @@ from amc.io import AmcError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("amc.synth", "generate the synthetic grounding benchmark in the real datasets' raw formats"),
-    "prepare": ("amc.data.prepare", "read a raw dataset (vg, flickr30k, refcoco+) into grounding records (JSONL)"),
+    "prepare": (
+        "amc.data.prepare",
+        "read a raw dataset (vg, flickr30k, refcoco+) into grounding records (JSONL)",
+    ),
     "pretrain": ("amc.train", "pretrain an ALBEF-shaped model from random weights (the demo's ALBEF.pth)"),
     "train": ("amc.train", "fine-tune a method (AMC, its ablations, baselines) from a checkpoint"),
     "evaluate": ("amc.evaluate", "pointing accuracy of a checkpoint on grounding records"),
@@ -62,4 +65,3 @@ def main(argv: list[str] | None = None) -> int:
     except AmcError as error:
         logging.getLogger("amc").error("%s", error)
         return 2
-

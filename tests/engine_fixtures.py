@@ -35,8 +35,26 @@ def ci_data(tmp_path_factory) -> CiData:
     run_amc("synth", "--out", raw, "--seed", 0, "--scale", "ci")
     records = base / "records"
     run_amc("prepare", "vg", "--root", raw / "vg", "--out", records / "vg-train.jsonl")
-    run_amc("prepare", "flickr30k", "--root", raw / "flickr30k", "--split", "test", "--out", records / "flickr30k-test.jsonl")
-    run_amc("prepare", "refcoco+", "--root", raw / "refcoco+", "--split", "testA", "--out", records / "refcoco+-testA.jsonl")
+    run_amc(
+        "prepare",
+        "flickr30k",
+        "--root",
+        raw / "flickr30k",
+        "--split",
+        "test",
+        "--out",
+        records / "flickr30k-test.jsonl",
+    )
+    run_amc(
+        "prepare",
+        "refcoco+",
+        "--root",
+        raw / "refcoco+",
+        "--split",
+        "testA",
+        "--out",
+        records / "refcoco+-testA.jsonl",
+    )
     return CiData(
         root=raw,
         vocab=raw / "vocab",

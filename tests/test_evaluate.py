@@ -60,7 +60,12 @@ def _reference_case(model, tokenizer, record, transform) -> tuple[int, int]:
 
 def test_evaluate_matches_a_slow_per_case_reference(tmp_path, ci_data, random_checkpoint):  # noqa: F811
     out = tmp_path / "result.json"
-    assert _evaluate(ci_data.flickr_test, random_checkpoint, ci_data.vocab, out, "--heatmaps", tmp_path / "h.npz") == 0
+    assert (
+        _evaluate(
+            ci_data.flickr_test, random_checkpoint, ci_data.vocab, out, "--heatmaps", tmp_path / "h.npz"
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     records = load_records(ci_data.flickr_test)
     assert result["summary"]["n_cases"] == len(records) == len(result["cases"])
@@ -95,7 +100,10 @@ def test_missing_image_is_a_clear_error_or_counted_with_the_option(tmp_path, ci_
     records.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert _evaluate(records, random_checkpoint, ci_data.vocab, tmp_path / "a.json") == 2
     assert not (tmp_path / "a.json").exists()
-    assert _evaluate(records, random_checkpoint, ci_data.vocab, tmp_path / "b.json", "--skip-missing-images") == 0
+    assert (
+        _evaluate(records, random_checkpoint, ci_data.vocab, tmp_path / "b.json", "--skip-missing-images")
+        == 0
+    )
     summary = json.loads((tmp_path / "b.json").read_text())["summary"]
     assert summary["skipped"] == {"image missing": 1} and summary["n_cases"] == 3
 
