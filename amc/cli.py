@@ -33,7 +33,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="amc", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="amc",
+        description="AMC benchmark suite: Attention Map Consistency for visual grounding on ALBEF.",
+        epilog="`amc COMMAND --help` explains a command. README.md and docs/ explain the suite.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
