@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from amc.data.images import load_image
 from amc.io import AmcError, DataError, atomic_write_json, sha256_file
 from amc.metrics import argmax_point, box_hit, classify_miss, upsample_heatmap
 from amc.records import Record, load_records
@@ -64,8 +64,7 @@ class _ImageSet(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.paths[index]) as image:
-            return self.transform(image.convert("RGB"))
+        return self.transform(load_image(self.paths[index], "evaluation image"))
 
 
 def _code_version() -> str:

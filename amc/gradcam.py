@@ -100,13 +100,3 @@ def gradcam_train(
     flat = flat / (flat.max(dim=1, keepdim=True).values + 1e-7)
     size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
     return F.interpolate(flat.reshape(batch, 1, h, w), size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def upsample_to_image(cam: Tensor, height: int, width: int) -> Tensor:
-    """A [h, w] (or [B, h, w]) map to the original image size: bicubic, align_corners=False."""
-    squeeze = cam.dim() == 2
-    maps = cam[None] if squeeze else cam
-    out = F.interpolate(maps[:, None].float(), size=(height, width), mode="bicubic", align_corners=False)[
-        :, 0
-    ]
-    return out[0] if squeeze else out

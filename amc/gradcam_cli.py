@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from amc.gradcam import gradcam_eval, upsample_to_image
+    from amc.gradcam import gradcam_eval
+    from amc.metrics import argmax_point, upsample_heatmap
     from amc.models.checkpoint import load_model
     from amc.models.config import ModelConfig
     from amc.models.tokenizer import load_tokenizer, pre_caption
@@ -84,9 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.overlay:
         width, height = original.size
-        full = upsample_to_image(cam, height, width)
-        index = int(full.flatten().argmax())  # torch returns the first maximum: row-major order
-        point = (index % width, index // width)
+        full = upsample_heatmap(cam, height, width)
+        point = argmax_point(full)  # the point `amc evaluate` scores
         write_overlay(args.overlay, original, full.numpy(), point, text)
         log.info("%s: overlay, point (x=%d, y=%d)", args.overlay, *point)
     return 0

@@ -17,11 +17,13 @@ Box = Sequence[float]
 
 
 def upsample_heatmap(heatmap: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bicubic upsampling of a ``[h, w]`` map to ``[height, width]`` (align_corners=False)."""
-    if heatmap.ndim != 2:
-        raise ValueError(f"heatmap must be [h, w], got shape {tuple(heatmap.shape)}")
-    grid = heatmap.detach().float()[None, None]
-    return F.interpolate(grid, size=(int(height), int(width)), mode="bicubic", align_corners=False)[0, 0]
+    """Bicubic upsampling (align_corners=False) of a ``[h, w]`` map, or a ``[B, h, w]`` batch of
+    maps, to ``[height, width]`` (``[B, height, width]``)."""
+    if heatmap.ndim not in (2, 3):
+        raise ValueError(f"heatmap must be [h, w] or [B, h, w], got shape {tuple(heatmap.shape)}")
+    maps = heatmap.detach().float().reshape(-1, 1, *heatmap.shape[-2:])
+    up = F.interpolate(maps, size=(int(height), int(width)), mode="bicubic", align_corners=False)[:, 0]
+    return up[0] if heatmap.ndim == 2 else up
 
 
 def argmax_point(upsampled: torch.Tensor) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from model_fixtures import GOLDEN, TINY_YAML, tiny_batch, tiny_model
 
-from amc.gradcam import gradcam_eval, gradcam_map, gradcam_train, upsample_to_image
+from amc.gradcam import gradcam_eval, gradcam_map, gradcam_train
 from amc.models.checkpoint import export_albef, save_checkpoint
 
 
@@ -190,15 +190,6 @@ def test_second_order_gradient_is_exact():
     (g_itm, g_bias) = torch.autograd.grad(loss(*inputs), inputs)
     assert g_itm.abs().sum() > 0 and g_bias.abs().sum() > 0
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
-
-
-def test_upsample_to_image():
-    cam = torch.arange(12.0).reshape(3, 4)
-    up = upsample_to_image(cam, 30, 40)
-    torch.testing.assert_close(
-        up, F.interpolate(cam[None, None], size=(30, 40), mode="bicubic", align_corners=False)[0, 0]
-    )
-    assert upsample_to_image(cam[None].repeat(2, 1, 1), 5, 6).shape == (2, 5, 6)
 
 
 def test_golden_gradcam_of_tiny_model():

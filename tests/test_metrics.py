@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from amc.metrics import best_proposal, box_hit, box_iou, classify_miss, pointing_hit, pointing_point
+from amc.metrics import (
+    best_proposal,
+    box_hit,
+    box_iou,
+    classify_miss,
+    pointing_hit,
+    pointing_point,
+    upsample_heatmap,
+)
 
 
 def _reference_point(heatmap: np.ndarray, height: int, width: int) -> tuple[int, int]:
@@ -69,3 +77,15 @@ def test_box_metric_ranks_by_mass_over_sqrt_area():
     assert box_hit(heat, proposals, [21, 21, 41, 41])
     assert not box_hit(heat, proposals, [60, 60, 70, 70])
     assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
+
+
+def test_upsample_heatmap_single_and_batched():
+    cam = torch.arange(12.0).reshape(3, 4)
+    up = upsample_heatmap(cam, 30, 40)
+    torch.testing.assert_close(
+        up,
+        torch.nn.functional.interpolate(cam[None, None], size=(30, 40), mode="bicubic", align_corners=False)[
+            0, 0
+        ],
+    )
+    assert upsample_heatmap(cam[None].repeat(2, 1, 1), 5, 6).shape == (2, 5, 6)
