@@ -117,10 +117,13 @@ class BertSelfAttention(nn.Module):
         return context, (probs if capture else None)
 
 
-class BertSelfOutput(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
+class BertOutput(nn.Module):
+    """Dense, dropout, residual, LayerNorm: BERT's ``attention.output`` (from the attention width)
+    and ``output`` (from the intermediate width) sub-layers, with their checkpoint names."""
+
+    def __init__(self, config: TextConfig, in_features: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -132,7 +135,7 @@ class BertAttention(nn.Module):
     def __init__(self, config: TextConfig, is_cross_attention: bool = False) -> None:
         super().__init__()
         self.self = BertSelfAttention(config, is_cross_attention)
-        self.output = BertSelfOutput(config)
+        self.output = BertOutput(config, config.hidden_size)
 
     def forward(
         self,
@@ -155,17 +158,6 @@ class BertIntermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(hidden_states))
 
 
-class BertOutput(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
-
-
 class BertLayer(nn.Module):
     """Self-attention, then (fusion layers only) cross-attention over the image tokens, then the MLP."""
 
@@ -177,7 +169,7 @@ class BertLayer(nn.Module):
         if self.has_cross_attention:
             self.crossattention = BertAttention(config, is_cross_attention=True)
         self.intermediate = BertIntermediate(config)
-        self.output = BertOutput(config)
+        self.output = BertOutput(config, config.intermediate_size)
 
     def set_attention(self, implementation: str) -> None:
         self.attention.self.implementation = implementation
