@@ -107,7 +107,9 @@ def test_paper_grid_names(paper_dry_run):
 
 
 def test_demo_grid():
-    demo = job_counts(snakemake("-n", "--quiet", "rules", "--configfile", "config/demo.yaml").stdout)
+    # --forceall: the count must not depend on a demo already run in this checkout
+    args = ("-n", "--forceall", "--quiet", "rules", "--configfile", "config/demo.yaml")
+    demo = job_counts(snakemake(*args).stdout)
     assert demo["synth"] == 1 and demo["pretrain"] == 1
     assert demo["train"] == 12 and demo["evaluate"] == 13 * 4
 

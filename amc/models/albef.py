@@ -47,10 +47,13 @@ class FusionOutput:
     cross_attention: Tensor | None = None
 
 
+TIMM_INIT_STD = 0.02
+
+
 def build_visual_encoder(config: ModelConfig) -> VisionTransformer:
     """timm's ViT with ALBEF's settings: class token, LayerNorm eps 1e-6, no head, qkv bias."""
     vision = config.vision
-    return VisionTransformer(
+    encoder = VisionTransformer(
         img_size=config.image_res,
         patch_size=vision.patch_size,
         in_chans=vision.in_chans,
@@ -63,6 +66,14 @@ def build_visual_encoder(config: ModelConfig) -> VisionTransformer:
         drop_path_rate=vision.drop_path_rate,
         norm_layer=partial(nn.LayerNorm, eps=vision.layer_norm_eps),
     )
+    if vision.initializer_range != TIMM_INIT_STD:
+        # timm initialises every Linear with trunc_normal(std=0.02) and zero bias; same, wider.
+        for module in encoder.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=vision.initializer_range)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+    return encoder
 
 
 def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int], num_extra_tokens: int = 1) -> Tensor:

@@ -38,9 +38,14 @@ class VisionConfig:
     layer_norm_eps: float = 1e-6
     drop_path_rate: float = 0.0
     in_chans: int = 3
+    # std of the normal initialisation of the Linear layers. 0.02 is timm's own init (ALBEF starts
+    # from DeiT weights, so it never matters there); a tiny model trained from scratch needs more.
+    initializer_range: float = 0.02
 
     def validate(self, where: str = "vision") -> None:
         _positive(self, ("patch_size", "width", "depth", "heads", "in_chans"), where)
+        if not self.initializer_range > 0:
+            raise AmcError(f"{where}: initializer_range must be positive, got {self.initializer_range!r}")
         if self.width % self.heads:
             raise AmcError(f"{where}: width {self.width} is not divisible by heads {self.heads}")
         if self.mlp_ratio <= 0:
@@ -177,6 +182,7 @@ class ModelConfig:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range"):
             data["text"].pop(name)
         data["vision"].pop("drop_path_rate")
+        data["vision"].pop("initializer_range")
         return data
 
     # ------------------------------------------------------------------- checks
