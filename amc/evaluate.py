@@ -213,12 +213,19 @@ def configure_parser(parser) -> None:
     )
     parser.add_argument("--model-config", required=True, help="model configuration YAML (config/models/)")
     parser.add_argument("--vocab", required=True, help="folder with vocab.txt, or the file")
-    parser.add_argument("--records", required=True, help="records JSONL from amc prepare")
-    parser.add_argument("--benchmark", required=True, help="flickr30k, refcoco+ (decides the word limit)")
-    parser.add_argument("--split", required=True)
-    parser.add_argument("--out", required=True, help="result JSON (summary + every case)")
+    # Several splits in one process (the model is loaded once): --records, --split and --out take
+    # one value per split, in the same order; --benchmark and --image-res one per split or one for all.
+    parser.add_argument("--records", required=True, nargs="+", help="records JSONL from amc prepare")
     parser.add_argument(
-        "--image-res", type=int, help="evaluation resolution (paper: 256 Flickr30k, 384 RefCOCO+)"
+        "--benchmark", required=True, nargs="+", help="flickr30k, refcoco+ (decides the word limit)"
+    )
+    parser.add_argument("--split", required=True, nargs="+")
+    parser.add_argument("--out", required=True, nargs="+", help="result JSON (summary + every case)")
+    parser.add_argument(
+        "--image-res",
+        type=int,
+        nargs="+",
+        help="evaluation resolution (paper: 256 Flickr30k, 384 RefCOCO+; default: the model config's)",
     )
     parser.add_argument("--max-words", type=int, help="words kept by pre_caption (default: per benchmark)")
     parser.add_argument("--method", default=None, help="method name recorded in the summary")
@@ -233,23 +240,56 @@ def configure_parser(parser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
 
 
-def run(args) -> int:
-    import numpy as np
+@dataclass
+class SplitTask:
+    """One benchmark split to evaluate: where its records are and where its result goes."""
 
-    from amc.models.checkpoint import load_model
+    records: str
+    benchmark: str
+    split: str
+    out: str
+    image_res: int | None
+
+
+def split_tasks(args) -> list[SplitTask]:
+    """Pair up the per-split arguments; a single --benchmark or --image-res applies to every split."""
+    count = len(args.records)
+
+    def per_split(name: str, values):
+        if values is None:
+            return [None] * count
+        if len(values) == 1:
+            return list(values) * count
+        if len(values) != count:
+            raise AmcError(
+                f"--{name} has {len(values)} values for {count} --records (give one, or one per split)"
+            )
+        return list(values)
+
+    for name in ("split", "out"):
+        if len(getattr(args, name)) != count:
+            raise AmcError(
+                f"--{name} has {len(getattr(args, name))} values for {count} --records (one per split)"
+            )
+    if len(set(args.out)) != count:
+        raise AmcError("--out: two splits would write the same file")
+    if args.heatmaps and count > 1:
+        raise AmcError("--heatmaps needs a single split")
+    benchmarks, resolutions = per_split("benchmark", args.benchmark), per_split("image-res", args.image_res)
+    return [
+        SplitTask(records, benchmark, split, out, res)
+        for records, benchmark, split, out, res in zip(
+            args.records, benchmarks, args.split, args.out, resolutions, strict=True
+        )
+    ]
+
+
+def run(args) -> int:
     from amc.models.config import ModelConfig
     from amc.models.tokenizer import load_tokenizer
 
-    records = load_records(args.records)
-    if args.limit:
-        records = records[: args.limit]
-    records, skipped = check_images(records, args.skip_missing_images)
-    if not records:
-        raise DataError(f"{args.records}: no case left to evaluate")
-
+    tasks = split_tasks(args)
     model_config = ModelConfig.from_file(args.model_config)
-    if args.image_res:
-        model_config.image_res = args.image_res
     tokenizer = load_tokenizer(args.vocab)
     if tokenizer.vocab_size != model_config.text.vocab_size:
         raise AmcError(
@@ -257,15 +297,44 @@ def run(args) -> int:
             f"vocab_size {model_config.text.vocab_size}"
         )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(args.checkpoint, model_config, purpose="eval").to(device).eval()
-    max_words = args.max_words or MAX_WORDS.get(args.benchmark, DEFAULT_MAX_WORDS)
+    checkpoint_sha256 = sha256_file(args.checkpoint)
+    # Check every split's records before the first (possibly long) evaluation starts.
+    prepared = [(task, *_load_task_records(task, args)) for task in tasks]
+    model = None
+    for task, records, skipped in prepared:
+        config = model_config.replace(image_res=task.image_res) if task.image_res else model_config
+        if model is None or model.config.image_res != config.image_res:
+            model = _load_eval_model(args.checkpoint, config, device)
+        _evaluate_split(model, tokenizer, task, records, skipped, args, device, checkpoint_sha256)
+    return 0
 
+
+def _load_task_records(task: SplitTask, args) -> tuple[list[Record], Counter]:
+    records = load_records(task.records)
+    if args.limit:
+        records = records[: args.limit]
+    records, skipped = check_images(records, args.skip_missing_images)
+    if not records:
+        raise DataError(f"{task.records}: no case left to evaluate")
+    return records, skipped
+
+
+def _load_eval_model(checkpoint: str, config, device: torch.device):
+    from amc.models.checkpoint import load_model
+
+    return load_model(checkpoint, config, purpose="eval").to(device).eval()
+
+
+def _evaluate_split(model, tokenizer, task, records, skipped, args, device, checkpoint_sha256) -> None:
+    import numpy as np
+
+    max_words = args.max_words or MAX_WORDS.get(task.benchmark, DEFAULT_MAX_WORDS)
     heatmaps: dict[str, np.ndarray] = {}
     cases, more_skipped = evaluate(
         model,
         tokenizer,
         records,
-        image_res=model_config.image_res,
+        image_res=model.config.image_res,
         max_words=max_words,
         device=device,
         images_per_batch=args.images_per_batch,
@@ -274,11 +343,11 @@ def run(args) -> int:
         proposals=_load_proposals(args.proposals),
         on_heatmap=(lambda r, h: heatmaps.__setitem__(r.id, h.numpy())) if args.heatmaps else None,
     )
-    skipped.update(more_skipped)
+    skipped = skipped + more_skipped
     hits = sum(c.hit for c in cases)
     summary = {
-        "benchmark": args.benchmark,
-        "split": args.split,
+        "benchmark": task.benchmark,
+        "split": task.split,
         "method": args.method,
         "seed": args.seed,
         "accuracy": hits / len(cases) if cases else 0.0,
@@ -286,12 +355,12 @@ def run(args) -> int:
         "n_hits": hits,
         "skipped": dict(skipped),
         "misses": dict(Counter(c.miss for c in cases if c.miss)),
-        "image_res": model_config.image_res,
+        "image_res": model.config.image_res,
         "max_words": max_words,
-        "records": str(args.records),
+        "records": str(task.records),
         "checkpoint": str(args.checkpoint),
-        "checkpoint_sha256": sha256_file(args.checkpoint),
-        "model_config": model_config.to_dict(),
+        "checkpoint_sha256": checkpoint_sha256,
+        "model_config": model.config.to_dict(),
         "code_version": _code_version(),
         "device": str(device),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -303,17 +372,16 @@ def run(args) -> int:
 
         with atomic_write(args.heatmaps, "wb") as handle:
             np.savez_compressed(handle, **heatmaps)
-    atomic_write_json(args.out, EvaluationResult(summary, cases).to_dict(), indent=None)
+    atomic_write_json(task.out, EvaluationResult(summary, cases).to_dict(), indent=None)
     log.info(
         "%s %s: pointing accuracy %.2f%% on %d cases (%d skipped) -> %s",
-        args.benchmark,
-        args.split,
+        task.benchmark,
+        task.split,
         100 * summary["accuracy"],
         len(cases),
         sum(skipped.values()),
-        args.out,
+        task.out,
     )
-    return 0
 
 
 def load_result(path: str) -> EvaluationResult:

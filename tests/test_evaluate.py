@@ -152,3 +152,37 @@ def test_box_metric_with_a_proposals_file(tmp_path, ci_data, random_checkpoint):
         if str(record.image_id) in one_candidate:
             assert case["box_hit"] is True
     assert 0.0 <= result["summary"]["box_accuracy"] <= 1.0
+
+
+def _cases(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cases"]
+
+
+def test_several_splits_in_one_call_equal_separate_calls(tmp_path, ci_data, random_checkpoint, caplog):  # noqa: F811
+    base = ["evaluate", "--checkpoint", str(random_checkpoint), "--model-config", str(TINY_MODEL),
+            "--vocab", str(ci_data.vocab), "--num-workers", "0", "--limit", "12"]  # fmt: skip
+    together = [tmp_path / "flickr.json", tmp_path / "refcoco.json"]
+    code = amc_main(
+        [
+            *base, "--records", str(ci_data.flickr_test), str(ci_data.refcoco_testA),
+            "--benchmark", "flickr30k", "refcoco+", "--split", "test", "testA",
+            "--image-res", "64", "96", "--out", *map(str, together),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    for records, benchmark, split, res, combined in (
+        (ci_data.flickr_test, "flickr30k", "test", "64", together[0]),
+        (ci_data.refcoco_testA, "refcoco+", "testA", "96", together[1]),
+    ):
+        alone = tmp_path / f"alone-{split}.json"
+        args = ["--records", str(records), "--benchmark", benchmark, "--split", split, "--image-res", res]
+        assert amc_main([*base, *args, "--out", str(alone)]) == 0
+        assert _cases(combined) == _cases(alone)
+        summary = json.loads(combined.read_text())["summary"]
+        assert (summary["benchmark"], summary["split"], summary["image_res"]) == (benchmark, split, int(res))
+    # one --out per split, or nothing is written
+    bad = [*base, "--records", str(ci_data.flickr_test), str(ci_data.refcoco_testA),
+           "--benchmark", "flickr30k", "--split", "test", "testA", "--out", str(tmp_path / "x.json")]  # fmt: skip
+    assert amc_main(bad) == 2
+    assert "--out has 1 values for 2 --records" in caplog.text
+    assert not (tmp_path / "x.json").exists()

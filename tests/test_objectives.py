@@ -48,9 +48,13 @@ def test_unknown_negatives_is_an_error_that_lists_the_choices():
 def test_vision_initializer_range_sets_the_std_of_the_linear_layers():
     base = tiny_model().config
     torch.manual_seed(0)
-    default = ALBEF(base.replace(vision=base.vision.__class__(**{**vars(base.vision), "initializer_range": 0.02})))
+    default = ALBEF(
+        base.replace(vision=base.vision.__class__(**{**vars(base.vision), "initializer_range": 0.02}))
+    )
     torch.manual_seed(0)
-    wide = ALBEF(base.replace(vision=base.vision.__class__(**{**vars(base.vision), "initializer_range": 0.2})))
+    wide = ALBEF(
+        base.replace(vision=base.vision.__class__(**{**vars(base.vision), "initializer_range": 0.2}))
+    )
     qkv_default = default.visual_encoder.blocks[0].attn.qkv
     qkv_wide = wide.visual_encoder.blocks[0].attn.qkv
     assert qkv_default.weight.std().item() == pytest.approx(0.02, rel=0.15)  # timm's own init

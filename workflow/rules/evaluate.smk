@@ -1,5 +1,6 @@
 # Evaluation: pointing accuracy of every method x seed on every benchmark split
-# (amc evaluate), each on a free GPU. The result JSON holds the summary and every
+# (amc evaluate), one job per checkpoint (all splits in one process, so the model and
+# the libraries load once), each on a free GPU. The result JSON holds the summary and every
 # case (point, hit, miss kind, category), so the reports can pair methods case by case.
 #
 # A method of kind `none` (the ALBEF row) is its init checkpoint evaluated as is: it
@@ -7,20 +8,22 @@
 
 
 rule evaluate:
-    """One checkpoint on one benchmark split."""
+    """One checkpoint on every benchmark split, in one process (the model is loaded once)."""
     input:
         checkpoint=eval_checkpoint,
-        records=lambda wc: eval_records(wc.benchmark, wc.split),
+        records=all_eval_records(),
         vocab=raw_input(config["vocab"]),
         model_config=config["model_config"],
     output:
-        f"{RESULTS}/eval/{{method}}/seed{{seed}}/{{benchmark}}-{{split}}.json",
+        [f"{RESULTS}/eval/{{method}}/seed{{seed}}/{b}-{s}.json" for b, s in EVAL_SPLITS],
     log:
-        f"{LOGS}/evaluate/{{method}}/seed{{seed}}/{{benchmark}}-{{split}}.log",
+        f"{LOGS}/evaluate/{{method}}/seed{{seed}}.log",
     params:
         launcher=gpu_launcher(config["evaluate"]["gpus"]),
         vocab=config["vocab"],
-        image_res=lambda wc: BENCHMARKS[wc.benchmark]["image_res"],
+        benchmarks=" ".join(q(b) for b, _ in EVAL_SPLITS),
+        splits=" ".join(q(s) for _, s in EVAL_SPLITS),
+        image_res=" ".join(str(BENCHMARKS[b]["image_res"]) for b, _ in EVAL_SPLITS),
         num_workers=config["evaluate"]["num_workers"],
         extra=config["evaluate"]["extra_args"],
     threads: config["evaluate"]["threads"]
@@ -30,7 +33,7 @@ rule evaluate:
         runtime=config["evaluate"]["runtime"],
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} evaluate --checkpoint {input.checkpoint:q} --model-config {input.model_config:q}"
-        " --vocab {params.vocab:q} --records {input.records:q} --benchmark {wildcards.benchmark:q}"
-        " --split {wildcards.split:q} --image-res {params.image_res} --method {wildcards.method:q}"
+        " --vocab {params.vocab:q} --records {input.records:q} --benchmark {params.benchmarks}"
+        " --split {params.splits} --image-res {params.image_res} --method {wildcards.method:q}"
         " --seed {wildcards.seed} --num-workers {params.num_workers} {params.extra}"
         " --out {output:q} > {log:q} 2>&1"
