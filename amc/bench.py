@@ -424,56 +424,11 @@ def make_eval_cases(
 # --------------------------------------------------------------------------- the training step
 
 
-class _HostSampledMatching:
-    """The ITM objective, given the in-batch similarities on the host for its hard-negative draw.
-
-    ``ImageTextMatching`` draws its negatives with ``torch.multinomial(..., generator=ctx.generator)``
-    and the engine's generator is a CPU generator (masking needs one), which CUDA tensors refuse.
-    Handing the objective a view of the step context whose similarity block is on the host keeps
-    its code path unchanged; on the CPU the copy is a no-op. Used by both paths alike.
-    """
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.needs_gradcam = inner.needs_gradcam
-        self.needs_boxes = inner.needs_boxes
-
-    def setup(self, model) -> None:
-        self.inner.setup(model)
-
-    def __call__(self, ctx):
-        return self.inner(_HostSimilarityView(ctx))
-
-
-class _HostSimilarityView:
-    """A StepContext whose ``contrastive`` carries only the in-batch similarity block, on the host."""
-
-    def __init__(self, ctx) -> None:
-        self._ctx = ctx
-
-    def __getattr__(self, name: str):
-        return getattr(self._ctx, name)
-
-    @property
-    def contrastive(self):
-        from amc.objectives import Contrastive
-
-        full, size = self._ctx.contrastive, self._ctx.batch.size
-        return Contrastive(
-            sim_i2t=full.sim_i2t[:, :size].detach().cpu(),
-            sim_t2i=full.sim_t2i[:, :size].detach().cpu(),
-            targets_i2t=full.targets_i2t,
-            targets_t2i=full.targets_t2i,
-        )
-
-
 def build_step(model, objectives_name: str):
-    from amc.objectives import ImageTextMatching, build_objectives
+    from amc.objectives import build_objectives
     from amc.train import TrainingStep
 
     objectives = build_objectives(OBJECTIVE_SETS[objectives_name])
-    objectives = [_HostSampledMatching(o) if isinstance(o, ImageTextMatching) else o for o in objectives]
     for objective in objectives:
         objective.setup(model)
     return TrainingStep(model, objectives, special_ids_for(model.config.text.vocab_size))

@@ -68,12 +68,13 @@ def gradcam_eval(
     image_embeds = image_embeds.detach()
     if image_embeds.is_inference():  # made under inference_mode: a normal copy can enter the graph
         image_embeds = image_embeds.clone()
-    if image_index is not None:
-        image_embeds = image_embeds[image_index]
     with torch.no_grad():  # the text-only layers are not on the path from P to s
         text_embeds = model.encode_text(input_ids, attention_mask)
     with torch.enable_grad():
-        fused = model.fuse(text_embeds, attention_mask, image_embeds, capture_cross_attention=True)
+        # With image_index, the cross-attention keys/values are projected once per image.
+        fused = model.fuse(
+            text_embeds, attention_mask, image_embeds, capture_cross_attention=True, image_index=image_index
+        )
         score = model.itm_logits(fused.hidden_states[:, 0, :])[:, 1].sum()
         (grad,) = torch.autograd.grad(score, fused.cross_attention)
     return gradcam_map(fused.cross_attention.detach(), grad, attention_mask).detach()

@@ -53,9 +53,9 @@ EOF
 BENCH=("$PYTHON" -m amc bench --device cuda --text-len 25)
 
 # ------------------------------------------------------------------ 0. does the engine's ITM objective run on CUDA?
-# amc.objectives.ImageTextMatching draws hard negatives with torch.multinomial on CUDA weights and the
-# engine's CPU generator (amc train makes a CPU one); `amc bench` side-steps this for both paths
-# (amc.bench._HostSampledMatching). This records whether `amc train` itself would fail (~10 s).
+# amc.objectives.ImageTextMatching draws hard negatives with torch.multinomial and the engine's CPU
+# generator (amc train makes a CPU one); it moves the weights to the host first. This records that the
+# objective runs on CUDA as `amc train` calls it (~10 s).
 "$PYTHON" - <<'EOF' 2>&1 | tee "$OUT/itm-cuda-check.txt" || true
 import torch
 from amc.bench import make_train_batch, special_ids_for

@@ -110,6 +110,29 @@ def test_batch_invariance_and_image_index(model64):
     torch.testing.assert_close(shared, gradcam_eval(model64, embeds[index], ids, mask))
 
 
+def test_fuse_with_image_index_projects_each_image_once_and_equals_the_gathered_images(model64):
+    images, ids, mask = tiny_batch(model64)
+    embeds = _embeds(model64, images)
+    index = torch.tensor([1, 1, 0, 2, 1])
+    ids, mask = ids[[0, 1, 2, 0, 1]], mask[[0, 1, 2, 0, 1]]
+    with torch.no_grad():
+        text = model64.encode_text(ids, mask)
+        shared = model64.fuse(text, mask, embeds, capture_cross_attention=True, image_index=index)
+        gathered = model64.fuse(text, mask, embeds[index], capture_cross_attention=True)
+    torch.testing.assert_close(shared.hidden_states, gathered.hidden_states, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(shared.cross_attention, gathered.cross_attention, rtol=1e-12, atol=1e-12)
+    # keys are projected from the 3 images, not from 5 gathered copies
+    rows = []
+    layer = model64.text_encoder.bert.encoder.layer[model64.fusion_layer].crossattention.self.key
+    handle = layer.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    with torch.no_grad():
+        model64.fuse(text, mask, embeds, image_index=index)
+    handle.remove()
+    assert rows == [3]
+    with pytest.raises(ValueError, match="image_index of shape"):
+        model64.fuse(text, mask, embeds, image_index=index[:2])
+
+
 def test_last_fusion_layer_only_has_a_gradient_on_cls():
     # Why the tiny model takes GradCAM one layer before the last (design.md).
     model = tiny_model(gradcam_layer=2).double()

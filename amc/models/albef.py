@@ -203,11 +203,23 @@ class ALBEF(nn.Module):
         image_embeds: Tensor,
         capture_cross_attention: bool = False,
         momentum: bool = False,
+        image_index: Tensor | None = None,
     ) -> FusionOutput:
-        """Fusion layers fusion_layer..end over ALL image tokens; optionally capture gradcam_layer's P."""
+        """Fusion layers fusion_layer..end over ALL image tokens; optionally capture gradcam_layer's P.
+
+        With ``image_index`` [B], ``image_embeds`` holds each image once and text ``b`` reads image
+        ``image_index[b]``: the cross-attention keys and values are projected once per image
+        (the same result as ``fuse(text, mask, image_embeds[image_index])``, less work when
+        several texts share an image, as at evaluation).
+        """
         if capture_cross_attention and momentum:
             raise ValueError("the momentum encoder does not capture cross-attention")
-        if text_embeds.shape[0] != image_embeds.shape[0]:
+        if image_index is not None:
+            if image_index.shape != (text_embeds.shape[0],):
+                raise ValueError(
+                    f"fuse: image_index of shape {tuple(image_index.shape)} for {text_embeds.shape[0]} texts"
+                )
+        elif text_embeds.shape[0] != image_embeds.shape[0]:
             raise ValueError(
                 f"fuse: {text_embeds.shape[0]} texts but {image_embeds.shape[0]} images "
                 "(index the image embeddings per text first)"
@@ -218,7 +230,7 @@ class ALBEF(nn.Module):
         captured = None
         for index in range(self.fusion_layer, len(bert.encoder.layer)):
             capture = capture_cross_attention and index == self.gradcam_layer
-            hidden, probs = bert.encoder.layer[index](hidden, mask, image_embeds, capture)
+            hidden, probs = bert.encoder.layer[index](hidden, mask, image_embeds, capture, image_index)
             if capture:
                 captured = probs
         return FusionOutput(hidden_states=hidden, cross_attention=captured)

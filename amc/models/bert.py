@@ -95,12 +95,19 @@ class BertSelfAttention(nn.Module):
         mask: Tensor | None,
         kv_states: Tensor | None = None,
         capture: bool = False,
+        kv_index: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Returns the context [B, L, H] and, if ``capture``, the probabilities after softmax, before dropout."""
+        """Returns the context [B, L, H] and, if ``capture``, the probabilities after softmax, before dropout.
+
+        ``kv_index`` [B]: ``kv_states`` holds fewer rows (e.g. one per image) and row ``kv_index[b]``
+        serves query row ``b``; keys and values are projected once per row, then gathered.
+        """
         kv_states = hidden_states if kv_states is None else kv_states
         query = self._heads(self.query(hidden_states))
         key = self._heads(self.key(kv_states))
         value = self._heads(self.value(kv_states))
+        if kv_index is not None:
+            key, value = key[kv_index], value[kv_index]
         probs = None
         if self.implementation == "sdpa" and not capture:
             context = F.scaled_dot_product_attention(
@@ -143,8 +150,9 @@ class BertAttention(nn.Module):
         mask: Tensor | None,
         kv_states: Tensor | None = None,
         capture: bool = False,
+        kv_index: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        context, probs = self.self(hidden_states, mask, kv_states, capture)
+        context, probs = self.self(hidden_states, mask, kv_states, capture, kv_index)
         return self.output(context, hidden_states), probs
 
 
@@ -182,6 +190,7 @@ class BertLayer(nn.Module):
         mask: Tensor | None,
         image_embeds: Tensor | None = None,
         capture_cross_attention: bool = False,
+        image_index: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         hidden_states, _ = self.attention(hidden_states, mask)
         cross_probs = None
@@ -190,7 +199,7 @@ class BertLayer(nn.Module):
                 raise ValueError(f"fusion layer {self.layer_index} needs image_embeds")
             # The image attention mask of ALBEF is all ones: no bias.
             hidden_states, cross_probs = self.crossattention(
-                hidden_states, None, image_embeds, capture_cross_attention
+                hidden_states, None, image_embeds, capture_cross_attention, image_index
             )
         return self.output(self.intermediate(hidden_states), hidden_states), cross_probs
 
