@@ -209,7 +209,10 @@ def check_images(records: list[Record], skip_missing: bool) -> tuple[list[Record
 
 def configure_parser(parser) -> None:
     parser.add_argument(
-        "--checkpoint", required=True, help="ALBEF.pth, refcoco.pth, an AMC checkpoint, or ours"
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        help="ALBEF.pth, refcoco.pth, an AMC checkpoint, or ours; one for all splits or one per split",
     )
     parser.add_argument("--model-config", required=True, help="model configuration YAML (config/models/)")
     parser.add_argument("--vocab", required=True, help="folder with vocab.txt, or the file")
@@ -249,6 +252,7 @@ class SplitTask:
     split: str
     out: str
     image_res: int | None
+    checkpoint: str
 
 
 def split_tasks(args) -> list[SplitTask]:
@@ -276,10 +280,11 @@ def split_tasks(args) -> list[SplitTask]:
     if args.heatmaps and count > 1:
         raise AmcError("--heatmaps needs a single split")
     benchmarks, resolutions = per_split("benchmark", args.benchmark), per_split("image-res", args.image_res)
+    checkpoints = per_split("checkpoint", args.checkpoint)
     return [
-        SplitTask(records, benchmark, split, out, res)
-        for records, benchmark, split, out, res in zip(
-            args.records, benchmarks, args.split, args.out, resolutions, strict=True
+        SplitTask(records, benchmark, split, out, res, checkpoint)
+        for records, benchmark, split, out, res, checkpoint in zip(
+            args.records, benchmarks, args.split, args.out, resolutions, checkpoints, strict=True
         )
     ]
 
@@ -297,15 +302,21 @@ def run(args) -> int:
             f"vocab_size {model_config.text.vocab_size}"
         )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    checkpoint_sha256 = sha256_file(args.checkpoint)
-    # Check every split's records before the first (possibly long) evaluation starts.
+    # Check every split's records and checkpoint before the first (possibly long) evaluation starts.
     prepared = [(task, *_load_task_records(task, args)) for task in tasks]
-    model = None
+    for path in dict.fromkeys(task.checkpoint for task in tasks):
+        if not Path(path).is_file():
+            raise AmcError(f"{path}: checkpoint not found")
+    sha256 = {path: sha256_file(path) for path in dict.fromkeys(task.checkpoint for task in tasks)}
+    model, loaded = None, None
     for task, records, skipped in prepared:
         config = model_config.replace(image_res=task.image_res) if task.image_res else model_config
-        if model is None or model.config.image_res != config.image_res:
-            model = _load_eval_model(args.checkpoint, config, device)
-        _evaluate_split(model, tokenizer, task, records, skipped, args, device, checkpoint_sha256)
+        if loaded != (task.checkpoint, config.image_res):
+            model, loaded = (
+                _load_eval_model(task.checkpoint, config, device),
+                (task.checkpoint, config.image_res),
+            )
+        _evaluate_split(model, tokenizer, task, records, skipped, args, device, sha256[task.checkpoint])
     return 0
 
 
@@ -358,7 +369,7 @@ def _evaluate_split(model, tokenizer, task, records, skipped, args, device, chec
         "image_res": model.config.image_res,
         "max_words": max_words,
         "records": str(task.records),
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": str(task.checkpoint),
         "checkpoint_sha256": checkpoint_sha256,
         "model_config": model.config.to_dict(),
         "code_version": _code_version(),

@@ -27,7 +27,9 @@ import json
 import logging
 import math
 import os
+import re
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ import yaml
 from torch import nn
 
 from amc.io import AmcError, atomic_write_text
+from amc.selection import BestCheckpoints, parse_selection
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,9 @@ DEFAULTS: dict[str, Any] = {
     "log_every": 10,
     "save_every_steps": None,
     "precision": "auto",
+    # Best epoch per benchmark on its validation split, as the released models were chosen
+    # (amc.selection); empty = off.
+    "selection": {"splits": []},
 }
 
 # Sections whose keys are free-form (any registered objective, any hyperparameter).
@@ -97,6 +103,9 @@ FREE_FORM = ("method.objectives",)
 
 def _is_free_form(dotted: str) -> bool:
     return any(dotted.startswith(section + ".") for section in FREE_FORM)
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _set_dotted(config: dict, dotted: str, value: Any, source: str) -> None:
@@ -113,6 +122,8 @@ def _set_dotted(config: dict, dotted: str, value: Any, source: str) -> None:
             raise AmcError(f"{source}: {'.'.join(parents[: depth + 1])!r} is a value, not a section")
     if last not in node and not _is_free_form(dotted):
         raise AmcError(f"{source}: unknown configuration key {dotted!r}")
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string; every user writes it
     node[last] = value
 
 
@@ -376,8 +387,9 @@ def train(
         log.warning("%s: the configuration changed since the last run; starting afresh", resolved_path)
         resume = False
         if procs.is_main:
-            for stale in (last_path, final_path):
+            for stale in (last_path, final_path, *out_dir.glob("checkpoint_best_*.pt")):
                 stale.unlink(missing_ok=True)
+            shutil.rmtree(out_dir / "selection", ignore_errors=True)
     if procs.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(resolved_path, yaml.safe_dump(config, sort_keys=False))
@@ -439,6 +451,11 @@ def train(
     if optim["max_steps"]:
         total_steps = min(total_steps, optim["max_steps"])
 
+    selection_splits = parse_selection(config["selection"])
+    selector = None
+    if selection_splits and procs.is_main:
+        selector = BestCheckpoints(out_dir, selection_splits, tokenizer, procs.device, config["num_workers"])
+
     optimizer = build_optimizer(model, optim, procs.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(step, total_steps, optim) / optim["lr"]
@@ -459,8 +476,13 @@ def train(
         log.info("resumed from %s at step %d (epoch %d, batch %d)", last_path, step, epoch, batch_in_epoch)
         if procs.is_main:
             _trim_metrics(metrics_file, step)
-    elif procs.is_main and metrics_file.exists():
-        metrics_file.unlink()
+    elif procs.is_main:
+        metrics_file.unlink(missing_ok=True)
+        if selector is not None:
+            selector.log_path.unlink(missing_ok=True)
+            shutil.rmtree(selector.work_dir, ignore_errors=True)
+    if selector is not None:
+        selector.restore(step)
 
     def save_last(next_epoch: int, next_batch: int) -> None:
         if procs.is_main:
@@ -473,6 +495,24 @@ def train(
                 epoch=next_epoch,
                 batch_in_epoch=next_batch,
                 run_config=config,
+            )
+        if procs.world_size > 1:
+            dist.barrier()
+
+    def select_best(finished_epoch: int, at_step: int) -> None:
+        if selector is not None:
+            selector.evaluate(
+                model,
+                epoch=finished_epoch,
+                step=at_step,
+                save=lambda path: save_checkpoint(
+                    path,
+                    model,
+                    step=at_step,
+                    epoch=finished_epoch,
+                    run_config=config,
+                    method=config["method"]["name"],
+                ),  # fmt: skip
             )
         if procs.world_size > 1:
             dist.barrier()
@@ -534,6 +574,8 @@ def train(
             if step >= total_steps:
                 break
         finished_epoch = micro + 1 >= sampler.batches_per_epoch
+        if selection_splits and (finished_epoch or step >= total_steps):
+            select_best(epoch, step)
         epoch, batch_in_epoch = (epoch + 1, 0) if finished_epoch else (epoch, micro + 1)
         if step < total_steps or finished_epoch:
             save_last(epoch, batch_in_epoch)  # one checkpoint per epoch (and at the very end)
@@ -542,6 +584,8 @@ def train(
     if procs.world_size > 1:
         _check_replicas_identical(model, procs)
     if procs.is_main:
+        if selector is not None:
+            selector.publish()  # before the final checkpoint, which marks the run complete
         save_checkpoint(final_path, model, step=step, run_config=config, method=config["method"]["name"])
         log.info("finished %d steps: %s", step, final_path)
     if procs.world_size > 1:

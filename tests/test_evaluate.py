@@ -159,12 +159,17 @@ def _cases(path: Path) -> list[dict]:
 
 
 def test_several_splits_in_one_call_equal_separate_calls(tmp_path, ci_data, random_checkpoint, caplog):  # noqa: F811
-    base = ["evaluate", "--checkpoint", str(random_checkpoint), "--model-config", str(TINY_MODEL),
+    torch.manual_seed(1)
+    other = ALBEF(ModelConfig.from_file(TINY_MODEL))
+    save_checkpoint(tmp_path / "other.pt", other)
+    checkpoints = {"test": random_checkpoint, "testA": tmp_path / "other.pt"}  # one per split
+    base = ["evaluate", "--model-config", str(TINY_MODEL),
             "--vocab", str(ci_data.vocab), "--num-workers", "0", "--limit", "12"]  # fmt: skip
     together = [tmp_path / "flickr.json", tmp_path / "refcoco.json"]
     code = amc_main(
         [
-            *base, "--records", str(ci_data.flickr_test), str(ci_data.refcoco_testA),
+            *base, "--checkpoint", *map(str, checkpoints.values()),
+            "--records", str(ci_data.flickr_test), str(ci_data.refcoco_testA),
             "--benchmark", "flickr30k", "refcoco+", "--split", "test", "testA",
             "--image-res", "64", "96", "--out", *map(str, together),
         ]
@@ -176,12 +181,13 @@ def test_several_splits_in_one_call_equal_separate_calls(tmp_path, ci_data, rand
     ):
         alone = tmp_path / f"alone-{split}.json"
         args = ["--records", str(records), "--benchmark", benchmark, "--split", split, "--image-res", res]
-        assert amc_main([*base, *args, "--out", str(alone)]) == 0
+        assert amc_main([*base, "--checkpoint", str(checkpoints[split]), *args, "--out", str(alone)]) == 0
         assert _cases(combined) == _cases(alone)
         summary = json.loads(combined.read_text())["summary"]
         assert (summary["benchmark"], summary["split"], summary["image_res"]) == (benchmark, split, int(res))
+        assert summary["checkpoint"] == str(checkpoints[split])
     # one --out per split, or nothing is written
-    bad = [*base, "--records", str(ci_data.flickr_test), str(ci_data.refcoco_testA),
+    bad = [*base, "--checkpoint", str(random_checkpoint), "--records", str(ci_data.flickr_test), str(ci_data.refcoco_testA),
            "--benchmark", "flickr30k", "--split", "test", "testA", "--out", str(tmp_path / "x.json")]  # fmt: skip
     assert amc_main(bad) == 2
     assert "--out has 1 values for 2 --records" in caplog.text

@@ -53,8 +53,11 @@ def _metrics(path: Path) -> list[dict]:
 
 def test_overrides_parse_yaml_values_and_reject_unknown_keys(tmp_path):
     base = ["model_config=m.yaml", "vocab=v", "data.path=r.jsonl"]
-    config = load_run_config(None, [*base, "optim.epochs=3", "method.objectives.amc.delta_max=0.25"])
+    config = load_run_config(
+        None, [*base, "optim.epochs=3", "method.objectives.amc.delta_max=0.25", "optim.lr=3e-5"]
+    )
     assert config["optim"]["epochs"] == 3
+    assert config["optim"]["lr"] == 3e-5  # YAML 1.1 alone would read "3e-5" as a string
     assert config["method"]["objectives"]["amc"]["delta_max"] == 0.25
     with pytest.raises(AmcError, match="unknown configuration key 'optim.epoch'"):
         load_run_config(None, [*base, "optim.epoch=3"])
@@ -200,3 +203,73 @@ def test_two_processes_end_with_identical_weights(tmp_path, ci_data):  # noqa: F
     assert result.returncode == 0, result.stderr[-3000:]
     assert "weights identical on 2 processes" in result.stderr
     assert (tmp_path / "ddp" / "checkpoint_final.pt").exists()
+
+
+# --------------------------------------------------------------------------- model selection
+
+
+def test_selection_keeps_the_best_epoch_per_benchmark_on_its_split(tmp_path, ci_data):  # noqa: F811
+    """Every epoch end is evaluated on each selection split; the best checkpoint of each split is
+    the one `amc evaluate` scores highest (the same protocol, the same number)."""
+    rows = Path(ci_data.vg_train).read_text().splitlines()[:32]
+    records = tmp_path / "vg-small.jsonl"
+    image_root = Path(ci_data.vg_train).parent
+    fixed = []
+    for line in rows:
+        row = json.loads(line)
+        row["image"] = str((image_root / row["image"]).resolve())
+        fixed.append(json.dumps(row))
+    records.write_text("\n".join(fixed) + "\n")
+    splits = [
+        {"name": "flickr30k", "records": str(ci_data.flickr_test)},
+        {"name": "refcoco+", "records": str(ci_data.refcoco_testA), "image_res": 64},
+    ]
+    config = _write_config(
+        tmp_path / "select.yaml",
+        ci_data,
+        data__path=str(records),
+        optim__epochs=3,
+        selection={"splits": splits},
+    )
+    run_amc("train", "--config", config, "--out", tmp_path / "out", "optim.lr=3e-3")
+    selection = [json.loads(line) for line in (tmp_path / "out" / "selection.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"], r["split"]) for r in selection] == [
+        (epoch, 4 * (epoch + 1), name) for epoch in range(3) for name in ("flickr30k", "refcoco+")
+    ]
+    for split in splits:
+        name = split["name"]
+        mine = [r for r in selection if r["split"] == name]
+        best = max(mine, key=lambda r: r["accuracy"])  # the first maximum: ties keep the earlier epoch
+        path = tmp_path / "out" / f"checkpoint_best_{name}.pt"
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        assert saved["step"] == best["step"] and saved["epoch"] == best["epoch"]
+        out = tmp_path / f"eval-{name}.json"
+        benchmark_args = ["--benchmark", name, "--split", "x", "--image-res", str(split.get("image_res", 96))]
+        run_amc(
+            "evaluate", "--checkpoint", path, "--model-config", TINY_MODEL, "--vocab", ci_data.vocab,
+            "--records", split["records"], *benchmark_args, "--num-workers", "0", "--out", out,
+        )  # fmt: skip
+        assert json.loads(out.read_text())["summary"]["accuracy"] == pytest.approx(
+            best["accuracy"], abs=1e-12
+        )
+
+
+def test_selection_log_is_trimmed_to_the_resumed_step(tmp_path, ci_data):  # noqa: F811
+    from amc.models.tokenizer import load_tokenizer
+    from amc.selection import BestCheckpoints, parse_selection
+
+    splits = parse_selection({"splits": [{"name": "flickr30k", "records": str(ci_data.flickr_test)}]})
+    selector = BestCheckpoints(tmp_path, splits, load_tokenizer(ci_data.vocab), torch.device("cpu"), 0)
+    rows = [
+        {"epoch": 0, "step": 4, "split": "flickr30k", "accuracy": 0.2, "best": True},
+        {"epoch": 1, "step": 8, "split": "flickr30k", "accuracy": 0.5, "best": True},
+    ]
+    selector.log_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    selector.restore(resumed_step=4)  # the best checkpoint itself is gone: that split starts over
+    assert selector.rows() == rows[:1] and selector.best == {}
+    selector.work_dir.mkdir()
+    selector.work_path("flickr30k").write_bytes(b"")
+    selector.restore(resumed_step=4)
+    assert selector.rows() == rows[:1] and selector.best == {"flickr30k": 0.2}
+    with pytest.raises(AmcError, match="selection.splits entry 1 needs name and records"):
+        parse_selection({"splits": [{"name": "flickr30k", "path": "x"}]})

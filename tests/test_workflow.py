@@ -86,6 +86,9 @@ def test_paper_grid_names(paper_dry_run):
     ):  # fmt: skip
         for seed in (0, 1, 2):
             assert f"{run}/checkpoints/{method}/seed{seed}/checkpoint_final.pt" in outputs
+            # select_best: the best epoch per benchmark on its val split, as the released models
+            for benchmark in ("flickr30k", "refcoco+"):
+                assert f"{run}/checkpoints/{method}/seed{seed}/checkpoint_best_{benchmark}.pt" in outputs
             assert f"{run}/train/{method}/seed{seed}/metrics.jsonl" in outputs
             for split in (
                 "flickr30k-val",
@@ -104,6 +107,21 @@ def test_paper_grid_names(paper_dry_run):
         assert f"{run}/tables/{name}" in outputs
     for name in ("qualitative", "ablation_delta", "training_curves", "error_decomposition"):
         assert f"{run}/figures/{name}.png" in outputs and f"{run}/figures/{name}.pdf" in outputs
+
+
+def test_paper_runs_select_the_best_epoch_per_benchmark():
+    text = snakemake("-n", "--forceall", "--printshellcmds", "all").stdout
+    train = next(line for line in text.splitlines() if "amc train" in line and "method.name=amc " in line)
+    assert '"name": "flickr30k", "records": "data/records/flickr30k-val.jsonl", "image_res": 256' in train
+    assert '"name": "refcoco+", "records": "data/records/refcoco+-val.jsonl", "image_res": 384' in train
+    evaluate = next(line for line in text.splitlines() if "amc evaluate" in line and "/amc/seed0/" in line)
+    folder = "results/reproduction/checkpoints/amc/seed0"
+    checkpoints = evaluate.split("--checkpoint ", 1)[1].split(" --", 1)[0].split()
+    assert (
+        checkpoints
+        == [f"{folder}/checkpoint_best_flickr30k.pt"] * 2 + [f"{folder}/checkpoint_best_refcoco+.pt"] * 3
+    )
+    assert "--split val test val testA testB" in evaluate
 
 
 def test_demo_grid():

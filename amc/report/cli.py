@@ -131,7 +131,7 @@ def make_qualitative(run_dir: Path, config: dict, results) -> list[Path]:
             }
             for method in methods:
                 run = runs[method]
-                checkpoint = grid.checkpoint_path(config, method, run.seed)
+                checkpoint = grid.checkpoint_path(config, method, run.seed, benchmark)
                 example["heatmaps"][method] = figures.run_gradcam(
                     model_config=config["model_config"],
                     checkpoint=checkpoint,

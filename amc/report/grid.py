@@ -204,6 +204,8 @@ def train_overrides(config: dict, method: str, seed: int) -> list[str]:
         ("seed", seed),
         ("method.name", method),
     ]
+    if selection_splits(config):
+        pairs.append(("selection.splits", selection_splits(config)))
     pairs += list((config["finetune"].get("overrides") or {}).items())
     pairs += _flatten("method.objectives", spec["objectives"]) if spec["objectives"] else []
     pairs += _flatten("optim", spec["optim"]) if spec["optim"] else []
@@ -218,12 +220,39 @@ def method_data_path(config: dict, method: str) -> str:
     return spec["data"].get("path") or f"{config['data']['records_dir']}/vg-train.jsonl"
 
 
-def checkpoint_path(config: dict, method: str, seed: int) -> str:
-    """The checkpoint a method is evaluated with (kind none: its init checkpoint)."""
+def selection_benchmarks(config: dict) -> list[str]:
+    """Benchmarks whose best epoch is selected on their ``val`` split (``finetune.select_best``)."""
+    if not config["finetune"].get("select_best"):
+        return []
+    return [name for name, spec in config["benchmarks"].items() if "val" in spec["splits"]]
+
+
+def selection_splits(config: dict) -> list[dict]:
+    """The ``selection.splits`` of the fine-tuning runs (amc.selection), [] when off."""
+    return [
+        {
+            "name": name,
+            "records": f"{config['data']['records_dir']}/{name}-val.jsonl",
+            "image_res": config["benchmarks"][name]["image_res"],
+        }
+        for name in selection_benchmarks(config)
+    ]
+
+
+def checkpoint_path(config: dict, method: str, seed: int, benchmark: str | None = None) -> str:
+    """The checkpoint a method is evaluated with on ``benchmark``.
+
+    Kind none: its init checkpoint. Fine-tuned: the run's best epoch on the benchmark's val split
+    when ``finetune.select_best`` is on and the benchmark has one (as the released models were
+    chosen), else the final checkpoint.
+    """
     spec = expand_methods(config)[method]
     if spec["kind"] == "none":
         return spec["init_checkpoint"]
-    return f"results/{config['run']}/checkpoints/{method}/seed{seed}/checkpoint_final.pt"
+    folder = f"results/{config['run']}/checkpoints/{method}/seed{seed}"
+    if benchmark is not None and benchmark in selection_benchmarks(config):
+        return f"{folder}/checkpoint_best_{benchmark}.pt"
+    return f"{folder}/checkpoint_final.pt"
 
 
 def eval_targets(config: dict) -> list[dict]:

@@ -161,6 +161,8 @@ def train_inputs(wildcards) -> dict[str, str]:
         "vocab": raw_input(config["vocab"]),
         "base_config": config["finetune"]["config"],
         "model_config": config["model_config"],
+        # the val splits of the best-epoch selection (finetune.select_best)
+        **{f"select_{s['name']}": s["records"] for s in amc_grid.selection_splits(config)},
     }
 
 
@@ -169,8 +171,15 @@ def train_overrides(wildcards) -> str:
     return " ".join(q(a) for a in args)
 
 
-def eval_checkpoint(wildcards) -> str:
-    return raw_input(amc_grid.checkpoint_path(config, wildcards.method, int(wildcards.seed)))
+def eval_checkpoints(wildcards) -> list[str]:
+    """The checkpoint of each split of EVAL_SPLITS (the best epoch per benchmark, or the final one)."""
+    return [
+        raw_input(amc_grid.checkpoint_path(config, wildcards.method, int(wildcards.seed), benchmark))
+        for benchmark, _ in EVAL_SPLITS
+    ]
+
+
+SELECTED_CHECKPOINTS = [f"checkpoint_best_{b}.pt" for b in amc_grid.selection_benchmarks(config)]
 
 
 def eval_path(method: str, seed, benchmark: str, split: str) -> str:

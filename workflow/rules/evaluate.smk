@@ -10,7 +10,7 @@
 rule evaluate:
     """One checkpoint on every benchmark split, in one process (the model is loaded once)."""
     input:
-        checkpoint=eval_checkpoint,
+        checkpoints=eval_checkpoints,
         records=all_eval_records(),
         vocab=raw_input(config["vocab"]),
         model_config=config["model_config"],
@@ -32,7 +32,7 @@ rule evaluate:
         mem_mb=config["evaluate"]["mem_mb"],
         runtime=config["evaluate"]["runtime"],
     shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} evaluate --checkpoint {input.checkpoint:q} --model-config {input.model_config:q}"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} evaluate --checkpoint {input.checkpoints:q} --model-config {input.model_config:q}"
         " --vocab {params.vocab:q} --records {input.records:q} --benchmark {params.benchmarks}"
         " --split {params.splits} --image-res {params.image_res} --method {wildcards.method:q}"
         " --seed {wildcards.seed} --num-workers {params.num_workers} {params.extra}"

@@ -105,7 +105,9 @@ if QUALITATIVE["enabled"]:
             records=eval_records(*QUALITATIVE_SPLIT),
             checkpoints=lambda wc: sorted(
                 {
-                    raw_input(amc_grid.checkpoint_path(config, m, METHODS[m]["seeds"][0]))
+                    raw_input(
+                        amc_grid.checkpoint_path(config, m, METHODS[m]["seeds"][0], QUALITATIVE_SPLIT[0])
+                    )
                     for m in QUALITATIVE_METHODS
                 }
             ),

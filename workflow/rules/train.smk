@@ -56,6 +56,7 @@ rule train:
     output:
         checkpoint=f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}/checkpoint_final.pt",
         metrics=f"{RESULTS}/train/{{method}}/seed{{seed}}/metrics.jsonl",
+        selected=[f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}/{name}" for name in SELECTED_CHECKPOINTS],
     log:
         f"{LOGS}/train/{{method}}/seed{{seed}}.log",
     wildcard_constraints:
