@@ -35,6 +35,11 @@ MAX_WORDS = {"flickr30k": 50, "refcoco+": 30}
 DEFAULT_MAX_WORDS = 30
 
 
+def max_words_for(benchmark: str, override: int | None = None) -> int:
+    """Words kept by pre_caption on ``benchmark`` (``override`` when given)."""
+    return override or MAX_WORDS.get(benchmark, DEFAULT_MAX_WORDS)
+
+
 @dataclass
 class CaseResult:
     id: str
@@ -304,10 +309,11 @@ def run(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Check every split's records and checkpoint before the first (possibly long) evaluation starts.
     prepared = [(task, *_load_task_records(task, args)) for task in tasks]
-    for path in dict.fromkeys(task.checkpoint for task in tasks):
+    checkpoints = dict.fromkeys(task.checkpoint for task in tasks)
+    for path in checkpoints:
         if not Path(path).is_file():
             raise AmcError(f"{path}: checkpoint not found")
-    sha256 = {path: sha256_file(path) for path in dict.fromkeys(task.checkpoint for task in tasks)}
+    sha256 = {path: sha256_file(path) for path in checkpoints}
     model, loaded = None, None
     for task, records, skipped in prepared:
         config = model_config.replace(image_res=task.image_res) if task.image_res else model_config
@@ -339,7 +345,7 @@ def _load_eval_model(checkpoint: str, config, device: torch.device):
 def _evaluate_split(model, tokenizer, task, records, skipped, args, device, checkpoint_sha256) -> None:
     import numpy as np
 
-    max_words = args.max_words or MAX_WORDS.get(task.benchmark, DEFAULT_MAX_WORDS)
+    max_words = max_words_for(task.benchmark, args.max_words)
     heatmaps: dict[str, np.ndarray] = {}
     cases, more_skipped = evaluate(
         model,

@@ -115,11 +115,16 @@ class StepContext:
                 text_feat=self.model.text_feat(text_embeds_m, momentum=True),
             )
 
+    def clamp_temperature(self) -> None:
+        """As released: the learnable temperature is clamped to [0.001, 0.5] before it is used."""
+        with torch.no_grad():
+            self.model.temp.clamp_(0.001, 0.5)
+
     @cached_property
     def contrastive(self) -> Contrastive:
         model, m = self.model, self.momentum
+        self.clamp_temperature()
         with torch.no_grad():
-            model.temp.clamp_(0.001, 0.5)
             image_feat_all = torch.cat([m.image_feat.t(), model.image_queue.clone().detach()], dim=1)
             text_feat_all = torch.cat([m.text_feat.t(), model.text_queue.clone().detach()], dim=1)
             sim_i2t_m = m.image_feat @ text_feat_all / model.temp
@@ -228,8 +233,7 @@ class ImageTextContrastive(Objective):
 
     def __call__(self, ctx: StepContext) -> ObjectiveOutput:
         if self.mode == "in_batch":
-            with torch.no_grad():
-                ctx.model.temp.clamp_(0.001, 0.5)
+            ctx.clamp_temperature()
             sim_i2t = ctx.image_feat @ ctx.text_feat.t() / ctx.model.temp
             targets = torch.arange(ctx.batch.size, device=sim_i2t.device)
             loss = (F.cross_entropy(sim_i2t, targets) + F.cross_entropy(sim_i2t.t(), targets)) / 2

@@ -29,8 +29,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from amc.io import AmcError, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -108,6 +106,14 @@ class BestCheckpoints:
             if self.work_path(row["split"]).exists():
                 self.best[row["split"]] = max(self.best.get(row["split"], float("-inf")), row["accuracy"])
 
+    def reset(self) -> None:
+        """A run starting afresh: forget the log, the best checkpoints and their published links."""
+        self.log_path.unlink(missing_ok=True)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        for split in self.splits:
+            (self.out_dir / best_checkpoint_name(split.name)).unlink(missing_ok=True)
+        self.best = {}
+
     def work_path(self, name: str) -> Path:
         return self.work_dir / f"best_{name}.pt"
 
@@ -134,25 +140,30 @@ class BestCheckpoints:
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
 
     def evaluate(self, model, *, epoch: int, step: int, save) -> dict[str, float]:
-        """Evaluate ``model`` on every split; ``save(path)`` writes the checkpoint when one improves."""
-        from amc.evaluate import DEFAULT_MAX_WORDS, MAX_WORDS, evaluate
+        """Evaluate ``model`` on every split; ``save(path)`` writes the checkpoint when one improves.
+
+        The evaluation runs on an eval-mode copy (one per resolution in turn), so the training
+        model, its mode and its position embeddings are untouched.
+        """
+        from amc.evaluate import evaluate, max_words_for
 
         results = {}
-        was_training = model.training
+        candidate = None
         for split in self.splits:
-            candidate = copy.deepcopy(model).eval()
-            if split.image_res and split.image_res != candidate.config.image_res:
-                candidate.resize_image_res(split.image_res)
+            image_res = split.image_res or model.config.image_res
+            if candidate is None or candidate.config.image_res != image_res:
+                candidate = copy.deepcopy(model).eval()
+                if image_res != candidate.config.image_res:
+                    candidate.resize_image_res(image_res)
             cases, _ = evaluate(
                 candidate,
                 self.tokenizer,
                 self.records[split.name],
-                image_res=candidate.config.image_res,
-                max_words=split.max_words or MAX_WORDS.get(split.name, DEFAULT_MAX_WORDS),
+                image_res=image_res,
+                max_words=max_words_for(split.name, split.max_words),
                 device=self.device,
                 num_workers=self.num_workers,
             )
-            del candidate
             accuracy = sum(c.hit for c in cases) / len(cases)
             improved = accuracy > self.best.get(split.name, float("-inf"))
             if improved:
@@ -170,7 +181,9 @@ class BestCheckpoints:
                 " (best)" if improved else "",
             )
             results[split.name] = accuracy
-        model.train(was_training)
+        del candidate
         if self.device.type == "cuda":
+            import torch
+
             torch.cuda.empty_cache()
         return results

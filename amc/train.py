@@ -479,8 +479,7 @@ def train(
     elif procs.is_main:
         metrics_file.unlink(missing_ok=True)
         if selector is not None:
-            selector.log_path.unlink(missing_ok=True)
-            shutil.rmtree(selector.work_dir, ignore_errors=True)
+            selector.reset()
     if selector is not None:
         selector.restore(step)
 
@@ -512,7 +511,7 @@ def train(
                     epoch=finished_epoch,
                     run_config=config,
                     method=config["method"]["name"],
-                ),  # fmt: skip
+                ),
             )
         if procs.world_size > 1:
             dist.barrier()

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from amc.selection import best_checkpoint_name
+
 PLACEHOLDERS = ("run", "raw_dir", "records_dir")
 
 
@@ -204,8 +206,9 @@ def train_overrides(config: dict, method: str, seed: int) -> list[str]:
         ("seed", seed),
         ("method.name", method),
     ]
-    if selection_splits(config):
-        pairs.append(("selection.splits", selection_splits(config)))
+    splits = selection_splits(config)
+    if splits:
+        pairs.append(("selection.splits", splits))
     pairs += list((config["finetune"].get("overrides") or {}).items())
     pairs += _flatten("method.objectives", spec["objectives"]) if spec["objectives"] else []
     pairs += _flatten("optim", spec["optim"]) if spec["optim"] else []
@@ -251,7 +254,7 @@ def checkpoint_path(config: dict, method: str, seed: int, benchmark: str | None 
         return spec["init_checkpoint"]
     folder = f"results/{config['run']}/checkpoints/{method}/seed{seed}"
     if benchmark is not None and benchmark in selection_benchmarks(config):
-        return f"{folder}/checkpoint_best_{benchmark}.pt"
+        return f"{folder}/{best_checkpoint_name(benchmark)}"
     return f"{folder}/checkpoint_final.pt"
 
 

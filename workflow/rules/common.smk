@@ -179,7 +179,7 @@ def eval_checkpoints(wildcards) -> list[str]:
     ]
 
 
-SELECTED_CHECKPOINTS = [f"checkpoint_best_{b}.pt" for b in amc_grid.selection_benchmarks(config)]
+SELECTED_CHECKPOINTS = [amc_grid.best_checkpoint_name(b) for b in amc_grid.selection_benchmarks(config)]
 
 
 def eval_path(method: str, seed, benchmark: str, split: str) -> str:
