@@ -1,7 +1,9 @@
 """``amc evaluate``: pointing accuracy of a checkpoint on grounding records.
 
-The protocol of method.md: the model in eval mode, images resized to a square
-(no crop) at the benchmark's resolution, GradCAM of the ITM score from the
+The released protocol (``grounding_eval_singlegpu*.py``): the model in eval mode,
+images resized to a square (no crop) at the benchmark's resolution and in the
+benchmark's way, phrases through pre_caption and the tokenizer without a token
+cap (:class:`EvalInputs`), GradCAM of the ITM score from the
 cross-attention of the GradCAM layer, the map upsampled bicubically to the
 original image size, the first maximum as the point, a hit when strictly
 inside any of the case's boxes.
@@ -24,20 +26,81 @@ from pathlib import Path
 import torch
 
 from amc.data.images import load_image
+from amc.data.transforms import EVAL_RESIZES, EvalTransform
 from amc.io import AmcError, DataError, atomic_write_json, sha256_file
 from amc.metrics import argmax_point, box_hit, classify_miss, upsample_heatmap
 from amc.records import Record, load_records
 
 log = logging.getLogger(__name__)
 
-# Words kept by ALBEF's pre_caption at evaluation (method.md).
+# How a benchmark's images and phrases enter the model at evaluation, as the released
+# grounding_eval_singlegpu*.py scripts do. `amc evaluate`, model selection (amc.selection),
+# `amc gradcam` and the reports' qualitative figure all go through EvalInputs.for_benchmark.
+#
+# Words kept by ALBEF's pre_caption (released dataset/grounding_dataset.py).
 MAX_WORDS = {"flickr30k": 50, "refcoco+": 30}
 DEFAULT_MAX_WORDS = 30
+# The square resize of the image (amc.data.transforms.EVAL_RESIZES): Flickr30k through
+# albumentations Resize on the RGB array (released dataset/__init__.py, grounding_flickr),
+# RefCOCO+ and RefCLEF through torchvision's bicubic Resize on the PIL image (its test_transform).
+EVAL_RESIZE = {"flickr30k": "cv2-linear", "refcoco+": "pil-bicubic"}
+DEFAULT_EVAL_RESIZE = "pil-bicubic"
+AUTO = "auto"  # an explicit "the benchmark's own" for --resize
 
 
-def max_words_for(benchmark: str, override: int | None = None) -> int:
+def max_words_for(benchmark: str | None, override: int | None = None) -> int:
     """Words kept by pre_caption on ``benchmark`` (``override`` when given)."""
     return override or MAX_WORDS.get(benchmark, DEFAULT_MAX_WORDS)
+
+
+def resize_for(benchmark: str | None, override: str | None = None) -> str:
+    """The evaluation resize of ``benchmark`` (``override`` when given and not ``auto``)."""
+    if override in (None, AUTO):
+        return EVAL_RESIZE.get(benchmark, DEFAULT_EVAL_RESIZE)
+    if override not in EVAL_RESIZES:
+        raise AmcError(f"resize must be one of {', '.join((AUTO, *EVAL_RESIZES))}, not {override!r}")
+    return override
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """The image transform and the text handling of one benchmark's evaluation."""
+
+    image_res: int
+    resize: str  # amc.data.transforms.EVAL_RESIZES
+    max_words: int
+
+    @classmethod
+    def for_benchmark(
+        cls, benchmark: str | None, image_res: int, *, resize: str | None = None, max_words: int | None = None
+    ) -> EvalInputs:
+        """``benchmark``'s inputs (None or an unknown name: the defaults); explicit overrides win."""
+        return cls(image_res, resize_for(benchmark, resize), max_words_for(benchmark, max_words))
+
+    def transform(self) -> EvalTransform:
+        """The image transform: a PIL image -> normalised float [3, image_res, image_res]."""
+        return EvalTransform(self.image_res, self.resize)
+
+    def text(self, phrase: str) -> str:
+        """ALBEF's pre_caption with the benchmark's word limit ("" when nothing is left)."""
+        from amc.models.tokenizer import pre_caption
+
+        return pre_caption(phrase, self.max_words)
+
+    def tokens(self, tokenizer, texts: list[str], max_positions: int):
+        """Texts -> tokens, padded only: no token cap, as released (a cap could cut word pieces).
+
+        A text longer than the model's ``max_positions`` position embeddings is an error, not cut.
+        """
+        tokens = tokenizer(texts, max_length=None)
+        lengths = tokens.attention_mask.sum(dim=1)
+        if int(lengths.max()) > max_positions:
+            row = int(lengths.argmax())
+            raise AmcError(
+                f"evaluation text {texts[row]!r} is {int(lengths[row])} tokens ([CLS] + word pieces), more "
+                f"than the model's {max_positions} position embeddings; keep fewer words (--max-words)"
+            )
+        return tokens
 
 
 @dataclass
@@ -110,8 +173,7 @@ def evaluate(
     tokenizer,
     records: list[Record],
     *,
-    image_res: int,
-    max_words: int,
+    inputs: EvalInputs,
     device: torch.device,
     images_per_batch: int = 16,
     phrases_per_batch: int = 64,
@@ -119,22 +181,25 @@ def evaluate(
     proposals: dict[str, list] | None = None,
     on_heatmap=None,
 ) -> tuple[list[CaseResult], Counter]:
-    """Evaluate ``records``; returns the per-case results and the skipped counts by reason.
+    """Evaluate ``records`` with ``inputs`` (the benchmark's image transform and text handling);
+    returns the per-case results and the skipped counts by reason.
 
     ``on_heatmap(record, heatmap)`` is called with each grid-resolution map (for figures).
     """
     from tqdm import tqdm
 
-    from amc.data.transforms import EvalTransform
     from amc.gradcam import gradcam_eval
-    from amc.models.tokenizer import pre_caption
 
+    if inputs.image_res != model.config.image_res:
+        raise AmcError(
+            f"evaluation at {inputs.image_res} px needs a model at that resolution, not {model.config.image_res}"
+        )
     by_image: dict[str, list[Record]] = defaultdict(list)
     for record in records:
         by_image[record.image].append(record)
     paths = list(by_image)
     loader = torch.utils.data.DataLoader(
-        _ImageSet(paths, EvalTransform(image_res)),
+        _ImageSet(paths, inputs.transform()),
         batch_size=images_per_batch,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
@@ -149,7 +214,7 @@ def evaluate(
         phrases = [(i, r) for i, p in enumerate(batch_paths) for r in by_image[p]]
         for start in range(0, len(phrases), phrases_per_batch):
             chunk = phrases[start : start + phrases_per_batch]
-            texts = [pre_caption(r.phrase, max_words) for _, r in chunk]
+            texts = [inputs.text(r.phrase) for _, r in chunk]
             if any(not t for t in texts):
                 for (_, r), t in zip(chunk, texts, strict=True):
                     if not t:
@@ -159,7 +224,7 @@ def evaluate(
                 texts = [t for t in texts if t]
                 if not chunk:
                     continue
-            tokens = tokenizer(texts, max_length=max_words + 1)
+            tokens = inputs.tokens(tokenizer, texts, model.config.text.max_position_embeddings)
             image_index = torch.tensor([i for i, _ in chunk], device=device)
             heatmaps = (
                 gradcam_eval(
@@ -235,6 +300,14 @@ def configure_parser(parser) -> None:
         nargs="+",
         help="evaluation resolution (paper: 256 Flickr30k, 384 RefCOCO+; default: the model config's)",
     )
+    parser.add_argument(
+        "--resize",
+        nargs="+",
+        choices=[AUTO, *EVAL_RESIZES],
+        help="how images are resized to the square input, one for all splits or one per split "
+        "(default auto: the benchmark's, as released: flickr30k cv2-linear = OpenCV bilinear without "
+        "antialiasing; refcoco+ and others pil-bicubic)",
+    )
     parser.add_argument("--max-words", type=int, help="words kept by pre_caption (default: per benchmark)")
     parser.add_argument("--method", default=None, help="method name recorded in the summary")
     parser.add_argument("--seed", type=int, default=None, help="training seed recorded in the summary")
@@ -258,6 +331,7 @@ class SplitTask:
     out: str
     image_res: int | None
     checkpoint: str
+    resize: str | None = None  # None or "auto": the benchmark's
 
 
 def split_tasks(args) -> list[SplitTask]:
@@ -285,11 +359,11 @@ def split_tasks(args) -> list[SplitTask]:
     if args.heatmaps and count > 1:
         raise AmcError("--heatmaps needs a single split")
     benchmarks, resolutions = per_split("benchmark", args.benchmark), per_split("image-res", args.image_res)
-    checkpoints = per_split("checkpoint", args.checkpoint)
+    checkpoints, resizes = per_split("checkpoint", args.checkpoint), per_split("resize", args.resize)
     return [
-        SplitTask(records, benchmark, split, out, res, checkpoint)
-        for records, benchmark, split, out, res, checkpoint in zip(
-            args.records, benchmarks, args.split, args.out, resolutions, checkpoints, strict=True
+        SplitTask(records, benchmark, split, out, res, checkpoint, resize)
+        for records, benchmark, split, out, res, checkpoint, resize in zip(
+            args.records, benchmarks, args.split, args.out, resolutions, checkpoints, resizes, strict=True
         )
     ]
 
@@ -345,14 +419,15 @@ def _load_eval_model(checkpoint: str, config, device: torch.device):
 def _evaluate_split(model, tokenizer, task, records, skipped, args, device, checkpoint_sha256) -> None:
     import numpy as np
 
-    max_words = max_words_for(task.benchmark, args.max_words)
+    inputs = EvalInputs.for_benchmark(
+        task.benchmark, model.config.image_res, resize=task.resize, max_words=args.max_words
+    )
     heatmaps: dict[str, np.ndarray] = {}
     cases, more_skipped = evaluate(
         model,
         tokenizer,
         records,
-        image_res=model.config.image_res,
-        max_words=max_words,
+        inputs=inputs,
         device=device,
         images_per_batch=args.images_per_batch,
         phrases_per_batch=args.phrases_per_batch,
@@ -372,8 +447,9 @@ def _evaluate_split(model, tokenizer, task, records, skipped, args, device, chec
         "n_hits": hits,
         "skipped": dict(skipped),
         "misses": dict(Counter(c.miss for c in cases if c.miss)),
-        "image_res": model.config.image_res,
-        "max_words": max_words,
+        "image_res": inputs.image_res,
+        "resize": inputs.resize,
+        "max_words": inputs.max_words,
         "records": str(task.records),
         "checkpoint": str(task.checkpoint),
         "checkpoint_sha256": checkpoint_sha256,

@@ -1,5 +1,7 @@
 """``amc gradcam``: the evaluation-recipe GradCAM map of one image and one text.
 
+The image and the text go in as ``amc evaluate`` takes them for ``--benchmark``
+(:class:`amc.evaluate.EvalInputs`: the benchmark's resize and word limit, no token cap).
 Writes the map at grid resolution (float32 [h, w], ``.npy``); with ``--overlay`` also the
 image with the map upsampled bicubically to the original size and the predicted point (the
 first maximum in row-major order) drawn on it. ALBEF-layout checkpoints (ALBEF.pth,
@@ -16,10 +18,11 @@ from amc.io import AmcError, atomic_write
 
 log = logging.getLogger(__name__)
 
-MAX_WORDS = 30
-
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from amc.data.transforms import EVAL_RESIZES
+    from amc.evaluate import AUTO
+
     parser.add_argument(
         "--model-config", required=True, help="model config (YAML/JSON), e.g. config/models/albef-base.yaml"
     )
@@ -29,7 +32,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", required=True, help="vocab.txt or a folder holding it")
     parser.add_argument("--image", required=True, help="image file")
     parser.add_argument(
-        "--text", required=True, help="the phrase (cleaned with ALBEF's pre_caption, 30 words)"
+        "--text",
+        required=True,
+        help="the phrase (cleaned with ALBEF's pre_caption, the benchmark's word limit)",
+    )
+    parser.add_argument(
+        "--benchmark",
+        default=None,
+        help="prepare image and text as amc evaluate does for this benchmark (flickr30k, refcoco+); "
+        "default: the defaults for other benchmarks (pil-bicubic, 30 words)",
+    )
+    parser.add_argument(
+        "--resize",
+        choices=[AUTO, *EVAL_RESIZES],
+        default=None,
+        help="override the benchmark's image resize (auto: the benchmark's)",
     )
     parser.add_argument(
         "--image-res", type=int, default=None, help="input resolution (default: the config's)"
@@ -39,24 +56,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
-def load_image(path: str | Path, image_res: int):
-    """The image as read (for the overlay) and ALBEF's evaluation transform of it (the same as ``amc evaluate``)."""
+def load_image(path: str | Path, inputs):
+    """The image as read (for the overlay) and its evaluation transform (``inputs``: an
+    :class:`amc.evaluate.EvalInputs`, the same as ``amc evaluate``)."""
     from amc.data.images import load_image as read_rgb
-    from amc.data.transforms import EvalTransform
 
     image = read_rgb(path, "--image")
-    return image, EvalTransform(image_res)(image)
+    return image, inputs.transform()(image)
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from amc.evaluate import EvalInputs
     from amc.gradcam import gradcam_eval
     from amc.metrics import argmax_point, upsample_heatmap
     from amc.models.checkpoint import load_model
     from amc.models.config import ModelConfig
-    from amc.models.tokenizer import load_tokenizer, pre_caption
+    from amc.models.tokenizer import load_tokenizer
 
     config = ModelConfig.from_file(args.model_config)
     if args.image_res is not None:
@@ -66,14 +84,16 @@ def run(args: argparse.Namespace) -> int:
         raise AmcError(
             f"{args.vocab}: {tokenizer.vocab_size} tokens, but the model config expects {config.text.vocab_size}"
         )
-    text = pre_caption(args.text, MAX_WORDS)
+    inputs = EvalInputs.for_benchmark(args.benchmark, config.image_res, resize=args.resize)
+    text = inputs.text(args.text)
     if not text:
         raise AmcError("--text is empty after cleaning")
-    original, pixels = load_image(args.image, config.image_res)
+    tokens = inputs.tokens(tokenizer, [text], config.text.max_position_embeddings)
+    original, pixels = load_image(args.image, inputs)
 
     device = torch.device(args.device)
     model = load_model(args.checkpoint, config, purpose="eval").to(device).eval()
-    tokens = tokenizer([text], max_length=config.text.max_position_embeddings).to(device)
+    tokens = tokens.to(device)
     with torch.no_grad():
         image_embeds = model.encode_image(pixels[None].to(device))
     cam = gradcam_eval(model, image_embeds, tokens.input_ids, tokens.attention_mask)[0].float().cpu()

@@ -40,10 +40,13 @@ class SelectionSplit:
     records: str
     image_res: int | None = None  # default: the training resolution
     max_words: int | None = None  # default: the benchmark's (amc.evaluate.MAX_WORDS)
+    resize: str | None = None  # default: the benchmark's (amc.evaluate.EVAL_RESIZE)
 
 
 def parse_selection(section: dict | None, source: str = "run configuration") -> list[SelectionSplit]:
     """The ``selection`` section of a run configuration -> its splits ([] when off)."""
+    from amc.evaluate import resize_for
+
     if not section:
         return []
     if (
@@ -52,18 +55,22 @@ def parse_selection(section: dict | None, source: str = "run configuration") -> 
         or not isinstance(section.get("splits"), list)
     ):
         raise AmcError(
-            f"{source}: selection must be {{splits: [{{name, records, image_res, max_words}}, ...]}}"
+            f"{source}: selection must be {{splits: [{{name, records, image_res, max_words, resize}}, ...]}}"
         )
     splits = []
     for number, entry in enumerate(section["splits"], start=1):
         if not isinstance(entry, dict):
             raise AmcError(f"{source}: selection.splits entry {number} is not a mapping")
-        unknown = set(entry) - {"name", "records", "image_res", "max_words"}
+        unknown = set(entry) - {"name", "records", "image_res", "max_words", "resize"}
         if unknown or "name" not in entry or "records" not in entry:
             raise AmcError(
                 f"{source}: selection.splits entry {number} needs name and records "
-                f"(optional image_res, max_words); unknown: {sorted(unknown)}"
+                f"(optional image_res, max_words, resize); unknown: {sorted(unknown)}"
             )
+        try:
+            resize_for(entry["name"], entry.get("resize"))
+        except AmcError as error:
+            raise AmcError(f"{source}: selection.splits entry {number}: {error}") from None
         splits.append(SelectionSplit(**entry))
     names = [s.name for s in splits]
     if len(set(names)) != len(names):
@@ -145,7 +152,7 @@ class BestCheckpoints:
         The evaluation runs on an eval-mode copy (one per resolution in turn), so the training
         model, its mode and its position embeddings are untouched.
         """
-        from amc.evaluate import evaluate, max_words_for
+        from amc.evaluate import EvalInputs, evaluate
 
         results = {}
         candidate = None
@@ -159,8 +166,9 @@ class BestCheckpoints:
                 candidate,
                 self.tokenizer,
                 self.records[split.name],
-                image_res=image_res,
-                max_words=max_words_for(split.name, split.max_words),
+                inputs=EvalInputs.for_benchmark(
+                    split.name, image_res, resize=split.resize, max_words=split.max_words
+                ),
                 device=self.device,
                 num_workers=self.num_workers,
             )

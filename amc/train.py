@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
         "max_words": 30,
         "max_tokens": 25,
         "augment": {
+            # released: the released code's albumentations pipeline (OpenCV, uint8); torchvision:
+            # bicubic PIL resize and torchvision's ColorJitter (amc.data.transforms).
+            "pipeline": "released",
             "hflip": 0.5,
             "grayscale": 0.2,
             "color_jitter": [0.4, 0.4, 0.4, 0.4],
@@ -240,12 +243,13 @@ class EpochSampler(torch.utils.data.Sampler):
 
 def build_dataset(config: dict):
     from amc.data.datasets import CaptionDataset, PhraseBoxDataset, load_captions
-    from amc.data.transforms import TrainTransform
+    from amc.data.transforms import build_train_transform
     from amc.records import load_records
 
     data = config["data"]
     augment = data["augment"]
-    transform = TrainTransform(
+    transform = build_train_transform(
+        augment["pipeline"],
         image_res=data["image_res"],
         mask_size=data["mask_size"],
         hflip_p=augment["hflip"],

@@ -94,7 +94,9 @@ def test_images_are_converted_to_rgb(tmp_path):
     Image.new("L", (30, 20), 128).save(gray)
     Image.new("RGBA", (30, 20), (10, 20, 30, 0)).save(rgba)
     for path in (gray, rgba):
-        item = EvalDataset([record(path, [[1, 1, 5, 5]], width=30, height=20)], EvalTransform(16))[0]
+        item = EvalDataset(
+            [record(path, [[1, 1, 5, 5]], width=30, height=20)], EvalTransform(16, "pil-bicubic")
+        )[0]
         assert item["image"].shape == (3, 16, 16)
 
 

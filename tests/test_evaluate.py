@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from amc.cli import main as amc_main
 from amc.data.transforms import EvalTransform
+from amc.evaluate import EvalInputs
+from amc.io import AmcError
 from amc.metrics import pointing_hit, pointing_point
 from amc.models.albef import ALBEF
 from amc.models.checkpoint import save_checkpoint
 from amc.models.config import ModelConfig
-from amc.models.tokenizer import load_tokenizer, pre_caption
-from amc.records import load_records
+from amc.models.tokenizer import AlbefTokenizer, load_tokenizer, pre_caption
+from amc.records import Record, load_records
 from tests.engine_fixtures import TINY_MODEL, ci_data  # noqa: F401
 
 
@@ -44,7 +47,7 @@ def _reference_case(model, tokenizer, record, transform) -> tuple[int, int]:
     """One case at a time, straight from method.md: full forward, gradient of the ITM logit w.r.t. P."""
     with Image.open(record.image) as image:
         pixels = transform(image.convert("RGB"))[None]
-    tokens = tokenizer([pre_caption(record.phrase, 50)], max_length=51)
+    tokens = tokenizer([pre_caption(record.phrase, 50)], max_length=None)  # Flickr30k: 50 words, no token cap
     image_embeds = model.encode_image(pixels)
     text_embeds = model.encode_text(tokens.input_ids, tokens.attention_mask)
     fused = model.fuse(text_embeds, tokens.attention_mask, image_embeds, capture_cross_attention=True)
@@ -75,7 +78,7 @@ def test_evaluate_matches_a_slow_per_case_reference(tmp_path, ci_data, random_ch
     model.load_state_dict(torch.load(random_checkpoint, weights_only=False)["model"])
     model.eval()
     tokenizer = load_tokenizer(ci_data.vocab)
-    transform = EvalTransform(96)
+    transform = EvalTransform(96, "cv2-linear")  # Flickr30k's, as released
     by_id = {c["id"]: c for c in result["cases"]}
     same_point, hits = 0, 0
     for record in records:
@@ -192,3 +195,183 @@ def test_several_splits_in_one_call_equal_separate_calls(tmp_path, ci_data, rand
     assert amc_main(bad) == 2
     assert "--out has 1 values for 2 --records" in caplog.text
     assert not (tmp_path / "x.json").exists()
+
+
+# --------------------------------------------------------------- per-benchmark images and text
+
+
+def test_eval_inputs_per_benchmark_with_overrides():
+    assert EvalInputs.for_benchmark("flickr30k", 256) == EvalInputs(256, "cv2-linear", 50)
+    assert EvalInputs.for_benchmark("refcoco+", 384) == EvalInputs(384, "pil-bicubic", 30)
+    assert EvalInputs.for_benchmark("refclef", 384) == EvalInputs(384, "pil-bicubic", 30)  # the defaults
+    assert EvalInputs.for_benchmark(None, 96) == EvalInputs(96, "pil-bicubic", 30)
+    assert (
+        EvalInputs.for_benchmark("flickr30k", 96, resize="pil-bicubic", max_words=7).resize == "pil-bicubic"
+    )
+    assert EvalInputs.for_benchmark("flickr30k", 96, resize="auto").resize == "cv2-linear"
+    with pytest.raises(AmcError, match="resize must be one of auto, cv2-linear, pil-bicubic"):
+        EvalInputs.for_benchmark("flickr30k", 96, resize="bicubic")
+
+
+# a vocabulary whose words split into several word pieces: "abab" is ab ##ab
+PIECES_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ab", "##ab"]
+# 7 words, 56 word pieces: [CLS] + 56 = 57 tokens, more than max_words + 1 on both benchmarks (51, 31)
+LONG_PHRASE = " ".join(["ab" * 8] * 7)
+
+
+def test_evaluation_tokens_are_not_capped_and_too_long_is_an_error():
+    tokenizer = AlbefTokenizer(PIECES_VOCAB)
+    inputs = EvalInputs.for_benchmark("refcoco+", 96)
+    text = inputs.text(LONG_PHRASE)
+    tokens = inputs.tokens(tokenizer, [text, "ab"], max_positions=64)
+    assert tokens.input_ids.shape == (2, 57) and tokens.attention_mask.sum(1).tolist() == [57, 2]
+    with pytest.raises(AmcError, match=r"'abab.*abab' is 57 tokens .* model's 12 position embeddings"):
+        inputs.tokens(tokenizer, [text], max_positions=12)
+
+
+@pytest.fixture
+def pieces_case(tmp_path):
+    """A tiny random model, a vocabulary of word pieces, and one Flickr30k-like and one RefCOCO+-like record."""
+    torch.manual_seed(0)
+    model = ALBEF(ModelConfig.from_file(TINY_MODEL)).eval()
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(PIECES_VOCAB + [f"w{i}" for i in range(512 - len(PIECES_VOCAB))]) + "\n")
+    rng = np.random.default_rng(0)
+    image = tmp_path / "img.png"
+    Image.fromarray(rng.integers(0, 256, (70, 110, 3), dtype=np.uint8)).save(image)
+    records = {}
+    for benchmark in ("flickr30k", "refcoco+"):
+        record = Record(
+            f"{benchmark}/0", benchmark, "val", str(image), 110, 70, LONG_PHRASE, [[5, 5, 40, 40]]
+        )
+        records[benchmark] = tmp_path / f"{benchmark}.jsonl"
+        records[benchmark].write_text(json.dumps(vars(record)) + "\n")
+    return model, vocab, image, records
+
+
+def spy_on_model_inputs(monkeypatch) -> list:
+    """Record every image batch the model encodes and every token batch GradCAM gets."""
+    import amc.gradcam
+
+    seen = []
+    encode_image, gradcam_eval = ALBEF.encode_image, amc.gradcam.gradcam_eval
+
+    def encode_spy(self, images, *args, **kwargs):
+        seen.append(("images", images.detach().clone()))
+        return encode_image(self, images, *args, **kwargs)
+
+    def gradcam_spy(model, image_embeds, input_ids, *args, **kwargs):
+        seen.append(("tokens", input_ids.clone()))
+        return gradcam_eval(model, image_embeds, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(ALBEF, "encode_image", encode_spy)
+    monkeypatch.setattr(amc.gradcam, "gradcam_eval", gradcam_spy)
+    return seen
+
+
+def expected_pixels(image_path, resize: str) -> torch.Tensor:
+    with Image.open(image_path) as image:
+        return EvalTransform(96, resize)(image.convert("RGB"))
+
+
+def test_evaluate_uses_the_benchmarks_transform_and_uncapped_tokens(pieces_case, monkeypatch, tmp_path):
+    model, vocab, image, records = pieces_case
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, model)
+    seen = spy_on_model_inputs(monkeypatch)
+    for benchmark, resize in (("flickr30k", "cv2-linear"), ("refcoco+", "pil-bicubic")):
+        seen.clear()
+        out = tmp_path / f"{benchmark}.json"
+        args = ["--records", records[benchmark], "--benchmark", benchmark, "--split", "val", "--out", out]
+        assert _evaluate_args(checkpoint, vocab, *args) == 0
+        (_, images), (_, tokens) = seen
+        assert torch.equal(images[0], expected_pixels(image, resize))
+        assert tokens.shape == (1, 57)  # a cap at max_words + 1 would cut it to 51 / 31
+        assert json.loads(out.read_text())["summary"]["resize"] == resize
+    # --resize overrides the benchmark's
+    seen.clear()
+    out = tmp_path / "override.json"
+    args = ["--records", records["flickr30k"], "--benchmark", "flickr30k", "--split", "val", "--out", out]
+    assert _evaluate_args(checkpoint, vocab, *args, "--resize", "pil-bicubic", "--max-words", "2") == 0
+    (_, images), (_, tokens) = seen
+    assert torch.equal(images[0], expected_pixels(image, "pil-bicubic")) and tokens.shape == (1, 17)
+
+
+def _evaluate_args(checkpoint, vocab, *args) -> int:
+    return amc_main(
+        ["evaluate", "--checkpoint", str(checkpoint), "--model-config", str(TINY_MODEL), "--vocab", str(vocab),
+         "--num-workers", "0", *map(str, args)]
+    )  # fmt: skip
+
+
+def test_selection_uses_the_benchmarks_transform_and_uncapped_tokens(pieces_case, monkeypatch, tmp_path):
+    from amc.selection import BestCheckpoints, parse_selection
+
+    model, vocab, image, records = pieces_case
+    splits = parse_selection(
+        {
+            "splits": [
+                {"name": "flickr30k", "records": str(records["flickr30k"])},
+                {"name": "refcoco+", "records": str(records["refcoco+"])},
+                {"name": "refclef", "records": str(records["refcoco+"]), "resize": "cv2-linear"},  # override
+            ]
+        }
+    )
+    selector = BestCheckpoints(tmp_path, splits, load_tokenizer(vocab), torch.device("cpu"), 0)
+    seen = spy_on_model_inputs(monkeypatch)
+    selector.evaluate(model, epoch=0, step=1, save=lambda path: None)
+    images = [value for kind, value in seen if kind == "images"]
+    tokens = [value for kind, value in seen if kind == "tokens"]
+    for batch, resize in zip(images, ("cv2-linear", "pil-bicubic", "cv2-linear"), strict=True):
+        assert torch.equal(batch[0], expected_pixels(image, resize))
+    assert [t.shape[1] for t in tokens] == [57, 57, 57]
+    with pytest.raises(AmcError, match="selection.splits entry 1: resize must be one of"):
+        parse_selection({"splits": [{"name": "flickr30k", "records": "x", "resize": "linear"}]})
+
+
+@pytest.mark.parametrize(("benchmark", "resize"), [("flickr30k", "cv2-linear"), ("refcoco+", "pil-bicubic")])
+def test_gradcam_cli_uses_the_benchmarks_transform_and_uncapped_tokens(
+    pieces_case, monkeypatch, tmp_path, benchmark, resize
+):
+    model, vocab, image, _ = pieces_case
+    save_checkpoint(tmp_path / "model.pt", model)
+    seen = spy_on_model_inputs(monkeypatch)
+    common = ["gradcam", "--model-config", str(TINY_MODEL), "--checkpoint", str(tmp_path / "model.pt")]
+    common += [
+        "--vocab",
+        str(vocab),
+        "--image",
+        str(image),
+        "--text",
+        LONG_PHRASE,
+        "--output",
+        str(tmp_path / "h.npy"),
+    ]
+    assert amc_main([*common, "--benchmark", benchmark]) == 0
+    (_, images), (_, tokens) = seen
+    assert torch.equal(images[0], expected_pixels(image, resize)) and tokens.shape == (1, 57)
+    seen.clear()
+    other = "pil-bicubic" if resize == "cv2-linear" else "cv2-linear"
+    assert amc_main([*common, "--benchmark", benchmark, "--resize", other]) == 0
+    assert torch.equal(seen[0][1][0], expected_pixels(image, other))
+
+
+def test_report_qualitative_figure_runs_gradcam_with_the_benchmark(monkeypatch, tmp_path):
+    import subprocess
+
+    from amc.report import figures
+
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        np.save(cmd[cmd.index("--output") + 1], np.zeros((2, 2), dtype=np.float32))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(figures.subprocess, "run", fake_run)
+    common = dict(model_config="m.yaml", checkpoint="c.pt", vocab="v", image="i.png", text="t", image_res=256)
+    figures.run_gradcam(**common, benchmark="flickr30k", out=tmp_path / "a.npy")
+    figures.run_gradcam(**common, benchmark="refcoco+", out=tmp_path / "b.npy", resize="cv2-linear")
+    assert calls[0][calls[0].index("--benchmark") + 1] == "flickr30k" and "--resize" not in calls[0]
+    assert calls[1][calls[1].index("--benchmark") + 1] == "refcoco+"
+    assert calls[1][calls[1].index("--resize") + 1] == "cv2-linear"

@@ -258,6 +258,7 @@ def test_cli_writes_eval_map_and_overlay(tmp_path):
     from PIL import Image
 
     from amc.cli import main
+    from amc.evaluate import EvalInputs
     from amc.gradcam_cli import load_image
     from amc.models.tokenizer import load_tokenizer, pre_caption
 
@@ -290,7 +291,7 @@ def test_cli_writes_eval_map_and_overlay(tmp_path):
 
     tokens = load_tokenizer(tmp_path / "vocab.txt")([pre_caption(text, 30)], max_length=64)
     assert tokens.input_ids.shape[1] == 1 + 8
-    _, pixels = load_image(tmp_path / "img.png", 96)
+    _, pixels = load_image(tmp_path / "img.png", EvalInputs.for_benchmark(None, 96))
     expected = gradcam_eval(model, _embeds(model, pixels[None]), tokens.input_ids, tokens.attention_mask)[0]
     np.testing.assert_allclose(heat, expected.numpy(), rtol=1e-5, atol=1e-8)
 

@@ -122,6 +122,35 @@ def test_paper_runs_select_the_best_epoch_per_benchmark():
         == [f"{folder}/checkpoint_best_flickr30k.pt"] * 2 + [f"{folder}/checkpoint_best_refcoco+.pt"] * 3
     )
     assert "--split val test val testA testB" in evaluate
+    assert "--resize auto auto auto auto auto" in evaluate  # each benchmark's own, as released
+
+
+def test_a_benchmark_resize_reaches_evaluation_and_selection(tmp_path):
+    from amc.report import grid
+
+    config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    config["benchmarks"]["flickr30k"]["resize"] = "pil-bicubic"
+    (tmp_path / "ci-resize.yaml").write_text(yaml.safe_dump(config))
+    text = snakemake("-n", "--printshellcmds", "--configfile", str(tmp_path / "ci-resize.yaml")).stdout
+    assert re.search(
+        r"amc evaluate .*--benchmark flickr30k refcoco\+ refcoco\+ .*--resize pil-bicubic auto auto", text
+    )
+    config["benchmarks"]["flickr30k"]["resize"] = "bilinear"
+    (tmp_path / "ci-bad.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(tmp_path / "ci-bad.yaml"), check=False)
+    assert result.returncode != 0 and "bilinear" in result.stdout + result.stderr
+    selection = {
+        "finetune": {"select_best": True},
+        "data": {"records_dir": "r"},
+        "benchmarks": {
+            "flickr30k": {"splits": ["val"], "image_res": 256, "resize": "pil-bicubic"},
+            "refcoco+": {"splits": ["val"], "image_res": 384},
+        },
+    }
+    assert grid.selection_splits(selection) == [
+        {"name": "flickr30k", "records": "r/flickr30k-val.jsonl", "image_res": 256, "resize": "pil-bicubic"},
+        {"name": "refcoco+", "records": "r/refcoco+-val.jsonl", "image_res": 384},
+    ]
 
 
 def test_demo_grid():

@@ -8,7 +8,8 @@
   transformers release builds its tokenizers (transformers 5's ``BertTokenizer(vocab_file=)``
   silently builds a 5-token vocabulary). A batch is ``[CLS]`` + word pieces with NO
   trailing ``[SEP]`` (ALBEF's convention, see reference/method.md), truncated to
-  ``max_length`` and padded to the longest text of the batch.
+  ``max_length`` (training) or not at all (``max_length=None``: evaluation, as released)
+  and padded to the longest text of the batch.
 
 No token id is hard-coded: special tokens are looked up in the vocabulary.
 """
@@ -116,11 +117,11 @@ class AlbefTokenizer:
         unk = self.unk_token_id
         return [self.cls_token_id] + [self.vocab.get(piece, unk) for piece in self.tokenize(text)]
 
-    def __call__(self, texts: list[str] | str, max_length: int) -> TokenBatch:
-        """Batch of texts -> [CLS] + pieces, truncated to ``max_length``, padded to the longest."""
+    def __call__(self, texts: list[str] | str, max_length: int | None) -> TokenBatch:
+        """Batch of texts -> [CLS] + pieces, truncated to ``max_length`` (None: kept whole), padded to the longest."""
         if isinstance(texts, str):
             texts = [texts]
-        if max_length < 1:
+        if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         encoded = [self.encode(text)[:max_length] for text in texts]
         length = max((len(ids) for ids in encoded), default=1)

@@ -138,7 +138,9 @@ def make_qualitative(run_dir: Path, config: dict, results) -> list[Path]:
                     vocab=config["vocab"],
                     image=record.image,
                     text=record.phrase,
+                    benchmark=benchmark,
                     image_res=image_res,
+                    resize=config["benchmarks"][benchmark].get("resize"),
                     out=Path(tmp) / f"{number}-{method}.npy",
                 )
                 case = run.cases.set_index("id").loc[case_id]

@@ -232,18 +232,23 @@ def run_gradcam(
     vocab: str,
     image: str,
     text: str,
+    benchmark: str,
     image_res: int | None,
     out: Path,
+    resize: str | None = None,
 ) -> np.ndarray:
-    """One heatmap through ``amc gradcam`` (the documented CLI); returns the [h, w] map."""
+    """One heatmap through ``amc gradcam`` (the documented CLI), with ``benchmark``'s image
+    transform and text handling as ``amc evaluate`` uses them (``resize`` overrides); returns the [h, w] map."""
     device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() not in ("", "-1") else "cpu"
     cmd = [
         sys.executable, "-m", "amc", "gradcam",
         "--model-config", model_config, "--checkpoint", checkpoint, "--vocab", vocab,
-        "--image", image, "--text", text, "--output", str(out), "--device", device,
+        "--image", image, "--text", text, "--benchmark", benchmark, "--output", str(out), "--device", device,
     ]  # fmt: skip
     if image_res:
         cmd += ["--image-res", str(image_res)]
+    if resize:
+        cmd += ["--resize", resize]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise AmcError(f"amc gradcam failed ({result.returncode}): {result.stderr.strip()[-2000:]}")

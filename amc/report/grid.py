@@ -231,15 +231,22 @@ def selection_benchmarks(config: dict) -> list[str]:
 
 
 def selection_splits(config: dict) -> list[dict]:
-    """The ``selection.splits`` of the fine-tuning runs (amc.selection), [] when off."""
-    return [
-        {
+    """The ``selection.splits`` of the fine-tuning runs (amc.selection), [] when off.
+
+    A benchmark's ``resize`` goes along when the configuration sets one (else the benchmark's own).
+    """
+    splits = []
+    for name in selection_benchmarks(config):
+        benchmark = config["benchmarks"][name]
+        split = {
             "name": name,
             "records": f"{config['data']['records_dir']}/{name}-val.jsonl",
-            "image_res": config["benchmarks"][name]["image_res"],
+            "image_res": benchmark["image_res"],
         }
-        for name in selection_benchmarks(config)
-    ]
+        if benchmark.get("resize"):
+            split["resize"] = benchmark["resize"]
+        splits.append(split)
+    return splits
 
 
 def checkpoint_path(config: dict, method: str, seed: int, benchmark: str | None = None) -> str:
