@@ -1,6 +1,7 @@
 # The AMC benchmark workflow: data -> [pretrain] -> fine-tune the method grid -> evaluate
 # -> tables, figures, HTML report. docs/workflow.md explains it.
 #
+#   snakemake released --cores 8 --resources gpu=1             # the authors' checkpoints, no training
 #   snakemake all --cores 8 --resources gpu=4                  # the paper (config/config.yaml)
 #   snakemake all --configfile config/demo.yaml --cores 2      # the synthetic demo (make demo)
 #   snakemake --profile workflow/profiles/slurm all            # the paper on a Slurm cluster
@@ -36,3 +37,11 @@ rule all:
     default_target: True
     input:
         all_outputs(),
+
+
+rule released:
+    """The authors' released checkpoints and ALBEF evaluated, Table 1 against the paper: no training.
+
+    Downloads only what evaluation needs; writes results/<run>/tables/table1_released.*."""
+    input:
+        lambda wc: released_outputs(),

@@ -26,6 +26,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("amc.evaluate", "pointing accuracy of a checkpoint on grounding records"),
     "gradcam": ("amc.gradcam_cli", "one GradCAM heatmap (and overlay) for an image and a text"),
     "download": ("amc.download", "download and verify datasets and checkpoints from the manifest"),
+    "convert-checkpoint": (
+        "amc.checkpoint_cli",
+        "rewrite a checkpoint the safe loader refuses as plain data (--trust: unpickles it once)",
+    ),
+    "export-checkpoint": (
+        "amc.checkpoint_cli",
+        "write a checkpoint in another layout (amc-released: the AMC authors' best_*.pth layout)",
+    ),
     "report": ("amc.report.cli", "tables (Table 1, ablation) and figures from results/<run>"),
     "bench": ("amc.bench", "measure training and evaluation throughput against the released code's path"),
     "gpu-run": ("amc.gpu", "run a command on a free GPU (one lock per device)"),

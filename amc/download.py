@@ -20,8 +20,18 @@ skipped. Artifacts that cannot be downloaded (the Flickr30k images) are
 "manual": the command stops with exit status 3 and says where to get the file
 and where to put it, and succeeds once it is there.
 
-Only the standard library speaks HTTP here (``urllib.request``), so the
-downloader adds no dependency.
+An artifact has one source:
+
+* ``urls``: HTTP(S) mirrors, fetched by the standard library (``urllib.request``);
+* ``google_drive``: a file inside a public Google Drive folder (the AMC authors'
+  checkpoints and VG annotations). Only the folder links are public, so gdown lists
+  the folder to find the file's id and then downloads it, handling Google's
+  confirmation pages and large-file redirects itself. When that fails (quota
+  exceeded, file removed, no network) the command stops like a manual artifact,
+  naming the folder link, the file and where to put it;
+* ``local``: a file on this machine (relative paths from the working directory),
+  copied in: the demo's stand-in for a released checkpoint;
+* ``manual``: instructions only.
 """
 
 from __future__ import annotations
@@ -83,15 +93,27 @@ class UnsafeArchiveError(AmcError):
 
 
 class ManualDownloadRequired(AmcError):
-    """A manual artifact is missing: the message says where to get it and where to put it."""
+    """A manual artifact is missing (or Google Drive refused it): the message says where to get it
+    and where to put it."""
 
 
 # --------------------------------------------------------------------------- manifest
 
 
 @dataclass(frozen=True)
+class GoogleDriveFile:
+    """A file inside a public Google Drive folder: the folder's link and the file's name in it."""
+
+    folder: str
+    file: str
+
+
+@dataclass(frozen=True)
 class Artifact:
-    """One entry of the manifest. Paths are relative to the destination folder."""
+    """One entry of the manifest. Paths are relative to the destination folder.
+
+    Exactly one source: ``urls``, ``google_drive``, ``local`` or ``manual``.
+    """
 
     name: str
     urls: tuple[str, ...]
@@ -104,10 +126,21 @@ class Artifact:
     description: str
     license: str
     manual: str | None = None  # instructions, for artifacts without a URL
+    google_drive: GoogleDriveFile | None = None
+    local: str | None = None  # a file on this machine, copied in
 
     @property
     def is_manual(self) -> bool:
         return self.manual is not None
+
+    @property
+    def source(self) -> str:
+        """'urls', 'google_drive', 'local' or 'manual'."""
+        if self.google_drive is not None:
+            return "google_drive"
+        if self.local is not None:
+            return "local"
+        return "manual" if self.is_manual else "urls"
 
 
 @dataclass
@@ -134,7 +167,12 @@ _FIELDS = {
     "description",
     "license",
     "manual",
+    "google_drive",
+    "local",
 }
+_GOOGLE_DRIVE_FOLDER_RE = re.compile(
+    r"^https://drive\.google\.com/drive/(?:u/\d+/)?folders/[A-Za-z0-9_-]+(?:\?.*)?$"
+)
 
 
 def _check_relative_path(value: object, what: str, where: str) -> str:
@@ -172,9 +210,15 @@ def _parse_artifact(raw: object, where: str) -> Artifact:
     manual = raw.get("manual")
     if manual is not None and (not isinstance(manual, str) or not manual.strip()):
         raise ManifestError(f"{where}: 'manual' must be the instructions (text)")
-    if bool(urls) == bool(manual):
+    google_drive = _parse_google_drive(raw.get("google_drive"), where)
+    local = raw.get("local")
+    if local is not None and (not isinstance(local, str) or not local.strip() or "\0" in local):
+        raise ManifestError(f"{where}: 'local' must be the path of a file on this machine, got {local!r}")
+    sources = [bool(urls), manual is not None, google_drive is not None, local is not None]
+    if sum(sources) != 1:
         raise ManifestError(
-            f"{where}: give either 'urls' (a download) or 'manual' (instructions), not both or neither"
+            f"{where}: give exactly one source: 'urls' (a download), 'google_drive' (a file in a "
+            "Google Drive folder), 'local' (a file on this machine) or 'manual' (instructions)"
         )
 
     size = raw.get("size")
@@ -216,7 +260,25 @@ def _parse_artifact(raw: object, where: str) -> Artifact:
         description=raw["description"].strip(),
         license=raw["license"].strip(),
         manual=manual.strip() if manual else None,
+        google_drive=google_drive,
+        local=local,
     )
+
+
+def _parse_google_drive(raw: object, where: str) -> GoogleDriveFile | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"folder", "file"}:
+        raise ManifestError(f"{where}: 'google_drive' must be a mapping with 'folder' (its link) and 'file'")
+    folder, name = raw["folder"], raw["file"]
+    if not isinstance(folder, str) or not _GOOGLE_DRIVE_FOLDER_RE.match(folder):
+        raise ManifestError(
+            f"{where}: google_drive.folder must be a link https://drive.google.com/drive/folders/<id>, "
+            f"got {folder!r}"
+        )
+    if not isinstance(name, str) or not name.strip() or "/" in name or "\\" in name or name in (".", ".."):
+        raise ManifestError(f"{where}: google_drive.file must be a file name inside the folder, got {name!r}")
+    return GoogleDriveFile(folder, name)
 
 
 def load_manifest(path: str | os.PathLike = DEFAULT_MANIFEST) -> dict[str, Artifact]:
@@ -268,6 +330,9 @@ def read_lock(dest: str | os.PathLike) -> dict[str, dict]:
 def _record_lock(dest: Path, artifact: Artifact, size: int, sha256: str, url: str | None) -> None:
     with _locked(dest):
         entries = read_lock(dest)
+        previous = entries.get(artifact.name, {}).get("sha256")
+        if previous not in (None, sha256):
+            log.warning("%s: the lock file held sha256 %s; replaced by %s", artifact.name, previous, sha256)
         entries[artifact.name] = {
             "filename": artifact.filename,
             "size": size,
@@ -286,11 +351,12 @@ class _Expected:
     source: str  # where the values come from, for error messages
 
 
-def _expected(artifact: Artifact, dest: Path) -> _Expected:
-    """Published values win; otherwise what the first verified download recorded."""
+def _expected(artifact: Artifact, dest: Path, use_lock: bool = True) -> _Expected:
+    """Published values win; otherwise what the first verified download recorded (unless ``use_lock``
+    is False: ``--update-lock`` replaces the record)."""
     if artifact.sha256 is not None:
         return _Expected(artifact.size, artifact.sha256, "the manifest")
-    entry = read_lock(dest).get(artifact.name)
+    entry = read_lock(dest).get(artifact.name) if use_lock else None
     if entry and entry.get("filename") == artifact.filename:
         size = artifact.size if artifact.size is not None else entry.get("size")
         return _Expected(size, entry.get("sha256"), f"the lock file {dest / LOCK_FILENAME}")
@@ -532,6 +598,111 @@ def _fetch(
     )
 
 
+# --------------------------------------------------------------------------- Google Drive and local files
+
+
+def _looks_like_html(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        start = handle.read(512).lstrip().lower()
+    return start.startswith((b"<!doctype html", b"<html"))
+
+
+def _verify_into_place(
+    staging: Path, target: Path, artifact: Artifact, expected: _Expected
+) -> tuple[int, str]:
+    """Verify ``staging`` and rename it to ``target``; a file that fails is deleted."""
+    try:
+        size, sha256 = _verify_file(staging, artifact, expected)
+    except DownloadError:
+        staging.unlink(missing_ok=True)
+        raise
+    os.replace(staging, target)
+    log.info("%s: verified %s (%d bytes, sha256 %s)", artifact.name, target, size, sha256)
+    return size, sha256
+
+
+def google_drive_instructions(artifact: Artifact, dest: str | os.PathLike, reason: str) -> str:
+    """What to do by hand when gdown cannot fetch a Google Drive file."""
+    source = artifact.google_drive
+    assert source is not None
+    dest = Path(dest)
+    return (
+        f"{artifact.name}: could not fetch {source.file!r} from Google Drive: {reason}\n"
+        f"Download it by hand: open the folder {source.folder} in a browser, download the file "
+        f"{source.file!r}, put it at {dest / artifact.filename} and run the command again. The file is "
+        f"then verified (its sha256 is recorded in {dest / LOCK_FILENAME} the first time and checked "
+        "on every later run) and the workflow continues."
+    )
+
+
+def _fetch_google_drive(
+    artifact: Artifact, dest: Path, expected: _Expected, *, progress: bool
+) -> tuple[int, str, str]:
+    """List the folder with gdown, download the file by its id (resuming), verify, rename into place.
+
+    Any failure of gdown (no network, quota exceeded, file removed, a changed page) becomes
+    :class:`ManualDownloadRequired` with the folder link, the file name and where to put it.
+    """
+    import gdown  # only Google Drive artifacts need it (and its requests/bs4 imports)
+
+    source = artifact.google_drive
+    assert source is not None
+    target = dest / artifact.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # gdown writes <staging><random>.part beside it and, with resume=True, continues that file.
+    staging = target.with_name(f".{target.name}.gdrive")
+
+    def manual(reason: str) -> ManualDownloadRequired:
+        return ManualDownloadRequired(google_drive_instructions(artifact, dest, reason))
+
+    log.info("%s: listing the Google Drive folder %s", artifact.name, source.folder)
+    try:
+        listing = gdown.download_folder(url=source.folder, skip_download=True, quiet=True, remaining_ok=True)
+    except Exception as error:  # gdown raises requests', bs4's and its own errors
+        raise manual(f"listing the folder failed ({type(error).__name__}: {error})") from None
+    if not listing:
+        raise manual("gdown could not list the folder (is it still shared with 'Anyone with the link'?)")
+    ids = {posixpath.normpath(entry.path.replace(os.sep, "/")): entry.id for entry in listing}
+    file_id = ids.get(source.file)
+    if file_id is None:
+        raise manual(f"the folder does not list {source.file!r} (it lists {', '.join(sorted(ids))})")
+
+    url = f"https://drive.google.com/uc?id={file_id}"
+    log.info("%s: downloading %s (%s)", artifact.name, source.file, url)
+    try:
+        written = gdown.download(id=file_id, output=str(staging), quiet=not progress, resume=True)
+    except Exception as error:
+        raise manual(f"the download failed ({type(error).__name__}: {error})") from None
+    if written is None or not staging.is_file():
+        raise manual("gdown did not deliver the file (several partial files to resume from?)")
+    if _looks_like_html(staging) and not target.name.endswith((".html", ".htm")):
+        staging.unlink()
+        raise manual("Google Drive sent an HTML page instead of the file (download quota exceeded?)")
+    try:
+        size, sha256 = _verify_into_place(staging, target, artifact, expected)
+    except DownloadError as error:
+        raise DownloadError(f"{error} (from {url}; the downloaded file was deleted)") from None
+    return size, sha256, url
+
+
+def _fetch_local(artifact: Artifact, dest: Path, expected: _Expected) -> tuple[int, str, str]:
+    """Copy a file on this machine into place (through ``.part``), verified like a download."""
+    source = Path(str(artifact.local))
+    if not source.is_file():
+        raise DownloadError(f"{artifact.name}: the local source {source} does not exist (manifest 'local')")
+    target = dest / artifact.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    log.info("%s: copying %s", artifact.name, source)
+    try:
+        shutil.copyfile(source, part)
+    except OSError as error:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{artifact.name}: cannot copy {source} to {part}: {error}") from None
+    size, sha256 = _verify_into_place(part, target, artifact, expected)
+    return size, sha256, source.resolve().as_uri()
+
+
 # --------------------------------------------------------------------------- unpacking
 
 
@@ -694,6 +865,7 @@ def _present_without_file(artifact: Artifact, dest: Path) -> bool:
 
 
 def manual_instructions(artifact: Artifact, dest: str | os.PathLike) -> str:
+    """Where to get a manual artifact and where to put it."""
     dest = Path(dest)
     unpacked = " or ".join(str(dest / p) for p in artifact.produces)
     return (
@@ -712,18 +884,21 @@ def download(
     progress: bool = True,
     unpack: bool = True,
     backoff: float = 1.0,
+    update_lock: bool = False,
 ) -> DownloadResult:
     """Make ``artifact`` present and verified under ``dest``, downloading only what is missing.
 
     ``retries`` counts retries per mirror; ``backoff`` is the first retry's delay in
-    seconds (it doubles each time, up to a minute). Raises :class:`DownloadError`,
-    :class:`UnsafeArchiveError` or, for a missing manual artifact,
-    :class:`ManualDownloadRequired`.
+    seconds (it doubles each time, up to a minute). ``update_lock`` ignores the lock
+    file's record and replaces it with what is fetched now (for a source that changed on
+    purpose, e.g. a checkpoint the workflow itself re-exported). Raises
+    :class:`DownloadError`, :class:`UnsafeArchiveError` or, for a missing manual artifact
+    or a Google Drive file gdown cannot fetch, :class:`ManualDownloadRequired`.
     """
     dest = Path(dest)
     target = dest / artifact.filename
     result = DownloadResult(artifact.name, target, None, None, produces=[dest / p for p in artifact.produces])
-    expected = _expected(artifact, dest)
+    expected = _expected(artifact, dest, use_lock=not update_lock)
 
     if target.exists():
         result.size, result.sha256 = _verify_file(target, artifact, expected)
@@ -737,9 +912,15 @@ def download(
     elif artifact.is_manual:
         raise ManualDownloadRequired(manual_instructions(artifact, dest))
     else:
-        result.size, result.sha256, result.url = _fetch(
-            artifact, dest, expected, retries=retries, timeout=timeout, backoff=backoff, progress=progress
-        )
+        if artifact.google_drive is not None:
+            fetched = _fetch_google_drive(artifact, dest, expected, progress=progress)
+        elif artifact.local is not None:
+            fetched = _fetch_local(artifact, dest, expected)
+        else:
+            fetched = _fetch(
+                artifact, dest, expected, retries=retries, timeout=timeout, backoff=backoff, progress=progress
+            )
+        result.size, result.sha256, result.url = fetched
         result.downloaded = True
         if expected.sha256 is None:
             _record_lock(dest, artifact, result.size, result.sha256, result.url)
@@ -766,6 +947,11 @@ def configure_parser(parser) -> None:
     parser.add_argument("--no-unpack", action="store_true", help="download and verify only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
     parser.add_argument("--list", action="store_true", help="list the manifest's artifacts and exit")
+    parser.add_argument(
+        "--update-lock",
+        action="store_true",
+        help="replace the lock file's checksum with that of the file fetched now (a source that changed on purpose)",
+    )
 
 
 def _format_size(size: int | None) -> str:
@@ -783,7 +969,9 @@ def run(args) -> int:
     manifest = load_manifest(args.manifest)
     if args.list:
         for artifact in manifest.values():
-            how = "MANUAL" if artifact.is_manual else _format_size(artifact.size)
+            how = {"manual": "MANUAL", "google_drive": "GDRIVE", "local": "LOCAL"}.get(
+                artifact.source, _format_size(artifact.size)
+            )
             print(f"{artifact.name:32} {how:>10}  {artifact.description}")
             print(f"{'':32} {'':>10}  -> {', '.join(artifact.produces)}")
         return 0
@@ -809,6 +997,7 @@ def run(args) -> int:
                 timeout=args.timeout,
                 progress=not args.no_progress,
                 unpack=not args.no_unpack,
+                update_lock=args.update_lock,
             )
         except ManualDownloadRequired as error:
             log.error("%s", error)

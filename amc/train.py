@@ -589,7 +589,10 @@ def train(
     if procs.is_main:
         if selector is not None:
             selector.publish()  # before the final checkpoint, which marks the run complete
-        save_checkpoint(final_path, model, step=step, run_config=config, method=config["method"]["name"])
+        last_epoch = epoch - 1 if batch_in_epoch == 0 and epoch > 0 else epoch  # the epoch of the last step
+        save_checkpoint(
+            final_path, model, step=step, epoch=last_epoch, run_config=config, method=config["method"]["name"]
+        )
         log.info("finished %d steps: %s", step, final_path)
     if procs.world_size > 1:
         dist.barrier()

@@ -6,7 +6,9 @@ real loads use the tiny model.
 
 from __future__ import annotations
 
+import argparse
 import functools
+import logging
 import re
 
 import pytest
@@ -21,13 +23,16 @@ from model_fixtures import (
     tiny_model,
 )
 
+from amc.cli import main as amc_main
 from amc.gradcam import gradcam_eval
 from amc.io import AmcError
 from amc.models import ALBEF, ModelConfig
 from amc.models.checkpoint import (
     FORMAT,
+    convert_checkpoint,
     convert_to_model_keys,
     export_albef,
+    export_amc_released,
     load_converted,
     load_model,
     load_state_dict_file,
@@ -264,3 +269,153 @@ def test_unreadable_files_are_clear_errors(tmp_path):
     torch.save({"format": "other/2", "model": {}}, foreign)
     with pytest.raises(AmcError, match="unknown checkpoint format 'other/2'"):
         load_state_dict_file(foreign)
+
+
+# ------------------------------------------------------- the AMC authors' released checkpoints
+
+# What the released Pretrain.py stores as 'config': its configs/Pretrain.yaml, plain values
+# (PyYAML reads 1e-5 as a string).
+RELEASED_CONFIG = {
+    "train_file": ["data/vg_descriptions.json", "data/vg_attributes_spatial.json", "data/vg_attributes.json"],
+    "bert_config": "configs/config_bert.json",
+    "image_res": 256,
+    "batch_size": 64,
+    "temp": 0.07,
+    "queue_size": 65536,
+    "alpha": 0.4,
+    "phrase_input": True,
+    "optimizer": {"opt": "adamW", "lr": "1e-5", "weight_decay": 0.02},
+    "schedular": {"sched": "cosine", "lr": "1e-5", "epochs": 30, "warmup_epochs": 20},
+}
+
+
+def _optimizer_states(model: ALBEF) -> tuple[dict, dict]:
+    """A real AdamW state after one step, and an lr scheduler's state, as Pretrain.py saves them."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.02)
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    return optimizer.state_dict(), scheduler.state_dict()
+
+
+def _released_file(tmp_path, model: ALBEF, name: str = "best_flickr.pth", **entries):
+    optimizer, lr_scheduler = _optimizer_states(tiny_model())
+    exported = export_amc_released(
+        model, RELEASED_CONFIG, epoch=17, optimizer=optimizer, lr_scheduler=lr_scheduler
+    )
+    exported.update(entries)
+    path = tmp_path / name
+    torch.save(exported, path)
+    return path
+
+
+class TrainingArgs:
+    """A class of this test module: pickling an instance makes a file the safe loader refuses."""
+
+    def __init__(self) -> None:
+        self.lr = 1e-5
+
+
+def test_export_amc_released_has_the_released_key_list_at_full_size():
+    exported = export_amc_released(_meta_model(), {"image_res": 256}, epoch=3)
+    assert list(exported) == ["model", "config", "epoch"]
+    golden = read_key_list("amc_checkpoint_keys.txt")
+    assert [(k, tuple(v.shape)) for k, v in exported["model"].items()] == [(k, s) for k, s, _ in golden]
+
+
+def test_released_layout_with_config_and_optimizer_loads_safely_and_evaluates(tmp_path):
+    model = tiny_model()
+    model.dequeue_and_enqueue(torch.ones(64, 64), torch.ones(64, 64))
+    path = _released_file(tmp_path, model)
+    assert torch.load(path, weights_only=True)["config"] == RELEASED_CONFIG  # plain data only
+
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.layout == "albef" and checkpoint.model_config is None
+    assert sorted(checkpoint.extra) == ["config", "epoch", "lr_scheduler", "optimizer"]
+    assert checkpoint.extra["epoch"] == 17 and "state" in checkpoint.extra["optimizer"]
+    assert {"queue_ptr_img", "queue_ptr_txt"} <= set(checkpoint.state_dict)
+    assert "text_encoder.bert.embeddings.word_embeddings.weight" in checkpoint.state_dict
+
+    # Only 'model' is used: the file's config (image_res 256, queue 65536) does not shape the model.
+    loaded = load_model(path, tiny_config(), purpose="train")
+    _tiny_state_equal(model, loaded)
+    assert int(loaded.queue_ptr) == 64
+    evaluated = load_model(path, tiny_config(), purpose="eval").eval()
+    images, ids, mask = tiny_batch(model)
+    with torch.no_grad():
+        embeds = model.encode_image(images)
+    torch.testing.assert_close(
+        gradcam_eval(evaluated, evaluated.encode_image(images).detach(), ids, mask),
+        gradcam_eval(model.eval(), embeds, ids, mask),
+    )
+
+
+def test_a_file_the_safe_loader_refuses_names_the_conversion_command(tmp_path):
+    path = _released_file(tmp_path, tiny_model(), args=TrainingArgs())
+    with pytest.raises(AmcError) as error:
+        read_checkpoint(path)
+    message = str(error.value)
+    assert "refused by the safe loader" in message and "TrainingArgs" in message
+    assert f"amc convert-checkpoint {path} CONVERTED.pth --trust" in message
+    with pytest.raises(AmcError, match="amc convert-checkpoint"):
+        load_model(path, tiny_config())
+
+
+def test_convert_checkpoint_refuses_without_trust(tmp_path, caplog):
+    src = _released_file(tmp_path, tiny_model(), args=TrainingArgs())
+    dst = tmp_path / "converted.pth"
+    with caplog.at_level(logging.ERROR):
+        assert amc_main(["convert-checkpoint", str(src), str(dst)]) == 2
+    assert "arbitrary code" in caplog.text and "--trust" in caplog.text
+    assert not dst.exists()
+    with pytest.raises(AmcError, match="must not replace its source"):
+        convert_checkpoint(src, src, trust=True)
+    with pytest.raises(AmcError, match="must not replace its source"):
+        convert_checkpoint(src, tmp_path / "." / src.name, trust=True)
+
+
+def test_convert_checkpoint_with_trust_writes_a_file_every_command_loads(tmp_path, caplog):
+    model = tiny_model()
+    src = _released_file(
+        tmp_path, model, args=argparse.Namespace(lr=1e-5, output_dir="out"), extra=TrainingArgs()
+    )
+    dst = tmp_path / "converted" / "best_flickr.pth"
+    with caplog.at_level(logging.WARNING):
+        assert amc_main(["convert-checkpoint", str(src), str(dst), "--trust"]) == 0
+    assert "arbitrary code" in caplog.text  # the warning names the risk before unpickling
+    assert "checkpoint['extra'] (test_checkpoint.TrainingArgs)" in caplog.text  # what was left out
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["best_flickr.pth"]  # atomic: no temp file
+
+    converted = read_checkpoint(dst)  # the safe loader reads it
+    assert converted.extra["args"] == {"lr": 1e-5, "output_dir": "out"} and converted.extra["extra"] is None
+    assert converted.extra["config"] == RELEASED_CONFIG and converted.extra["epoch"] == 17
+    _tiny_state_equal(model, load_model(dst, tiny_config(), purpose="train"))
+
+    # A file the safe loader reads needs no trust: it is written as it is.
+    again = convert_checkpoint(dst, tmp_path / "again.pth")
+    assert not again.unpickled and not again.dropped
+    _tiny_state_equal(model, load_model(tmp_path / "again.pth", tiny_config(), purpose="train"))
+
+
+def test_export_checkpoint_cli_writes_the_released_layout(tmp_path):
+    model = tiny_model()
+    src = tmp_path / "checkpoint_final.pt"
+    run_config = {"seed": 0, "method": {"name": "amc"}, "optim": {"lr": 1e-4}}
+    save_checkpoint(src, model, step=60, epoch=2, run_config=run_config, method="amc")
+    dst = tmp_path / "released" / "best_demo.pth"
+    assert amc_main(["export-checkpoint", str(src), str(dst), "--layout", "amc-released"]) == 0
+
+    saved = torch.load(dst, weights_only=True)
+    assert list(saved) == ["model", "config", "epoch"] and saved["epoch"] == 2
+    assert saved["config"] == run_config
+    keys = list(saved["model"])
+    assert "queue_ptr" not in keys and keys[3:5] == ["queue_ptr_img", "queue_ptr_txt"]
+    assert any(k.startswith("text_encoder.bert.") for k in keys)
+    assert read_checkpoint(dst).layout == "albef"
+    _tiny_state_equal(model, load_model(dst, tiny_config(), purpose="train"))
+
+    assert amc_main(["export-checkpoint", str(src), str(tmp_path / "a.pth"), "--layout", "albef"]) == 0
+    assert list(torch.load(tmp_path / "a.pth", weights_only=True)) == ["model"]
+    assert amc_main(["export-checkpoint", str(src), str(src), "--layout", "albef"]) == 2

@@ -401,7 +401,15 @@ EXPECTED_ARTIFACTS = {
     "flickr30k_entities_test",
     "flickr30k_images",
     "bert_vocab",
+    "amc_vg_descriptions",
+    "amc_vg_attributes_spatial",
+    "amc_vg_attributes",
+    "amc_best_flickr",
+    "amc_best_refcoco",
+    "amc_best_refclef",
 }
+CHECKPOINT_FOLDER = "https://drive.google.com/drive/folders/1syngIWXbySzbcb7lZnmoL7_-H6RAeb3H"
+ANNOTATION_FOLDER = "https://drive.google.com/drive/folders/1XhFVjJ2cm2HNeNVOZrUrPG_MpprHLWgv"
 
 
 def test_shipped_manifest_validates_and_names_every_artifact():
@@ -431,6 +439,22 @@ def test_shipped_manifest_validates_and_names_every_artifact():
     assert flickr.filename.endswith("flickr30k-images.tar.gz")
     # No checksum is invented: every one is left to the lock file.
     assert all(art.sha256 is None for art in manifest.values())
+
+    # The authors' files: only the Google Drive folders are public, each entry names folder + file.
+    released = {
+        "amc_vg_descriptions": (ANNOTATION_FOLDER, "vg_descriptions.json"),
+        "amc_vg_attributes_spatial": (ANNOTATION_FOLDER, "vg_attributes_spatial.json"),
+        "amc_vg_attributes": (ANNOTATION_FOLDER, "vg_attributes.json"),
+        "amc_best_flickr": (CHECKPOINT_FOLDER, "best_flickr.pth"),
+        "amc_best_refcoco": (CHECKPOINT_FOLDER, "best_refcoco.pth"),
+        "amc_best_refclef": (CHECKPOINT_FOLDER, "best_refclef.pth"),
+    }
+    for name, (folder, file) in released.items():
+        art = manifest[name]
+        assert art.source == "google_drive" and art.urls == ()
+        assert (art.google_drive.folder, art.google_drive.file) == (folder, file)
+        assert art.filename == f"amc/{file}" and art.produces == (f"amc/{file}",) and art.unpack == "none"
+        assert art.size is None and art.sha256 is None
 
 
 # Tiny archives in the real layouts, unpacked with the shipped entries' own paths.
@@ -472,10 +496,21 @@ def test_manifest_errors_name_the_file_and_entry(tmp_path):
         ({"unpack": "rar"}, "'unpack' must be one of"),
         ({"sha256": "abc"}, "'sha256' must be 64 hex digits"),
         ({"filename": "../a.bin"}, "'filename' must be a relative path"),
-        ({"urls": []}, "either 'urls'"),
+        ({"urls": []}, "exactly one source"),
         ({"unpack": "zip"}, "'unpack_to' is needed"),
         ({"colour": "red"}, "unknown field"),
         ({"size": -1}, "'size'"),
+        ({"local": "x.bin"}, "exactly one source"),
+        ({"urls": [], "google_drive": {"folder": ANNOTATION_FOLDER}}, "'google_drive' must be a mapping"),
+        (
+            {"urls": [], "google_drive": {"folder": "https://example.org/folders/x", "file": "a"}},
+            "google_drive.folder must be a link",
+        ),
+        (
+            {"urls": [], "google_drive": {"folder": ANNOTATION_FOLDER, "file": "sub/a.json"}},
+            "google_drive.file must be a file name",
+        ),
+        ({"urls": [], "local": ""}, "'local' must be the path"),
     ]
     for change, message in cases:
         path = tmp_path / "manifest.yaml"
@@ -497,8 +532,9 @@ def write_manifest(path: Path, artifacts: list[Artifact]) -> Path:
     for art in artifacts:
         entry = dataclasses.asdict(art)
         entry["urls"], entry["produces"] = list(art.urls), list(art.produces)
-        if entry["manual"] is None:
-            del entry["manual"]
+        for key in ("manual", "google_drive", "local"):
+            if entry[key] is None:
+                del entry[key]
         entries.append(entry)
     path.write_text(yaml.safe_dump({"version": 1, "artifacts": entries}, sort_keys=False))
     return path
@@ -572,3 +608,202 @@ def test_cli_end_to_end(server, tmp_path, caplog, capsys):
         sock.close()
     assert dead in caplog.text and "refused" in caplog.text.lower()
     assert "Traceback" not in caplog.text
+
+
+# --------------------------------------------------------------------------- Google Drive (gdown replaced by a stand-in)
+
+
+class FakeDrive:
+    """gdown's folder listing and file download, served from the tests' local HTTP server.
+
+    ``files`` maps a file name in the folder to (id, bytes); ``fail_list``/``fail_download`` make
+    the calls raise what gdown raises. Every call is recorded.
+    """
+
+    def __init__(self, server: FileServer, files: dict[str, tuple[str, bytes]]):
+        self.server, self.files = server, files
+        self.fail_list: Exception | None = None
+        self.list_result: object = "listing"
+        self.fail_download: Exception | None = None
+        self.calls: list[tuple[str, dict]] = []
+        for _name, (file_id, data) in files.items():
+            server.add(f"/uc/{file_id}", data)
+
+    def install(self, monkeypatch) -> FakeDrive:
+        import gdown
+
+        monkeypatch.setattr(gdown, "download_folder", self.download_folder)
+        monkeypatch.setattr(gdown, "download", self.download)
+        return self
+
+    def download_folder(self, url=None, **kwargs):
+        from gdown.download_folder import GoogleDriveFileToDownload
+
+        self.calls.append(("list", {"url": url, **kwargs}))
+        assert kwargs.get("skip_download") is True, "the folder must only be listed, never downloaded whole"
+        if self.fail_list is not None:
+            raise self.fail_list
+        if self.list_result != "listing":
+            return self.list_result
+        return [GoogleDriveFileToDownload(i, name, f"/nowhere/{name}") for name, (i, _) in self.files.items()]
+
+    def download(self, id=None, output=None, quiet=False, resume=False, **kwargs):
+        self.calls.append(("download", {"id": id, "output": output, "resume": resume, **kwargs}))
+        if self.fail_download is not None:
+            raise self.fail_download
+        import urllib.request
+
+        data = urllib.request.urlopen(self.server.url(f"/uc/{id}")).read()
+        tmp = Path(output + "XYZ.part")  # gdown writes a .part beside the output, then moves it
+        tmp.write_bytes(data)
+        tmp.replace(output)
+        return output
+
+
+def drive_artifact(name: str = "best", file: str = "best_flickr.pth") -> Artifact:
+    return artifact(
+        name,
+        (),
+        f"amc/{file}",
+        google_drive=dl.GoogleDriveFile(CHECKPOINT_FOLDER, file),
+    )
+
+
+@pytest.fixture
+def drive(server, monkeypatch):
+    files = {
+        "best_flickr.pth": ("id-flickr", DATA),
+        "best_refcoco.pth": ("id-refcoco", DATA[::-1]),
+        "best_refclef.pth": ("id-refclef", b"refclef"),
+    }
+    return FakeDrive(server, files).install(monkeypatch)
+
+
+def test_google_drive_file_is_found_in_the_folder_downloaded_and_locked(drive, tmp_path):
+    result = download(drive_artifact(), tmp_path, **FAST)
+
+    assert (tmp_path / "amc/best_flickr.pth").read_bytes() == DATA
+    assert sorted(p.name for p in (tmp_path / "amc").iterdir()) == ["best_flickr.pth"]  # no staging left
+    (kind, listing), (kind2, fetch) = drive.calls
+    assert (kind, listing["url"], kind2) == ("list", CHECKPOINT_FOLDER, "download")
+    assert fetch["id"] == "id-flickr" and fetch["resume"] is True
+    assert Path(fetch["output"]).parent == tmp_path / "amc"  # resumable partial files stay beside the target
+    assert result.downloaded and result.url == "https://drive.google.com/uc?id=id-flickr"
+    entry = read_lock(tmp_path)["best"]
+    assert (entry["sha256"], entry["size"], entry["url"]) == (DATA_SHA, len(DATA), result.url)
+
+    again = download(drive_artifact(), tmp_path, **FAST)  # present and verified: gdown is not called
+    assert not again.downloaded and len(drive.calls) == 2
+
+
+def test_google_drive_download_is_checked_against_the_lock(drive, tmp_path):
+    download(drive_artifact(), tmp_path, **FAST)
+    (tmp_path / "amc/best_flickr.pth").unlink()
+    drive.files["best_flickr.pth"] = ("id-flickr", DATA[::-1])
+    drive.server.add("/uc/id-flickr", DATA[::-1])  # the upstream file changed
+    with pytest.raises(DownloadError, match="lock file") as error:
+        download(drive_artifact(), tmp_path, **FAST)
+    assert "remove the entry 'best'" in str(error.value)
+    assert not list((tmp_path / "amc").iterdir())  # the mismatching file was deleted
+    assert read_lock(tmp_path)["best"]["sha256"] == DATA_SHA
+
+
+def _failures():
+    from gdown.exceptions import FileURLRetrievalError
+
+    quota = FileURLRetrievalError("Too many users have viewed or downloaded this file recently.")
+    return {
+        "no-network": ("fail_list", ConnectionError("Failed to resolve 'drive.google.com'"), "resolve"),
+        "folder-unlisted": ("list_result", None, "could not list the folder"),
+        "file-removed": ("list_result", [], "could not list the folder"),
+        "quota": ("fail_download", quota, "Too many users"),
+    }
+
+
+@pytest.mark.parametrize("case", ["no-network", "folder-unlisted", "file-removed", "quota"])
+def test_google_drive_failures_stop_with_manual_instructions(drive, tmp_path, case):
+    attribute, value, reason = _failures()[case]
+    setattr(drive, attribute, value)
+    with pytest.raises(ManualDownloadRequired) as error:
+        download(drive_artifact(), tmp_path, **FAST)
+    message = str(error.value)
+    assert reason in message
+    assert CHECKPOINT_FOLDER in message and "'best_flickr.pth'" in message
+    assert str(tmp_path / "amc/best_flickr.pth") in message
+    assert not (tmp_path / "amc/best_flickr.pth").exists()
+
+
+def test_google_drive_folder_without_the_file_names_what_it_holds(drive, tmp_path):
+    del drive.files["best_flickr.pth"]
+    with pytest.raises(ManualDownloadRequired, match="does not list 'best_flickr.pth'") as error:
+        download(drive_artifact(), tmp_path, **FAST)
+    assert "best_refcoco.pth" in str(error.value)
+
+
+def test_google_drive_html_page_is_not_kept(drive, tmp_path):
+    drive.server.add("/uc/id-flickr", b"<!DOCTYPE html><html>Google Drive - Quota exceeded</html>")
+    with pytest.raises(ManualDownloadRequired, match="HTML page"):
+        download(drive_artifact(), tmp_path, **FAST)
+    assert not list((tmp_path / "amc").iterdir())
+    assert read_lock(tmp_path) == {}
+
+
+def test_google_drive_file_put_in_place_by_hand_is_accepted_locked_and_then_enforced(drive, tmp_path, caplog):
+    from gdown.exceptions import FileURLRetrievalError
+
+    drive.fail_download = FileURLRetrievalError(
+        "Too many users have viewed or downloaded this file recently."
+    )
+    manifest = write_manifest(tmp_path / "manifest.yaml", [load_manifest()["amc_best_refcoco"]])
+    dest = tmp_path / "raw"
+    argv = ["download", "amc_best_refcoco", "--dest", str(dest), "--manifest", str(manifest), "--no-progress"]
+
+    with caplog.at_level(logging.ERROR):
+        assert main(argv) == 3  # the manual exit status: instructions, not a crash
+    assert CHECKPOINT_FOLDER in caplog.text and "'best_refcoco.pth'" in caplog.text
+    assert str(dest / "amc/best_refcoco.pth") in caplog.text and "Too many users" in caplog.text
+
+    by_hand = dest / "amc/best_refcoco.pth"
+    by_hand.write_bytes(DATA)
+    calls = len(drive.calls)
+    assert main(argv) == 0
+    assert len(drive.calls) == calls  # nothing fetched: the file in place is verified and locked
+    assert read_lock(dest)["amc_best_refcoco"]["sha256"] == DATA_SHA
+
+    by_hand.write_bytes(DATA[::-1])  # later replaced by something else
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main(argv) == 2
+    assert f"says {DATA_SHA}" in caplog.text and "checksums.lock.json" in caplog.text
+
+
+def test_write_manifest_round_trips_google_drive_and_local_entries(tmp_path):
+    arts = [load_manifest()["amc_best_flickr"], artifact("copy", (), "a/b.pth", local="x/y.pth")]
+    assert list(load_manifest(write_manifest(tmp_path / "m.yaml", arts)).values()) == arts
+
+
+# --------------------------------------------------------------------------- local files
+
+
+def test_local_file_is_copied_verified_and_locked(tmp_path):
+    source = tmp_path / "export/model.pth"
+    source.parent.mkdir()
+    source.write_bytes(DATA)
+    art = artifact("released", (), "amc/best.pth", local=str(source))
+    result = download(art, tmp_path / "raw", **FAST)
+    assert (tmp_path / "raw/amc/best.pth").read_bytes() == DATA and result.downloaded
+    assert read_lock(tmp_path / "raw")["released"]["sha256"] == DATA_SHA
+    assert read_lock(tmp_path / "raw")["released"]["url"] == source.resolve().as_uri()
+
+    # The source changes (the workflow re-exported it): refused against the lock unless --update-lock.
+    (tmp_path / "raw/amc/best.pth").unlink()
+    source.write_bytes(DATA[::-1])
+    with pytest.raises(DownloadError, match="lock file"):
+        download(art, tmp_path / "raw", **FAST)
+    assert not (tmp_path / "raw/amc/best.pth").exists()
+    download(art, tmp_path / "raw", **FAST, update_lock=True)
+    assert read_lock(tmp_path / "raw")["released"]["sha256"] == hashlib.sha256(DATA[::-1]).hexdigest()
+
+    missing = artifact("gone", (), "amc/gone.pth", local=str(tmp_path / "nope.pth"))
+    with pytest.raises(DownloadError, match="local source .*nope.pth does not exist"):
+        download(missing, tmp_path / "raw", **FAST)

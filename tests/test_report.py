@@ -33,6 +33,8 @@ HITS = {
     ("vmrm_style", 0, "refcoco+-testA"): [1, 1, 0, 0, 0, 0, 0, 0],
     ("vmrm_style", 1, "refcoco+-testA"): [1, 1, 1, 0, 0, 0, 0, 0],
     ("amc_dmean0.05", 0, "refcoco+-testA"): [1, 1, 1, 1, 0, 0, 0, 0],
+    ("amc_released", 0, "flickr30k-test"): [1, 1, 1, 1, 1, 1, 1, 1, 1, 0],
+    ("amc_released", 0, "refcoco+-testA"): [1, 1, 1, 1, 1, 1, 0, 0],
 }
 CATEGORIES = ["people", "animals"]
 
@@ -54,6 +56,14 @@ def run_config(paper: Path) -> dict:
                 "kind": "finetune",
                 "objectives": {"amc": {"delta_mean": 0.1, "delta_max": 0.5}},
             },
+            "amc_released": {
+                "label": "AMC (released checkpoints)",
+                "kind": "released",
+                "checkpoints": {
+                    "flickr30k": "{raw_dir}/amc/best_flickr.pth",
+                    "refcoco+": "{raw_dir}/amc/best_refcoco.pth",
+                },
+            },
         },
         "sweeps": [
             {
@@ -74,7 +84,8 @@ def run_config(paper: Path) -> dict:
             "rows": [
                 {"label": "VMRM-style", "method": "vmrm_style", "paper": "VMRM"},
                 {"label": "ALBEF", "method": "albef", "paper": "ALBEF"},
-                {"label": "AMC", "method": "amc", "paper": "AMC"},
+                {"label": "AMC (fine-tuned here)", "method": "amc", "paper": "AMC"},
+                {"label": "AMC (released checkpoints)", "method": "amc_released", "paper": "AMC"},
             ],
             "columns": [
                 {"benchmark": "flickr30k", "split": "test", "label": "Flickr30k test"},
@@ -149,8 +160,12 @@ def fabricated(tmp_path):
 def test_grid_expansion_skips_the_base_value():
     config = grid.resolve_paths(grid.validate_config(run_config(REPO / "results/paper/table1.csv")))
     methods = grid.expand_methods(config)
-    assert list(methods) == ["albef", "vmrm_style", "amc", "amc_dmean0.05"]
+    assert list(methods) == ["albef", "vmrm_style", "amc", "amc_released", "amc_dmean0.05"]
     assert methods["albef"]["seeds"] == [0]  # kind none: one seed-independent evaluation
+    assert methods["amc_released"]["seeds"] == [0]  # kind released too
+    assert (
+        grid.checkpoint_path(config, "amc_released", 0, "flickr30k") == "data/fab/synth/amc/best_flickr.pth"
+    )
     assert methods["amc_dmean0.05"]["objectives"]["amc"] == {"delta_mean": 0.05, "delta_max": 0.5}
     assert methods["amc_dmean0.05"]["label"] == "AMC, Δ1 = 0.05"
     axes = grid.sweep_axes(config)
@@ -176,15 +191,24 @@ def test_table1_numbers(fabricated):
     assert albef["reproduced"] == pytest.approx(50.0) and albef["n_seeds"] == 1
     vmrm = frame[(frame["method"] == "vmrm_style") & (frame["split"] == "testA")].iloc[0]
     assert vmrm["reproduced"] == pytest.approx(100 * 5 / 16)
+    released = frame[(frame["method"] == "amc_released") & (frame["benchmark"] == "flickr30k")].iloc[0]
+    assert released["row"] == "AMC (released checkpoints)" and released["paper"] == pytest.approx(86.49)
+    assert released["reproduced"] == pytest.approx(90.0) and released["n_seeds"] == 1
 
 
 def test_table1_files(fabricated):
     run_dir, _ = fabricated
     assert report("table1", "--run", str(run_dir), "--n-boot", "500") == 0
     csv = pd.read_csv(run_dir / "tables/table1.csv")
-    assert list(dict.fromkeys(csv["row"])) == ["VMRM-style", "ALBEF", "AMC"]
+    assert list(dict.fromkeys(csv["row"])) == [
+        "VMRM-style",
+        "ALBEF",
+        "AMC (fine-tuned here)",
+        "AMC (released checkpoints)",
+    ]
     md = (run_dir / "tables/table1.md").read_text()
-    assert "| AMC | 86.49 | 70.00 [" in md
+    assert "| AMC (fine-tuned here) | 86.49 | 70.00 [" in md
+    assert "| AMC (released checkpoints) | 86.49 | 90.00 [" in md
     assert "Yang et al., Improving Visual Grounding" in md
     assert r"\begin{tabular}" in (run_dir / "tables/table1.tex").read_text()
 
@@ -205,7 +229,28 @@ def test_ablation_paired_and_errors(fabricated):
     assert row["miss_other_object_share"] == pytest.approx(0.4)
     reference = frame[(frame["method"] == "amc") & (frame["benchmark"] == "flickr30k")].iloc[0]
     assert math.isnan(reference["diff_vs_reference"])
-    assert set(frame["method"]) == {"albef", "vmrm_style", "amc", "amc_dmean0.05"}
+    assert set(frame["method"]) == {"albef", "vmrm_style", "amc", "amc_released", "amc_dmean0.05"}
+    # A released method has one seed-independent run, paired (McNemar) with AMC's first seed:
+    # released hits cases 0-8, AMC seed 0 hits 0-7 -> b = 1, c = 0.
+    released = frame[(frame["method"] == "amc_released") & (frame["benchmark"] == "flickr30k")].iloc[0]
+    assert (released["kind"], released["n_seeds"], released["mcnemar_seed"]) == ("released", 1, 0)
+    assert (released["mcnemar_b"], released["mcnemar_c"]) == (1, 0)
+
+
+def test_released_table_has_only_the_untrained_rows(fabricated):
+    run_dir, _ = fabricated
+    args = ["table1", "--run", str(run_dir), "--n-boot", "200", "--methods", "albef", "amc_released"]
+    assert report(*args, "--name", "table1_released") == 0
+    csv = pd.read_csv(run_dir / "tables/table1_released.csv")
+    assert list(dict.fromkeys(csv["row"])) == ["ALBEF", "AMC (released checkpoints)"]
+    assert (
+        "| AMC (released checkpoints) | 86.49 | 90.00 ["
+        in (run_dir / "tables/table1_released.md").read_text()
+    )
+    assert r"\label{tab:table1-released}" in (run_dir / "tables/table1_released.tex").read_text()
+    assert not (run_dir / "tables/table1.csv").exists()  # all's Table 1 is another file
+    assert report("table1", "--run", str(run_dir), "--methods", "nope") == 2
+    assert report("table1", "--run", str(run_dir), "--name", "../escape") == 2
 
 
 def test_ablation_and_figure_files(fabricated):
@@ -259,3 +304,10 @@ def test_where_prints_locations(tmp_path, monkeypatch, capsys):
     assert where.main(["--config", "cfg.yaml"]) == 0
     out = capsys.readouterr().out
     assert "results/fab/tables/table1.md" in out and "report.html" in out
+    assert "table1_released" not in out
+    released = tmp_path / "results/fab/tables/table1_released.md"
+    released.parent.mkdir(parents=True, exist_ok=True)
+    released.write_text("| ALBEF | 79.14 |\n")
+    assert where.main(["--config", "cfg.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "snakemake released): results/fab/tables/table1_released.md" in out and "| ALBEF | 79.14 |" in out

@@ -110,6 +110,7 @@ def test_pretraining_lowers_the_loss(tmp_path, ci_data):  # noqa: F811
     assert sum(r["loss"] for r in rows[-8:]) / 8 < rows[0]["loss"] * 0.85
     final = torch.load(tmp_path / "out" / "checkpoint_final.pt", map_location="cpu", weights_only=False)
     assert final["step"] == 40
+    assert final["epoch"] == rows[-1]["epoch"]  # the epoch of the last step, as released checkpoints record
     assert (tmp_path / "out" / "config.resolved.yaml").exists()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -69,9 +71,12 @@ def test_paper_grid_is_complete_without_data(paper_dry_run):
         6 + 4
     )  # albef_vg, vmrm_style, amc, L_mean only, L_max only, per-sample + 4 sweep points
     assert counts["train"] == methods_finetuned * 3
-    assert counts["evaluate"] == methods_finetuned * 3 + 1  # + ALBEF once; each job evaluates 5 splits
+    # + ALBEF and the released checkpoints once each; each job evaluates 5 splits
+    assert counts["evaluate"] == methods_finetuned * 3 + 2
     assert counts["prepare_eval"] == 5 and counts["prepare_vg"] == 1
     assert counts["download_albef_14m"] == 1 and counts["download_flickr30k_images"] == 1
+    assert counts["download_amc_best_flickr"] == 1 and counts["download_amc_best_refcoco"] == 1
+    assert "download_amc_best_refclef" not in counts  # RefCLEF is not a benchmark of the suite
     for rule in ("table1", "ablation", "figures", "qualitative", "run_config", "all"):
         assert counts[rule] == 1
     assert "pretrain" not in counts and "synth" not in counts
@@ -102,6 +107,9 @@ def test_paper_grid_names(paper_dry_run):
     assert not any("amc_dmean0.1/" in o or "amc_dmax0.5/" in o for o in outputs)
     assert f"{run}/eval/albef/seed0/refcoco+-testB.json" in outputs
     assert not any(o.startswith(f"{run}/eval/albef/seed1") for o in outputs)
+    assert f"{run}/eval/amc_released/seed0/flickr30k-test.json" in outputs
+    assert not any(o.startswith(f"{run}/eval/amc_released/seed1") for o in outputs)
+    assert not any("checkpoints/amc_released" in o or "train/amc_released" in o for o in outputs)
     assert "data/raw/albef/ALBEF.pth" in outputs and "data/records/vg-train.jsonl" in outputs
     for name in ("table1.csv", "table1.md", "table1.tex", "ablation.csv", "ablation.md", "ablation.tex"):
         assert f"{run}/tables/{name}" in outputs
@@ -123,6 +131,10 @@ def test_paper_runs_select_the_best_epoch_per_benchmark():
     )
     assert "--split val test val testA testB" in evaluate
     assert "--resize auto auto auto auto auto" in evaluate  # each benchmark's own, as released
+    # The released checkpoints: best_flickr.pth on Flickr30k, best_refcoco.pth on RefCOCO+.
+    released = next(line for line in text.splitlines() if "amc evaluate" in line and "/amc_released/" in line)
+    checkpoints = released.split("--checkpoint ", 1)[1].split(" --", 1)[0].split()
+    assert checkpoints == ["data/raw/amc/best_flickr.pth"] * 2 + ["data/raw/amc/best_refcoco.pth"] * 3
 
 
 def test_a_benchmark_resize_reaches_evaluation_and_selection(tmp_path):
@@ -153,12 +165,60 @@ def test_a_benchmark_resize_reaches_evaluation_and_selection(tmp_path):
     ]
 
 
+def test_released_target_downloads_and_evaluates_only():
+    """`snakemake released -n` on config/config.yaml: downloads, records, two evaluations, a table; no training."""
+    text = snakemake("-n", "--forceall", "--printshellcmds", "released").stdout
+    counts = job_counts(text)
+    downloads = {rule.removeprefix("download_") for rule in counts if rule.startswith("download_")}
+    assert downloads == {
+        "albef_14m", "amc_best_flickr", "amc_best_refcoco", "coco_train2014", "refcoco_plus",
+        "flickr30k_entities_annotations", "flickr30k_entities_train", "flickr30k_entities_val",
+        "flickr30k_entities_test", "flickr30k_images", "bert_vocab",
+    }  # fmt: skip
+    assert counts["prepare_eval"] == 5 and counts["evaluate"] == 2
+    assert counts["table1_released"] == 1 and counts["run_config"] == 1 and counts["released"] == 1
+    assert set(counts) - {f"download_{d}" for d in downloads} == {
+        "prepare_eval",
+        "evaluate",
+        "table1_released",
+        "run_config",
+        "released",
+    }  # no train, prepare_vg, pretrain, table1, ablation, figures
+    outputs = planned_outputs(text)
+    run = "results/reproduction"
+    for method in ("albef", "amc_released"):
+        assert f"{run}/eval/{method}/seed0/refcoco+-testA.json" in outputs
+    for ext in ("csv", "md", "tex"):
+        assert f"{run}/tables/table1_released.{ext}" in outputs
+        assert f"{run}/tables/table1.{ext}" not in outputs  # all's Table 1 is not touched
+    assert "--methods albef amc_released --name table1_released" in text
+
+
 def test_demo_grid():
     # --forceall: the count must not depend on a demo already run in this checkout
     args = ("-n", "--forceall", "--quiet", "rules", "--configfile", "config/demo.yaml")
     demo = job_counts(snakemake(*args).stdout)
     assert demo["synth"] == 1 and demo["pretrain"] == 1
-    assert demo["train"] == 12 and demo["evaluate"] == 13  # one job per checkpoint, 4 splits each
+    assert demo["train"] == 12 and demo["evaluate"] == 14  # one job per checkpoint, 4 splits each
+    # the released-checkpoint path on the demo's own AMC: export, copy in (amc download), evaluate
+    assert demo["export_checkpoint"] == 1 and demo["download_amc_demo_released"] == 1
+
+
+def test_demo_released_path_commands():
+    text = snakemake("-n", "--forceall", "--printshellcmds", "all", "--configfile", "config/demo.yaml").stdout
+    assert (
+        "amc export-checkpoint results/demo/checkpoints/amc/seed0/checkpoint_final.pt "
+        "results/demo/exports/amc_seed0.pth --layout amc-released" in text
+    )
+    assert (
+        "amc download amc_demo_released --dest data/demo/synth "
+        "--manifest workflow/resources/synthetic-manifest.yaml --no-progress --update-lock" in text
+    )
+    evaluate = next(line for line in text.splitlines() if "amc evaluate" in line and "/amc_released/" in line)
+    assert (
+        evaluate.split("--checkpoint ", 1)[1].split(" --", 1)[0].split()
+        == ["data/demo/synth/amc/best_demo.pth"] * 4
+    )
 
 
 def test_ci_grid_and_gpu_commands(tmp_path):
@@ -169,7 +229,7 @@ def test_ci_grid_and_gpu_commands(tmp_path):
     result = snakemake("-n", "--printshellcmds", "--configfile", str(tmp_path / "ci2.yaml"))
     text = result.stdout
     counts = job_counts(text)
-    assert counts["train"] == 1 and counts["evaluate"] == 2  # ALBEF and AMC, 3 splits each
+    assert counts["train"] == 1 and counts["evaluate"] == 3  # ALBEF, AMC, AMC as released; 3 splits each
     assert "amc gpu-run --gpus 2 -- torchrun --standalone --nproc-per-node 2 -m amc train" in text
     assert "--resume" in text and "method.objectives.amc.delta_mean=0.1" in text
     assert re.search(r"amc gpu-run --gpus 1 -- amc evaluate .*--image-res 96", text)
@@ -212,6 +272,33 @@ def test_cross_field_errors():
         grid.check_grid(config)
 
 
+def _paper_config() -> dict:
+    return grid.resolve_paths(grid.validate_config(yaml.safe_load((REPO / "config/config.yaml").read_text())))
+
+
+def test_released_kind_needs_a_checkpoint_per_benchmark():
+    config = _paper_config()
+    grid.check_grid(config)
+    assert grid.expand_methods(config)["amc_released"]["seeds"] == [0]  # evaluated once, never trained
+    assert grid.checkpoint_path(config, "amc_released", 0, "refcoco+") == "data/raw/amc/best_refcoco.pth"
+    del config["methods"]["amc_released"]["checkpoints"]["refcoco+"]
+    with pytest.raises(grid.GridError, match=r"methods.amc_released.checkpoints: .* none for refcoco\+"):
+        grid.check_grid(config)
+
+    config = _paper_config()
+    config["methods"]["amc_released"]["objectives"] = {"amc": {}}
+    with pytest.raises(grid.GridError, match="kind released is not trained"):
+        grid.check_grid(config)
+    config = _paper_config()
+    config["methods"]["albef"]["checkpoints"] = {"flickr30k": "x.pth"}
+    with pytest.raises(grid.GridError, match="only a method of kind released takes checkpoints"):
+        grid.check_grid(config)
+    config = _paper_config()
+    config["exports"] = {"x": {"method": "amc_released", "layout": "albef"}}
+    with pytest.raises(grid.GridError, match="exports.x.method"):
+        grid.check_grid(config)
+
+
 def test_all_configs_validate():
     for name in ("config.yaml", "demo.yaml", "ci.yaml"):
         config = grid.validate_config(yaml.safe_load((REPO / "config" / name).read_text()))
@@ -229,7 +316,7 @@ MISSING = [name for name in NEEDED if importlib.util.find_spec(name) is None]
 @pytest.mark.skipif(bool(MISSING), reason=f"commands not written yet: {', '.join(MISSING)}")
 def test_ci_config_end_to_end(tmp_path):
     """config/ci.yaml in a scratch folder: every stage, then an interrupted-and-rerun check."""
-    for name in ("config", "results/paper"):
+    for name in ("config", "results/paper", "workflow/resources"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).symlink_to(REPO / name)
     args = ("--configfile", "config/ci.yaml", "--directory", str(tmp_path))
@@ -240,6 +327,17 @@ def test_ci_config_end_to_end(tmp_path):
     for name in ("qualitative", "ablation_delta", "training_curves", "error_decomposition"):
         assert (run / "figures" / f"{name}.png").is_file() and (run / "figures" / f"{name}.pdf").is_file()
     assert (run / "eval/albef/seed0/flickr30k-test.json").is_file()
+    # The released-checkpoint path: AMC exported in the released layout, copied in by amc download
+    # (checksum locked), loaded through the released key map: the same model, so the same cases.
+    lock = json.loads((tmp_path / "data/ci/synth/checksums.lock.json").read_text())["artifacts"]
+    assert (
+        lock["amc_ci_released"]["sha256"]
+        == hashlib.sha256((run / "exports/amc_seed0.pth").read_bytes()).hexdigest()
+    )
+    for split in ("flickr30k-test", "refcoco+-testA", "refcoco+-testB"):
+        released = json.loads((run / f"eval/amc_released/seed0/{split}.json").read_text())["cases"]
+        assert released == json.loads((run / f"eval/amc/seed0/{split}.json").read_text())["cases"]
+    assert "AMC (released checkpoints)" in (run / "tables/table1.md").read_text()
     # Rerun after losing one result: only that evaluation and the reports that read it.
     (run / "eval/amc/seed0/refcoco+-testA.json").unlink()
     counts = job_counts(snakemake("-n", "--quiet", "rules", *args, cwd=tmp_path).stdout)

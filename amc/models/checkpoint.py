@@ -5,11 +5,19 @@ to themselves):
 
 ==========================  ===============================================================
 ``ALBEF.pth``/``ALBEF_4M``  ``{'model': state_dict, 'optimizer': ..., ...}``, ``text_encoder.bert.*``
-AMC-grounding checkpoints   the same, with ``queue_ptr_img`` + ``queue_ptr_txt`` for ``queue_ptr``
+AMC-grounding checkpoints   the same (released ``Pretrain.py``: ``model``, ``optimizer``,
+(``best_flickr.pth``, ...)  ``lr_scheduler``, ``config``, ``epoch``), with ``queue_ptr_img`` +
+                            ``queue_ptr_txt`` for ``queue_ptr``; only ``model`` is used
 ``refcoco.pth`` (ALBEF)     a bare state_dict of the retrieval/grounding class: ``text_encoder.*``
                             without ``.bert``, no MLM head (``cls``), an ``idx_queue``
 this project's              ``{'format': 'amc-bench/1', 'model_config': {...}, 'model': state_dict, ...}``
 ==========================  ===============================================================
+
+Files are read with ``torch.load(weights_only=True)``: tensors and plain containers only, no
+code runs. A file the safe loader refuses is converted once, by a person who trusts it, with
+:func:`convert_checkpoint` (``amc convert-checkpoint SRC DST --trust``), into a file that loads
+safely. :func:`export_amc_released` writes a model in the AMC-grounding layout (the demo's
+stand-in for the released checkpoints).
 
 Every source key goes through :data:`KEY_RULES` (first match wins) or maps to itself when
 the model has it; anything else is an error listing all unmapped keys and all missing ones.
@@ -21,8 +29,11 @@ is loaded with ``strict=False`` and left unchecked.
 
 from __future__ import annotations
 
+import argparse
+import collections
 import dataclasses
 import logging
+import os
 import pickle
 import re
 from collections.abc import Iterable
@@ -174,8 +185,11 @@ def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise AmcError(
-            f"{path}: not a loadable checkpoint ({str(error).splitlines()[0]}); only files holding "
-            "tensors and plain containers are read (torch.load weights_only=True)"
+            f"{path}: refused by the safe loader ({_refusal_reason(error)}). Only files holding tensors and "
+            "plain containers are read (torch.load weights_only=True), because unpickling anything else "
+            "can run arbitrary code. If you trust this file (e.g. the authors' released checkpoint), "
+            f"convert it once with `amc convert-checkpoint {path} CONVERTED.pth --trust` and use the "
+            "converted file."
         ) from None
     except Exception as error:  # zip/EOF/unpickling errors of truncated or foreign files
         raise AmcError(
@@ -206,6 +220,21 @@ def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
             f"(e.g. {not_tensors[:3]})"
         )
     return LoadedCheckpoint(str(path), layout, state_dict, model_config, extra)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _refusal_reason(error: pickle.UnpicklingError) -> str:
+    """What the safe loader objected to, in one line (torch's message is a paragraph)."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds a {found.group(1)}, which is not a tensor or plain container"
+    found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    return found.group(1).strip() if found else _first_line(error)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
@@ -419,3 +448,144 @@ def export_albef(model: ALBEF) -> dict[str, Any]:
             copies[ident] = value.detach().clone()
         state[key] = copies[ident]
     return {"model": state}
+
+
+def export_amc_released(
+    model: ALBEF,
+    config: dict[str, Any],
+    epoch: int | None = None,
+    optimizer: dict[str, Any] | None = None,
+    lr_scheduler: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The AMC-grounding checkpoint layout (released ``Pretrain.py``), e.g. ``best_flickr.pth``.
+
+    ``{'model', ['optimizer', 'lr_scheduler',] 'config', ['epoch']}`` with the pretraining
+    class's key names and one queue pointer per queue (``queue_ptr_img``, ``queue_ptr_txt``,
+    equal) in place of ``queue_ptr``; ``config`` is the training configuration.
+    """
+    state: dict[str, Tensor] = {}
+    for key, value in export_albef(model)["model"].items():
+        if key == "queue_ptr":
+            state["queue_ptr_img"] = value
+            state["queue_ptr_txt"] = value.clone()
+        else:
+            state[key] = value
+    exported: dict[str, Any] = {"model": state}
+    if optimizer is not None:
+        exported["optimizer"] = optimizer
+    if lr_scheduler is not None:
+        exported["lr_scheduler"] = lr_scheduler
+    exported["config"] = config
+    if epoch is not None:
+        exported["epoch"] = epoch
+    return exported
+
+
+def save_torch_file(path: str | Path, obj: Any) -> None:
+    """``torch.save`` atomically, then check the file loads with the safe loader (else it is removed)."""
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)
+    try:
+        read_checkpoint(path)
+    except AmcError:
+        path.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------- conversion of trusted files
+_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
+
+
+def _plain(value: Any, where: str, dropped: list[str]) -> Any:
+    """``value`` with only what the safe loader accepts.
+
+    Containers are rebuilt, numpy values become Python numbers or tensors, an
+    ``argparse.Namespace`` (ALBEF-style ``args``) becomes a dict; anything else becomes None
+    and its place is named in ``dropped``.
+    """
+    if isinstance(value, Tensor):
+        return value.detach()  # a Parameter becomes a plain tensor (shared storage is kept)
+    if isinstance(value, _PLAIN_SCALARS) or type(value) is torch.Size:
+        return value
+    if isinstance(value, dict):
+        rebuilt = collections.OrderedDict() if isinstance(value, collections.OrderedDict) else {}
+        for key, item in value.items():
+            if not isinstance(key, _PLAIN_SCALARS):
+                dropped.append(f"{where}[{key!r}] (key of type {type(key).__qualname__})")
+                continue
+            rebuilt[key] = _plain(item, f"{where}[{key!r}]", dropped)
+        return rebuilt
+    if isinstance(value, list | tuple | set):
+        items = [_plain(item, f"{where}[{i}]", dropped) for i, item in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items) if isinstance(value, tuple) else set(items)
+    if isinstance(value, argparse.Namespace):
+        return _plain(vars(value), where, dropped)
+    if type(value).__module__ == "numpy":
+        import numpy as np
+
+        return torch.from_numpy(np.array(value)) if isinstance(value, np.ndarray) else value.item()
+    dropped.append(f"{where} ({type(value).__module__}.{type(value).__qualname__})")
+    return None
+
+
+@dataclasses.dataclass
+class Conversion:
+    """Result of :func:`convert_checkpoint`."""
+
+    src: Path
+    dst: Path
+    unpickled: bool  # True when the file needed full unpickling (--trust)
+    dropped: list[str]  # places of values that were not plain data and were left out
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, trust: bool = False) -> Conversion:
+    """Rewrite a checkpoint the safe loader refuses into one it reads (``amc convert-checkpoint``).
+
+    The output keeps the file's layout (``{'model': ..., 'config': ..., ...}``) with only tensors and
+    plain containers, written with ``torch.save`` (so every command reads it through
+    :func:`read_checkpoint`; safetensors cannot hold the nested optimizer state and config, nor
+    tied weights). ``src`` is unpickled in full ONLY with ``trust=True``: a pickle can run
+    arbitrary code while it loads. ``dst`` is written atomically and never over ``src``.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise AmcError(f"{src}: checkpoint not found")
+    if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(src, dst)):
+        raise AmcError(f"{dst}: the converted file must not replace its source {src}; name another path")
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=True)
+        unpickled = False
+        log.info("%s loads with the safe loader already; writing it as plain data to %s", src, dst)
+    except pickle.UnpicklingError as error:
+        if not trust:
+            raise AmcError(
+                f"{src}: the safe loader refuses it ({_refusal_reason(error)}). Converting it means unpickling "
+                "it in full (torch.load weights_only=False), and a pickle can run arbitrary code on this "
+                "machine while it loads. Do it only for a file you trust, e.g. one downloaded from the "
+                "authors' own release and verified against checksums.lock.json: add --trust."
+            ) from None
+        log.warning(
+            "%s: unpickling in full (torch.load weights_only=False) because --trust was given; a "
+            "malicious pickle can run arbitrary code on this machine. The result, %s, holds plain data only.",
+            src,
+            dst,
+        )
+        try:
+            obj = torch.load(src, map_location="cpu", weights_only=False)
+        except Exception as load_error:  # a truncated or foreign file, also when trusted
+            raise AmcError(
+                f"{src}: cannot read checkpoint ({type(load_error).__name__}: {_first_line(load_error)})"
+            ) from None
+        unpickled = True
+    except Exception as error:
+        raise AmcError(
+            f"{src}: cannot read checkpoint ({type(error).__name__}: {_first_line(error)})"
+        ) from None
+    dropped: list[str] = []
+    plain = _plain(obj, "checkpoint", dropped)
+    if dropped:
+        log.warning("%s: left out (not plain data): %s", src, "; ".join(dropped))
+    save_torch_file(dst, plain)
+    log.info("%s: wrote %s", src, dst)
+    return Conversion(src, dst, unpickled, dropped)

@@ -1,7 +1,7 @@
 """``amc report``: tables and figures of one run, from ``results/<run>/``.
 
     amc report config      --json TEXT --out results/<run>/workflow-config.json
-    amc report table1      --run results/<run> --config CONFIG
+    amc report table1      --run results/<run> --config CONFIG [--methods M ...] [--name table1_released]
     amc report ablation    --run results/<run> --config CONFIG
     amc report figures     --run results/<run> --config CONFIG
     amc report qualitative --run results/<run> --config CONFIG
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="config: the resolved configuration as JSON text")
     parser.add_argument("--out", type=Path, help="config: where to write workflow-config.json")
     parser.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates (default: config's)")
+    parser.add_argument(
+        "--methods", nargs="+", help="table1: only the rows of these methods (default: every row)"
+    )
+    parser.add_argument(
+        "--name", default="table1", help="table1: file name stem under tables/ (default table1)"
+    )
 
 
 def _load(args: argparse.Namespace) -> dict:
@@ -65,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
         raise AmcError(f"{args.run}: no evaluation results under eval/")
     run_name = config.get("run", args.run.name)
     if args.action == "table1":
-        frame = tables.table1_frame(results, config, n_boot=n_boot)
-        paths = tables.write_table1(frame, args.run / "tables", run_name)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
+            raise AmcError(f"--name {args.name!r}: a file name stem (letters, digits, _ . -)")
+        frame = tables.table1_frame(results, config, n_boot=n_boot, methods=args.methods)
+        paths = tables.write_table1(frame, args.run / "tables", run_name, stem=args.name)
     elif args.action == "ablation":
         frame = tables.ablation_frame(results, config, n_boot=n_boot)
         reference = (config.get("ablation") or {}).get("reference")

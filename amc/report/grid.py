@@ -5,14 +5,17 @@ jobs exist, and by ``amc report`` and the notebook to know what the jobs were.
 The configuration (``config/*.yaml``, validated against
 ``workflow/schemas/config.schema.yaml``) declares
 
-* ``methods``: name -> {label, kind: none|finetune, objectives, optim, data, overrides, seeds};
+* ``methods``: name -> {label, kind: none|finetune|released, objectives, optim, data, overrides,
+  seeds, checkpoints};
 * ``sweeps``: each varies one parameter of a base method over values and adds one
   method per value, named by its pattern (``amc_dmean{value}`` -> ``amc_dmean0.05``).
   A value equal to the base method's own value adds nothing: the base method
   stands for it (no duplicate training), and the ablation plot puts it there.
 
-A method of kind ``none`` is the init checkpoint evaluated as it is: it is
-evaluated once, under the first seed (its result does not depend on a seed).
+A method of kind ``none`` is the init checkpoint evaluated as it is; a method of kind
+``released`` is a given checkpoint per benchmark (the authors' ``best_flickr.pth``,
+``best_refcoco.pth``) evaluated as it is. Neither is trained, so each is evaluated once,
+under the first seed (its result does not depend on a seed).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ import yaml
 from amc.selection import best_checkpoint_name
 
 PLACEHOLDERS = ("run", "raw_dir", "records_dir")
+# Kinds evaluated as they are: no training, no seeds (one evaluation, under the first seed).
+UNTRAINED_KINDS = ("none", "released")
+DEFAULT_MANIFEST = "workflow/resources/manifest.yaml"
 
 
 class GridError(ValueError):
@@ -44,6 +50,8 @@ def resolve_paths(config: dict) -> dict:
     config = copy.deepcopy(config)
     context = {"run": config["run"]}
     data = config["data"]
+    if data.get("manifest") is None and data["source"] == "real":
+        data["manifest"] = DEFAULT_MANIFEST  # the synthetic benchmark needs none unless it names one
     data["raw_dir"] = data["raw_dir"].replace("{run}", config["run"])
     context["raw_dir"] = data["raw_dir"]
     data["records_dir"] = _format_path(data["records_dir"], {**context, "records_dir": ""})
@@ -88,8 +96,9 @@ def value_text(value: Any) -> str:
 def expand_methods(config: dict) -> dict[str, dict]:
     """Every method of the grid (declared ones, then sweep-generated ones), fully specified.
 
-    Each entry gains ``seeds`` (resolved; one seed for kind none), ``init_checkpoint``
-    (resolved) and ``sweep`` (None, or {base, parameter, symbol, value}).
+    Each entry gains ``seeds`` (resolved; one seed for the untrained kinds none and released),
+    ``init_checkpoint`` (resolved), ``checkpoints`` ({} unless released) and ``sweep`` (None, or
+    {base, parameter, symbol, value}).
     """
     declared = config["methods"]
     seeds = list(config["seeds"])
@@ -100,6 +109,7 @@ def expand_methods(config: dict) -> dict[str, dict]:
         entry.setdefault("optim", {})
         entry.setdefault("data", {})
         entry.setdefault("overrides", {})
+        entry["checkpoints"] = dict(entry.get("checkpoints") or {})
         entry["seeds"] = list(entry.get("seeds") or seeds)
         entry["init_checkpoint"] = entry.get("init_checkpoint") or config["init_checkpoint"]
         entry["sweep"] = None
@@ -143,7 +153,7 @@ def expand_methods(config: dict) -> dict[str, dict]:
             methods[name] = entry
 
     for entry in methods.values():
-        if entry["kind"] == "none":
+        if entry["kind"] in UNTRAINED_KINDS:
             entry["seeds"] = entry["seeds"][:1]
     return methods
 
@@ -252,17 +262,35 @@ def selection_splits(config: dict) -> list[dict]:
 def checkpoint_path(config: dict, method: str, seed: int, benchmark: str | None = None) -> str:
     """The checkpoint a method is evaluated with on ``benchmark``.
 
-    Kind none: its init checkpoint. Fine-tuned: the run's best epoch on the benchmark's val split
-    when ``finetune.select_best`` is on and the benchmark has one (as the released models were
-    chosen), else the final checkpoint.
+    Kind none: its init checkpoint. Kind released: its checkpoint for the benchmark (``checkpoints``).
+    Fine-tuned: the run's best epoch on the benchmark's val split when ``finetune.select_best`` is
+    on and the benchmark has one (as the released models were chosen), else the final checkpoint.
     """
     spec = expand_methods(config)[method]
     if spec["kind"] == "none":
         return spec["init_checkpoint"]
+    if spec["kind"] == "released":
+        if benchmark not in spec["checkpoints"]:
+            raise GridError(f"methods.{method}.checkpoints: no checkpoint for benchmark {benchmark!r}")
+        return spec["checkpoints"][benchmark]
     folder = f"results/{config['run']}/checkpoints/{method}/seed{seed}"
     if benchmark is not None and benchmark in selection_benchmarks(config):
         return f"{folder}/{best_checkpoint_name(benchmark)}"
     return f"{folder}/checkpoint_final.pt"
+
+
+def export_path(config: dict, name: str) -> str:
+    """Where the export ``name`` (config ``exports``) is written."""
+    return f"results/{config['run']}/exports/{name}.pth"
+
+
+def export_source(config: dict, name: str) -> str:
+    """The checkpoint the export ``name`` is made from: its method's, for its seed and benchmark."""
+    spec = config["exports"][name]
+    seed = spec.get("seed")
+    if seed is None:
+        seed = expand_methods(config)[spec["method"]]["seeds"][0]
+    return checkpoint_path(config, spec["method"], seed, spec.get("benchmark"))
 
 
 def eval_targets(config: dict) -> list[dict]:
@@ -308,10 +336,30 @@ def check_grid(config: dict) -> None:
             "pretrain.enabled needs data.source: synthetic (the pretrain rule trains on its captions)"
         )
     for name, spec in methods.items():
-        if spec["kind"] == "none" and (spec["objectives"] or spec["optim"] or spec["overrides"]):
+        kind = spec["kind"]
+        if kind in UNTRAINED_KINDS and (spec["objectives"] or spec["optim"] or spec["overrides"]):
             raise GridError(
-                f"methods.{name}: kind none is not trained; it takes no objectives/optim/overrides"
+                f"methods.{name}: kind {kind} is not trained; it takes no objectives/optim/overrides"
             )
+        if kind == "released":
+            missing = [b for b in config["benchmarks"] if b not in spec["checkpoints"]]
+            if missing:
+                raise GridError(
+                    f"methods.{name}.checkpoints: kind released needs a checkpoint for every benchmark; "
+                    f"none for {', '.join(missing)}"
+                )
+        elif spec["checkpoints"]:
+            raise GridError(f"methods.{name}.checkpoints: only a method of kind released takes checkpoints")
+    for name, spec in (config.get("exports") or {}).items():
+        method = methods.get(spec["method"])
+        if method is None or method["kind"] != "finetune":
+            raise GridError(
+                f"exports.{name}.method: {spec['method']!r} is not a fine-tuning method of the grid"
+            )
+        if spec.get("seed") is not None and spec["seed"] not in method["seeds"]:
+            raise GridError(f"exports.{name}.seed: {spec['method']} is not trained with seed {spec['seed']}")
+        if spec.get("benchmark") is not None and spec["benchmark"] not in config["benchmarks"]:
+            raise GridError(f"exports.{name}.benchmark: {spec['benchmark']!r} is not a benchmark of the run")
 
 
 def resolved_config(config: dict) -> dict:

@@ -10,8 +10,8 @@ Statistics (amc.stats):
   are several: ``bootstrap_ci`` on the [seeds, cases] matrix);
 * a variant against the reference (full AMC): paired bootstrap over the same case
   ids (per-case hits averaged over the seeds of each method first), and McNemar's
-  test on one run of each (the first seed both have; a kind-none method has one
-  seed-independent run);
+  test on one run of each (the first seed both have; an untrained method, kind none or
+  released, has one seed-independent run);
 * error decomposition: of the misses, the share whose point fell inside another
   annotated box of the image (``miss == "other_object"``) and the share on the
   background (``"background"``).
@@ -29,6 +29,7 @@ import pandas as pd
 
 from amc import stats
 from amc.io import DataError, atomic_write_text, read_json
+from amc.report.grid import UNTRAINED_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +224,21 @@ def load_paper(path: str | Path) -> pd.DataFrame:
 
 
 def table1_frame(
-    results: dict[tuple[str, str, str], dict[int, EvalRun]], config: dict, n_boot: int = 10000
+    results: dict[tuple[str, str, str], dict[int, EvalRun]],
+    config: dict,
+    n_boot: int = 10000,
+    methods: list[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per (Table 1 row, column): paper, reproduced mean with interval, difference."""
+    """One row per (Table 1 row, column): paper, reproduced mean with interval, difference.
+
+    ``methods`` keeps only the rows of those methods (``snakemake released``: the untrained ones).
+    """
     paper = load_paper(config["table1"]["paper"])
+    table_rows = [r for r in config["table1"]["rows"] if methods is None or r["method"] in methods]
+    if not table_rows:
+        raise DataError(f"table1: none of the methods {methods} has a row in the configuration's table1.rows")
     rows = []
-    for row in config["table1"]["rows"]:
+    for row in table_rows:
         for column in config["table1"]["columns"]:
             benchmark, split = column["benchmark"], column["split"]
             match = paper[
@@ -273,7 +283,8 @@ def table1_frame(
     return pd.DataFrame(rows)
 
 
-def write_table1(frame: pd.DataFrame, out_dir: str | Path, run_name: str) -> list[Path]:
+def write_table1(frame: pd.DataFrame, out_dir: str | Path, run_name: str, stem: str = "table1") -> list[Path]:
+    """``<stem>.csv``, ``.md`` and ``.tex`` under ``out_dir``."""
     out_dir = Path(out_dir)
     columns = list(dict.fromkeys(frame["column"]))
     header = ["Method"]
@@ -299,12 +310,12 @@ def write_table1(frame: pd.DataFrame, out_dir: str | Path, run_name: str) -> lis
         f"Reproduced: mean over {'/'.join(map(str, seeds)) or '0'} seed(s) with a 95% bootstrap interval "
         "over cases (and seeds when several); Δ = reproduced − paper, in points."
     )
-    paths = [out_dir / "table1.csv", out_dir / "table1.md", out_dir / "table1.tex"]
+    paths = [out_dir / f"{stem}.csv", out_dir / f"{stem}.md", out_dir / f"{stem}.tex"]
     atomic_write_text(paths[0], frame.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(
         paths[1], "# Table 1: pointing accuracy\n\n" + markdown_table(header, rows) + "\n" + note + "\n"
     )
-    atomic_write_text(paths[2], latex_table(header, rows, note, "tab:table1"))
+    atomic_write_text(paths[2], latex_table(header, rows, note, f"tab:{stem.replace('_', '-')}"))
     return paths
 
 
@@ -380,8 +391,8 @@ def ablation_frame(
                     by_seed,
                     ref_by_seed,
                     ids,
-                    spec.get("kind") == "none",
-                    grid.get(reference, {}).get("kind") == "none",
+                    spec.get("kind") in UNTRAINED_KINDS,
+                    grid.get(reference, {}).get("kind") in UNTRAINED_KINDS,
                 )
                 if test is not None:
                     record.update(

@@ -20,6 +20,7 @@ def locate(config_path: str) -> dict[str, list[Path]]:
     return {
         "run": [root],
         "table1": [root / "tables" / f"table1.{ext}" for ext in ("md", "csv", "tex")],
+        "table1_released": [root / "tables" / f"table1_released.{ext}" for ext in ("md", "csv", "tex")],
         "ablation": [root / "tables" / f"ablation.{ext}" for ext in ("md", "csv", "tex")],
         "figures": figures,
         "report": [root / "report.html"],
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         out.write(table1.read_text(encoding="utf-8") + "\n")
     else:
         out.write(f"  Table 1:   {table1}  (not made yet)\n")
+    released = places["table1_released"][0]
+    if released.is_file():  # snakemake released: the untrained rows only
+        out.write(f"  Table 1, released checkpoints (snakemake released): {released}\n\n")
+        if not table1.is_file():
+            out.write(released.read_text(encoding="utf-8") + "\n")
     ablation = places["ablation"][0]
     out.write(f"  Ablations: {ablation}{'' if ablation.is_file() else '  (not made yet)'}\n")
     out.write(f"  Figures:   {root / 'figures'}/\n")

@@ -42,6 +42,9 @@ RECORDS = config["data"]["records_dir"]
 SYNTHETIC = config["data"]["source"] == "synthetic"
 METHODS = amc_grid.expand_methods(config)
 FINETUNED = [m for m, spec in METHODS.items() if spec["kind"] == "finetune"]
+# Evaluated as they are (ALBEF, the authors' released checkpoints): the `released` target.
+UNTRAINED = [m for m, spec in METHODS.items() if spec["kind"] in amc_grid.UNTRAINED_KINDS]
+EXPORTS = config["exports"]
 BENCHMARKS = config["benchmarks"]
 EVAL_SPLITS = [(b, s) for b, spec in BENCHMARKS.items() for s in spec["splits"]]
 SYNTH_FLAG = f"{RAW}/SYNTH_INFO.json"
@@ -59,7 +62,9 @@ wildcard_constraints:
 
 
 def load_manifest() -> dict[str, dict]:
-    """name -> artifact entry of the download manifest (real data only)."""
+    """name -> artifact entry of the download manifest (none for a synthetic run that names none)."""
+    if config["data"]["manifest"] is None:
+        return {}
     path = Path(config["data"]["manifest"])
     if not path.is_file():
         raise WorkflowError(f"{path}: download manifest not found (config data.manifest)")
@@ -71,7 +76,7 @@ def load_manifest() -> dict[str, dict]:
     return {entry["name"]: entry for entry in artifacts}
 
 
-MANIFEST = {} if SYNTHETIC else load_manifest()
+MANIFEST = load_manifest()
 
 
 def artifact_outputs(entry: dict) -> list[str]:
@@ -89,18 +94,16 @@ PRODUCED = {path: name for name, entry in MANIFEST.items() for path in artifact_
 def raw_input(path: str) -> str:
     """The workflow target that provides ``path`` (a file or folder of the raw data).
 
-    Synthetic: the synth rule's flag file for anything under raw_dir. Real: the
-    manifest output that is ``path`` or a folder holding it; other paths are taken as
-    they are (they must exist, e.g. a hand-made file).
+    The manifest output that is ``path`` or a folder holding it; else, synthetic: the
+    synth rule's flag file for anything under raw_dir. Other paths are taken as they
+    are (they must exist, e.g. a hand-made file).
     """
     if not path.startswith(RAW + "/"):
         return path
-    if SYNTHETIC:
-        return SYNTH_FLAG
     for produced in sorted(PRODUCED, key=len, reverse=True):
         if path == produced or path.startswith(produced + "/"):
             return produced
-    return path
+    return SYNTH_FLAG if SYNTHETIC else path
 
 
 def dataset_inputs(dataset: str) -> list[str]:
@@ -194,6 +197,10 @@ def all_evals(methods=None, splits=None) -> list[str]:
     ]
 
 
+def export_output(name: str) -> str:
+    return amc_grid.export_path(config, name)
+
+
 def all_train_metrics() -> list[str]:
     return [f"{RESULTS}/train/{m}/seed{seed}/metrics.jsonl" for m in FINETUNED for seed in METHODS[m]["seeds"]]
 
@@ -223,4 +230,21 @@ def all_outputs() -> list[str]:
     if QUALITATIVE["enabled"]:
         outputs += figure_paths("qualitative")
     outputs += all_evals()
+    outputs += [export_output(name) for name in EXPORTS]
     return outputs
+
+
+# `snakemake released`: the untrained methods' Table 1 rows, in their own files so that `all`'s
+# table1 (which needs every trained row) is neither overwritten nor required.
+RELEASED_TABLE = "table1_released"
+RELEASED_ROWS = [m for m in TABLE1_METHODS if m in UNTRAINED]
+
+
+def released_outputs() -> list[str]:
+    """Evaluations of the untrained methods and their Table 1 (no training output needed)."""
+    if not RELEASED_ROWS:
+        raise WorkflowError(
+            "snakemake released: no table1.rows method of kind none or released in the configuration"
+        )
+    outputs = [f"{RESULTS}/tables/{RELEASED_TABLE}.{ext}" for ext in ("csv", "md", "tex")]
+    return outputs + all_evals(UNTRAINED)

@@ -3,6 +3,7 @@
 #
 #   synthetic: synth -> prepare_vg, prepare_eval (one per benchmark split)
 #   real:      download_<artifact> (one local rule per manifest artifact) -> prepare_*
+# A synthetic run may name a manifest too (the demo's stand-in for the released checkpoints).
 
 
 if SYNTHETIC:
@@ -26,32 +27,35 @@ if SYNTHETIC:
             "amc synth --out {params.out:q} --seed {params.seed} --scale {params.scale}"
             " --workers {params.workers} > {log:q} 2>&1"
 
-else:
 
-    # One local rule per artifact: downloads run on the machine Snakemake runs on (the
-    # cluster's compute nodes often have no internet). Only the artifacts some rule
-    # needs are fetched.
-    for _name, _entry in MANIFEST.items():
+# One local rule per artifact: downloads run on the machine Snakemake runs on (the
+# cluster's compute nodes often have no internet). Only the artifacts some rule
+# needs are fetched. A `local` source (a file this workflow makes, e.g. an export) is
+# the rule's input; when it is remade the copy and its locked checksum are replaced.
+for _name, _entry in MANIFEST.items():
 
-        rule:
-            name:
-                f"download_{_name}"
-            localrule: True
-            output:
-                [directory(p) if is_folder(p) else p for p in artifact_outputs(_entry)],
-            log:
-                f"{LOGS}/download/{_name}.log",
-            params:
-                name=_name,
-                dest=RAW,
-                manifest=config["data"]["manifest"],
-            threads: 1
-            resources:
-                mem_mb=1000,
-                runtime=600,
-            shell:
-                "amc download {params.name} --dest {params.dest:q} --manifest {params.manifest:q}"
-                " --no-progress > {log:q} 2>&1"
+    rule:
+        name:
+            f"download_{_name}"
+        localrule: True
+        input:
+            [_entry["local"]] if "local" in _entry else [],
+        output:
+            [directory(p) if is_folder(p) else p for p in artifact_outputs(_entry)],
+        log:
+            f"{LOGS}/download/{_name}.log",
+        params:
+            name=_name,
+            dest=RAW,
+            manifest=config["data"]["manifest"],
+            update_lock="--update-lock" if "local" in _entry else "",
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=600,
+        shell:
+            "amc download {params.name} --dest {params.dest:q} --manifest {params.manifest:q}"
+            " --no-progress {params.update_lock} > {log:q} 2>&1"
 
 
 def _exclude_records_arg(wildcards, input) -> str:

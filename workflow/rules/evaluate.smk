@@ -3,8 +3,9 @@
 # the libraries load once), each on a free GPU. The result JSON holds the summary and every
 # case (point, hit, miss kind, category), so the reports can pair methods case by case.
 #
-# A method of kind `none` (the ALBEF row) is its init checkpoint evaluated as is: it
-# is evaluated once, under the first seed (see amc.report.grid).
+# A method of kind `none` (the ALBEF row) is its init checkpoint evaluated as is, a method
+# of kind `released` its checkpoint per benchmark (the authors' best_flickr.pth and
+# best_refcoco.pth): each is evaluated once, under the first seed (see amc.report.grid).
 
 
 rule evaluate:
@@ -38,3 +39,26 @@ rule evaluate:
         " --split {params.splits} --image-res {params.image_res} --resize {params.resize} --method {wildcards.method:q}"
         " --seed {wildcards.seed} --num-workers {params.num_workers} {params.extra}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+rule export_checkpoint:
+    """A fine-tuned checkpoint in another layout (config `exports`; amc export-checkpoint).
+
+    The demo exports its AMC in the AMC authors' released layout; its manifest copies that in
+    as a `released` method's checkpoint, so the demo runs the path of `snakemake released`."""
+    input:
+        checkpoint=lambda wc: amc_grid.export_source(config, wc.export),
+    output:
+        f"{RESULTS}/exports/{{export}}.pth",
+    log:
+        f"{LOGS}/export/{{export}}.log",
+    wildcard_constraints:
+        export="|".join(map(re.escape, EXPORTS)) or "NO_EXPORT",
+    params:
+        layout=lambda wc: EXPORTS[wc.export]["layout"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "amc export-checkpoint {input.checkpoint:q} {output:q} --layout {params.layout:q} > {log:q} 2>&1"

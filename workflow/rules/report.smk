@@ -48,6 +48,35 @@ rule table1:
         "amc report table1 --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"
 
 
+rule table1_released:
+    """Table 1 of the untrained rows only (ALBEF, the released checkpoints): `snakemake released`."""
+    input:
+        config=REPORT_CONFIG,
+        paper=config["table1"]["paper"],
+        evals=all_evals(RELEASED_ROWS, TABLE1_SPLITS),
+    output:
+        csv=report(
+            f"{RESULTS}/tables/{RELEASED_TABLE}.csv",
+            category="Tables",
+            labels={"table": "Table 1, released checkpoints"},
+        ),
+        md=f"{RESULTS}/tables/{RELEASED_TABLE}.md",
+        tex=f"{RESULTS}/tables/{RELEASED_TABLE}.tex",
+    log:
+        f"{LOGS}/report/{RELEASED_TABLE}.log",
+    params:
+        run=RESULTS,
+        methods=" ".join(q(m) for m in RELEASED_ROWS),
+        name=RELEASED_TABLE,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "amc report table1 --run {params.run:q} --config {input.config:q} --methods {params.methods}"
+        " --name {params.name} > {log:q} 2>&1"
+
+
 rule ablation:
     """Every grid variant: accuracy with interval, paired comparison with the reference, error decomposition."""
     input:
