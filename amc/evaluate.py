@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from amc.data.images import load_image
+from amc.data.images import ImageChecker, load_image
 from amc.data.transforms import EVAL_RESIZES, EvalTransform
 from amc.io import AmcError, DataError, atomic_write_json, sha256_file
 from amc.metrics import argmax_point, box_hit, classify_miss, upsample_heatmap
-from amc.records import Record, load_records
+from amc.records import Record, load_records, read_prepare_report
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +125,15 @@ class EvaluationResult:
 class _ImageSet(torch.utils.data.Dataset):
     """Unique images of the records, each loaded and transformed once."""
 
-    def __init__(self, paths: list[str], transform):
-        self.paths, self.transform = paths, transform
+    def __init__(self, paths: list[str], transform, names: list[str]):
+        self.paths, self.transform, self.names = paths, transform, names  # names: a record of each image
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(load_image(self.paths[index], "evaluation image"))
+        # No replacement at evaluation: an unreadable image stops the run, naming a record.
+        return self.transform(load_image(self.paths[index], self.names[index]))
 
 
 def _code_version() -> str:
@@ -199,7 +200,7 @@ def evaluate(
         by_image[record.image].append(record)
     paths = list(by_image)
     loader = torch.utils.data.DataLoader(
-        _ImageSet(paths, inputs.transform()),
+        _ImageSet(paths, inputs.transform(), [f"record {by_image[p][0].id}" for p in paths]),
         batch_size=images_per_batch,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
@@ -260,20 +261,22 @@ def _score(record: Record, heatmap: torch.Tensor, proposals: dict[str, list] | N
 
 
 def check_images(records: list[Record], skip_missing: bool) -> tuple[list[Record], Counter]:
-    """Missing images are an error naming the record, or skipped and counted with ``skip_missing``."""
+    """Missing or unreadable images (header check) are an error naming the record, or skipped and
+    counted with ``skip_missing``; evaluation never replaces a case."""
     kept, skipped = [], Counter()
+    checker = ImageChecker()
     for record in records:
-        if Path(record.image).is_file():
+        error = checker.problem(record.image)
+        if error is None:
             kept.append(record)
         elif skip_missing:
-            skipped["image missing"] += 1
+            skipped[error.reason] += 1
         else:
             raise DataError(
-                f"record {record.id}: image {record.image} not found "
-                "(pass --skip-missing-images to count such cases as skipped)"
+                f"record {record.id}: {error} (pass --skip-missing-images to count such cases as skipped)"
             )
-    if skipped:
-        log.warning("%d cases skipped: image missing", skipped["image missing"])
+    for reason, count in skipped.items():
+        log.warning("%d cases skipped: %s", count, reason)
     return kept, skipped
 
 
@@ -317,7 +320,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("--phrases-per-batch", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--limit", type=int, help="evaluate only the first N records (quick checks)")
-    parser.add_argument("--skip-missing-images", action="store_true", help="count missing images as skipped")
+    parser.add_argument(
+        "--skip-missing-images", action="store_true", help="count missing or unreadable images as skipped"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
 
 
@@ -446,6 +451,8 @@ def _evaluate_split(model, tokenizer, task, records, skipped, args, device, chec
         "n_cases": len(cases),
         "n_hits": hits,
         "skipped": dict(skipped),
+        # what amc prepare left out of the records, by reason (None: unknown, see the log)
+        "skipped_in_prepare": read_prepare_report(task.records),
         "misses": dict(Counter(c.miss for c in cases if c.miss)),
         "image_res": inputs.image_res,
         "resize": inputs.resize,

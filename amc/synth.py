@@ -7,6 +7,9 @@ point at the right one. The same scenes are written as:
 
 * ``vg/``         a Visual-Genome-like training set (image_data, region descriptions,
                   attributes, relationships), images in ``vg/VG_100K/``;
+* ``amc/``        the same VG phrases in the format of the AMC authors' released training files
+                  (``vg_descriptions.json``, ``vg_attributes_spatial.json``, ``vg_attributes.json``),
+                  image paths relative to ``vg/``;
 * ``flickr30k/``  a Flickr30k-Entities-like set (Sentences, Annotations, split files),
                   images in ``flickr30k/flickr30k-images/``;
 * ``refcoco+/``   a RefCOCO+-like set (``refs(unc).p``, ``instances.json``), images in
@@ -420,6 +423,60 @@ def _join(items: list[str], comma: str = ", ") -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# The released AMC training format.
+
+RELEASED_VG_FILES = ("vg_descriptions.json", "vg_attributes_spatial.json", "vg_attributes.json")
+
+
+def released_vg_entries(image: str, regions: list, objects: list, relationships: list) -> dict[str, list]:
+    """One image's VG phrases as the AMC authors' files hold them: ``{"image", "caption", "bbox"}``.
+
+    A pure function of the raw-VG entries (no random draws, so the raw files do not change):
+    region descriptions of the same box become one entry with a list of captions; attribute
+    phrases (``"<attribute> <name>"``) and relation phrases (``"<subject> <predicate> <object>"``,
+    the subject's box) shared by several objects become one entry with several boxes.
+    """
+
+    def xyxy(x, y, w, h) -> list:
+        return [x, y, x + w, y + h]
+
+    by_box: dict[tuple, list[str]] = {}
+    for region in regions:
+        by_box.setdefault(
+            tuple(xyxy(region["x"], region["y"], region["width"], region["height"])), []
+        ).append(region["phrase"])
+    descriptions = [
+        {"image": image, "caption": texts[0] if len(texts) == 1 else texts, "bbox": [list(box)]}
+        for box, texts in by_box.items()
+    ]
+
+    def grouped(pairs) -> list[dict]:
+        boxes: dict[str, list] = {}
+        for text, box in pairs:
+            if box not in boxes.setdefault(text, []):
+                boxes[text].append(box)
+        return [{"image": image, "caption": text, "bbox": found} for text, found in boxes.items()]
+
+    attribute_phrases = [
+        (f"{attribute} {obj['names'][0]}", xyxy(obj["x"], obj["y"], obj["w"], obj["h"]))
+        for obj in objects
+        for attribute in obj["attributes"]
+    ]
+    relation_phrases = [
+        (
+            f"{r['subject']['name']} {r['predicate']} {r['object']['name']}",
+            xyxy(r["subject"]["x"], r["subject"]["y"], r["subject"]["w"], r["subject"]["h"]),
+        )
+        for r in relationships
+    ]
+    return {
+        "vg_descriptions.json": descriptions,
+        "vg_attributes_spatial.json": grouped(relation_phrases),
+        "vg_attributes.json": grouped(attribute_phrases),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # The generator.
 
 
@@ -658,6 +715,7 @@ class _Generator:
         eval_coco = refcoco_ids["val"] + refcoco_ids["testA"] + refcoco_ids["testB"]
         eval_flickr = flickr_ids["val"] + flickr_ids["test"]
         image_data, regions, attributes, relationships = [], [], [], []
+        released: dict[str, list] = {name: [] for name in RELEASED_VG_FILES}
         ids = {"region": itertools.count(1), "object": itertools.count(1), "relationship": itertools.count(1)}
         collisions = {"coco_eval": 0, "coco_train": 0, "flickr_eval": 0}
         for index in range(s.vg_images):
@@ -688,10 +746,20 @@ class _Generator:
             regions.append({"id": image_id, "regions": image_regions})
             attributes.append({"image_id": image_id, "attributes": image_objects})
             relationships.append({"image_id": image_id, "relationships": image_relationships})
+            image_released = released_vg_entries(
+                f"VG_100K/{image_id}.jpg", image_regions, image_objects, image_relationships
+            )
+            for name, entries in image_released.items():
+                released[name] += entries
         self.write_json("vg/image_data.json", image_data)
         self.write_json("vg/region_descriptions.json", regions)
         self.write_json("vg/attributes.json", attributes)
         self.write_json("vg/relationships.json", relationships)
+        for name, entries in released.items():
+            self.write_json(f"amc/{name}", entries)
+        self.counts.update(
+            {f"released_{name.removesuffix('.json')}": len(entries) for name, entries in released.items()}
+        )
         self.counts.update(
             vg_images=s.vg_images,
             vg_regions=sum(len(r["regions"]) for r in regions),
@@ -843,6 +911,7 @@ def generate(out: str | os.PathLike, seed: int, scale: str | SynthScale = "ci", 
         },
         "layout": {
             "vg": "vg/{image_data,region_descriptions,attributes,relationships}.json, vg/VG_100K/<image_id>.jpg",
+            "vg_released": "amc/{vg_descriptions,vg_attributes_spatial,vg_attributes}.json (images under vg/)",
             "flickr30k": "flickr30k/{Sentences,Annotations}/<id>.{txt,xml}, flickr30k/{train,val,test}.txt, flickr30k/flickr30k-images/<id>.jpg",
             "refcoco+": "refcoco+/refs(unc).p, refcoco+/instances.json, coco/train2014/COCO_train2014_<12-digit id>.jpg",
             "captions": "captions/pretrain.json, captions/images/<n>.jpg",

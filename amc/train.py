@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "path": None,
         "image_res": 256,
         "mask_size": 256,
-        "max_words": 30,
+        "max_words": 50,  # released configs/Pretrain.yaml
         "max_tokens": 25,
         "augment": {
             # released: the released code's albumentations pipeline (OpenCV, uint8); torchvision:
@@ -266,6 +266,8 @@ def build_dataset(config: dict):
 
 def collate(samples: list[dict]) -> dict:
     batch = {"image": torch.stack([s["image"] for s in samples]), "text": [s["text"] for s in samples]}
+    # images that could not be read and were replaced (amc.data.datasets), counted into metrics.jsonl
+    batch["images_replaced"] = sum(s.get("replaced", 0) for s in samples)
     if "mask" in samples[0]:
         batch["box_mask"] = torch.stack([s["mask"] for s in samples])
     return batch
@@ -346,6 +348,16 @@ def to_train_batch(raw: dict, tokenizer, config: dict, device: torch.device):
 
 
 # --------------------------------------------------------------------------- checkpoints and metrics
+
+
+def _images_replaced(raw: dict, procs: Processes) -> int:
+    """Images replaced in this micro-batch, summed over processes."""
+    count = int(raw.get("images_replaced", 0))
+    if procs.world_size > 1:
+        total = torch.tensor(count, device=procs.device)
+        dist.all_reduce(total)
+        count = int(total.item())
+    return count
 
 
 def _memory_mb(device: torch.device) -> float:
@@ -466,7 +478,7 @@ def train(
     )
 
     # Resume from the newest checkpoint of this run.
-    step, epoch, batch_in_epoch = 0, 0, 0
+    step, epoch, batch_in_epoch, images_replaced = 0, 0, 0, 0
     if resume and final_path.exists():
         log.info("%s exists: the run is complete, nothing to resume", final_path)
         return TrainResult(step, final_path, {})
@@ -477,6 +489,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        images_replaced = state.get("images_replaced", 0)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", last_path, step, epoch, batch_in_epoch)
         if procs.is_main:
             _trim_metrics(metrics_file, step)
@@ -497,6 +510,7 @@ def train(
                 step=step,
                 epoch=next_epoch,
                 batch_in_epoch=next_batch,
+                images_replaced=images_replaced,
                 run_config=config,
             )
         if procs.world_size > 1:
@@ -540,6 +554,7 @@ def train(
             # alpha ramps linearly over the first epoch, as released
             alpha = config["alpha"] * (1.0 if epoch > 0 else min(1.0, micro / sampler.batches_per_epoch))
             batch = to_train_batch(raw, tokenizer, config, procs.device)
+            images_replaced += _images_replaced(raw, procs)
             last_micro = (micro + 1) % accum == 0
             sync = contextlib.nullcontext() if last_micro or procs.world_size == 1 else step_module.no_sync()
             with sync:
@@ -564,6 +579,7 @@ def train(
                     "alpha": alpha,
                     "pairs_per_s": window_pairs / max(elapsed, 1e-9),
                     "max_memory_mb": _memory_mb(procs.device),
+                    "images_replaced": images_replaced,
                 }
                 with open(metrics_file, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(last_logs) + "\n")

@@ -107,7 +107,8 @@ def test_caption_dataset_has_no_mask_and_is_reproducible(tmp_path, image_path):
     ]
     dataset = CaptionDataset(items, tmp_path, TrainTransform(32, 16), seed=1)
     item = dataset[0]
-    assert set(item) == {"image", "text", "index"} and item["text"] == "a red square"
+    assert set(item) == {"image", "text", "index", "replaced"} and item["text"] == "a red square"
+    assert item["replaced"] == 0
     assert torch.equal(
         item["image"], CaptionDataset(items, tmp_path, TrainTransform(32, 16), seed=1)[0]["image"]
     )

@@ -118,12 +118,16 @@ def flickr_bad(tmp_path):
     write_flickr(
         root,
         "200",
-        ["[/EN#1/people A man] and [/EN#2/people a boy] and [/EN#3/people ] and [/EN#4/animals a dog] ."],
+        [
+            "[/EN#1/people A man] and [/EN#2/people a boy] and [/EN#3/people ] and [/EN#4/animals a dog]"
+            " and [/EN#5/other a kite] ."
+        ],
         [
             box_object(["1"], 11, 21, 50, 80),
-            box_object(["2"], 60, 10, 40, 50),  # x2 <= x1
-            box_object(["4"], 150, 10, 260, 50),  # beyond the 200 px width
-            box_object(["2"], 70, 10, 90, 50),  # a good box of entity 2 does not rescue its phrase
+            box_object(["2"], 60, 10, 40, 50),  # x2 <= x1: dropped
+            box_object(["4"], 150, 10, 260, 50),  # beyond the 200 px width: kept as annotated
+            box_object(["2"], 70, 10, 90, 50),  # entity 2 keeps this good box
+            box_object(["5"], 10, "a", 30, 40),  # not a number: dropped, and entity 5 has no other box
         ],
     )
     return root
@@ -133,13 +137,17 @@ def test_flickr30k_bad_annotations_are_skipped_and_counted(flickr_bad, caplog):
     problems = Problems()
     with caplog.at_level(logging.WARNING):
         records = read_flickr30k(flickr_bad, "test", problems=problems)
-    assert [r.id for r in records] == ["flickr30k/200/0/0"]
-    assert records[0].other_boxes == [[69.0, 9.0, 89.0, 49.0]]  # only boxes that passed the checks
+    assert [r.id for r in records] == ["flickr30k/200/0/0", "flickr30k/200/0/1", "flickr30k/200/0/3"]
+    # A malformed box among good ones: the entity keeps its other boxes, as the release evaluates it.
+    assert records[1].phrase == "a boy" and records[1].boxes == [[69.0, 9.0, 89.0, 49.0]]
+    # A box reaching outside the image is kept as annotated (not clipped).
+    assert records[2].phrase == "a dog" and records[2].boxes == [[149.0, 9.0, 259.0, 49.0]]
+    assert [69.0, 9.0, 89.0, 49.0] in records[0].other_boxes
     assert problems.skipped == {
         "degenerate box": 1,
-        "box outside image": 1,
+        "non-numeric box": 1,
         "empty phrase": 1,
-        "phrase of an entity with a bad box": 2,
+        "phrase of an entity whose boxes are all bad": 1,
     }
     assert "200.xml" in caplog.text and "degenerate box" in caplog.text
 
@@ -496,7 +504,7 @@ def test_prepare_on_error_stop_fails_with_exit_code_2(tmp_path, flickr_bad, capl
     assert (
         main(["prepare", "flickr30k", "--root", str(flickr_bad), "--split", "test", "--out", str(out)]) == 0
     )
-    assert len(load_records(out)) == 1
+    assert len(load_records(out)) == 3
 
 
 def test_prepare_vg_excludes_images_of_evaluation_records(tmp_path):

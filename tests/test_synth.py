@@ -15,10 +15,12 @@ import pytest
 from PIL import Image
 
 from amc.cli import main
+from amc.data import Problems
 from amc.data.flickr30k import parse_sentence, read_flickr30k
 from amc.data.prepare import prepare
 from amc.data.refcoco import read_refcoco
 from amc.data.vg import read_vg
+from amc.data.vg_released import read_vg_released
 from amc.io import AmcError
 from amc.synth import COLOURS, REFCOCO_GROUP_A, REFCOCO_GROUP_B, SCALES, SHAPES, generate, vocabulary_words
 
@@ -59,6 +61,9 @@ def test_layout_and_info(synth):
         "vg/attributes.json",
         "vg/relationships.json",
         "vg/VG_100K/1.jpg",
+        "amc/vg_descriptions.json",
+        "amc/vg_attributes_spatial.json",
+        "amc/vg_attributes.json",
         "flickr30k/train.txt",
         "flickr30k/val.txt",
         "flickr30k/test.txt",
@@ -219,6 +224,36 @@ def test_readers_read_the_synthetic_sets(synth, eval_records, tmp_path):
     excluded = sum(problems.notes.values())
     assert excluded == info["vg_images_with_eval_coco_id"] + info["vg_images_with_eval_flickr_id"] > 0
     assert len({r.image_id for r in kept}) == info["vg_images"] - excluded
+    # The released format: the same images are left out, mapped through image_data.json.
+    released, problems = prepare(
+        "vg", synth / "amc", tmp_path / "vg-released.jsonl", images=synth / "vg", vg_format="released",
+        exclude_records=files, image_data=synth / "vg/image_data.json",
+    )  # fmt: skip
+    assert {r.image_id for r in released} == {r.image_id for r in kept} and not problems.skipped
+
+
+def test_released_vg_files_mirror_the_raw_phrases(synth):
+    """The synthetic released files: every raw phrase once, some entries with several captions or boxes."""
+    problems = Problems()
+    records = read_vg_released(synth / "amc", synth / "vg", problems=problems)
+    info = json.loads((synth / "SYNTH_INFO.json").read_text())["counts"]
+    files = ("vg_descriptions", "vg_attributes_spatial", "vg_attributes")
+    assert len(records) == sum(info[f"released_{name}"] for name in files)
+    assert not problems.skipped and not problems.notes  # nothing skipped, no box empty
+    raw = read_vg(synth / "vg")
+    for kind, name in (
+        ("region", "vg_descriptions"),
+        ("attribute", "vg_attributes"),
+        ("relation", "vg_attributes_spatial"),
+    ):
+        released_texts = sorted(
+            t for r in records if r.id.split("/")[1] == name for t in (r.captions or [r.phrase])
+        )
+        if kind == "region":
+            assert released_texts == sorted(r.phrase for r in raw if r.id.split("/")[2] == kind)
+        else:  # several objects sharing a phrase are one entry with several boxes
+            assert set(released_texts) == {r.phrase for r in raw if r.id.split("/")[2] == kind}
+    assert any(len(r.captions) > 1 for r in records) and any(len(r.boxes) > 1 for r in records)
 
 
 def inside(point, box) -> bool:

@@ -4,9 +4,11 @@ This module holds what the readers share: :class:`Problems`, the rule for bad an
 
 The rule (documented in ``docs/data.md``): a structural problem (a missing or malformed file)
 always stops the run with a :class:`~amc.io.DataError`. A bad individual annotation (an empty
-phrase, a degenerate or out-of-image box, a missing image file) is skipped with a counted
-warning (``on_error="skip"``, the default) or stops the run (``on_error="stop"``). Cases left
-out by design (Flickr30k phrases whose entity has no box) are counted as notes, not problems.
+phrase, an empty or non-numeric box, a missing or unreadable image file) is skipped with a
+counted warning (``on_error="skip"``, the default) or stops the run (``on_error="stop"``). Cases
+left out by design (Flickr30k phrases whose entity has no box) are counted as notes, not problems.
+``amc prepare`` writes both counts beside the records (:func:`amc.records.prepare_report_path`),
+where ``amc evaluate`` reads them.
 """
 
 from __future__ import annotations
@@ -53,24 +55,37 @@ class Problems:
 
         return f"skipped as bad: {fmt(self.skipped)}; left out by design: {fmt(self.notes)}"
 
-
-# The same one-pixel tolerance as amc.records.validate_box, so every box that passes here
-# also passes when the records are loaded.
-BOX_TOLERANCE = 1.0
+    def to_dict(self) -> dict[str, dict[str, int]]:
+        return {"skipped": dict(sorted(self.skipped.items())), "left_out": dict(sorted(self.notes.items()))}
 
 
-def box_problem(box: list[float], width: int, height: int) -> str | None:
-    """``None`` for a usable xyxy box, else the reason it is not ("degenerate box", ...)."""
-    x1, y1, x2, y2 = box
+def box_problem(box) -> str | None:
+    """``None`` for a usable xyxy box, else the reason it is not.
+
+    Usable: four finite numbers with x2 > x1 and y2 > y1. A box reaching outside the image is
+    usable: the released evaluation tests points against the boxes as annotated (see
+    :func:`outside_image` for the one reader that drops such boxes).
+    """
+    if not isinstance(box, list | tuple) or len(box) != 4:
+        return "malformed box"
     if not all(map(_finite, box)):
         return "non-numeric box"
+    x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
         return "degenerate box"
-    t = BOX_TOLERANCE
-    if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
-        return "box outside image"
     return None
 
 
+def outside_image(box: list[float], width: int, height: int, tolerance: float = 1.0) -> bool:
+    """Whether a box reaches more than ``tolerance`` pixels outside a ``width`` x ``height`` image."""
+    x1, y1, x2, y2 = box
+    return x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance
+
+
 def _finite(value) -> bool:
-    return isinstance(value, int | float) and value == value and abs(value) != float("inf")
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and value == value
+        and abs(value) != float("inf")
+    )

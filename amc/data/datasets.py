@@ -1,31 +1,85 @@
 """Torch datasets: phrase + box (fine-tuning), captions (pretraining), evaluation.
 
 Training samples are reproducible: item ``i`` of epoch ``e`` draws all its randomness (which
-box, flip, colour jitter) from a ``torch.Generator`` seeded from ``(seed, e, i)``, so resuming a
-run at an epoch boundary reproduces its data exactly, whatever the number of loader workers.
-Call ``set_epoch`` before creating each epoch's DataLoader iterator (with
+box, which caption, flip, colour jitter) from a ``torch.Generator`` seeded from ``(seed, e, i)``,
+so resuming a run at an epoch boundary reproduces its data exactly, whatever the number of
+loader workers. Call ``set_epoch`` before creating each epoch's DataLoader iterator (with
 ``persistent_workers=False``, workers get a fresh copy of the dataset every epoch).
+
+A multi-day run survives a bad image: when a training item's image is missing or cannot be
+decoded, the item is replaced by another one, drawn from a generator seeded from
+``(seed, e, i, attempt)`` (so a resumed run replaces it the same way), with a warning naming
+the file; the item reports ``replaced`` (how many tries failed) and the trainer logs the running
+total as ``images_replaced``. After :data:`MAX_CONSECUTIVE_REPLACEMENTS` failures in a row the
+item raises (the image folder is probably missing). Evaluation never replaces.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from amc.data.images import load_image
+from amc.data.images import ImageReadError, load_image
 from amc.data.transforms import EvalTransform, TrainTransform
 from amc.io import DataError, read_json
 from amc.records import Record
 
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_REPLACEMENTS = 10
+
+
+def _hashed_seed(*parts) -> int:
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """A generator seeded from (seed, epoch, index) by hashing, so nearby triples do not collide."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    return torch.Generator().manual_seed(_hashed_seed(seed, epoch, index))
+
+
+class _TrainingItems(Dataset):
+    """What the training datasets share: the epoch, and replacing an item whose image is bad."""
+
+    seed: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _load(self, index: int) -> Image.Image:
+        """The image of item ``index``; raises :class:`ImageReadError` when it is missing or unreadable."""
+        raise NotImplementedError
+
+    def _readable(self, index: int) -> tuple[int, Image.Image, int]:
+        """(item to use, its image, failed tries): ``index`` itself unless its image is bad.
+
+        The replacement keeps item ``index``'s generator for its box, caption and augmentation.
+        """
+        candidate, failures = index, 0
+        while True:
+            try:
+                return candidate, self._load(candidate), failures
+            except ImageReadError as error:
+                failures += 1
+                if failures >= MAX_CONSECUTIVE_REPLACEMENTS:
+                    raise DataError(
+                        f"{failures} images in a row could not be read for training item {index} "
+                        f"(the last: {error}); is the image folder there?"
+                    ) from None
+                draw = torch.Generator().manual_seed(
+                    _hashed_seed(self.seed, self.epoch, index, "replace", failures)
+                )
+                replacement = int(torch.randint(len(self), (), generator=draw))
+                log.warning("%s; training item %d replaced by item %d", error, candidate, replacement)
+                candidate = replacement
 
 
 def _load_record_image(record: Record):
@@ -38,32 +92,43 @@ def _load_record_image(record: Record):
     return image
 
 
-class PhraseBoxDataset(Dataset):
-    """Grounding records for fine-tuning: ``{"image", "mask", "text", "index"}`` per item.
+class PhraseBoxDataset(_TrainingItems):
+    """Grounding records for fine-tuning: ``{"image", "mask", "text", "index", "replaced"}`` per item.
 
-    One of the record's boxes is chosen at random for the mask (as the released code does).
+    As the released code: one of the record's boxes is drawn for the mask, then, when the record
+    has several ``captions``, one of them for the text.
     """
 
     def __init__(self, records: list[Record], transform: TrainTransform, seed: int):
         self.records, self.transform, self.seed = records, transform, seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.records)
 
+    def _load(self, index: int) -> Image.Image:
+        return _load_record_image(self.records[index])
+
     def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
+        used, image, replaced = self._readable(index)
+        record = self.records[used]
         generator = sample_generator(self.seed, self.epoch, index)
         box = record.boxes[int(torch.randint(len(record.boxes), (), generator=generator))]
-        sample = self.transform(_load_record_image(record), box, record.phrase, generator)
-        return {"image": sample.image, "mask": sample.mask, "text": sample.text, "index": index}
+        text = record.phrase
+        if len(record.captions) > 1:
+            text = record.captions[int(torch.randint(len(record.captions), (), generator=generator))]
+        sample = self.transform(image, box, text, generator)
+        return {
+            "image": sample.image,
+            "mask": sample.mask,
+            "text": sample.text,
+            "index": index,
+            "replaced": replaced,
+        }
 
 
-class CaptionDataset(Dataset):
-    """ALBEF-format captions for pretraining: ``{"image", "text", "index"}`` per item (no mask).
+class CaptionDataset(_TrainingItems):
+    """ALBEF-format captions for pretraining: ``{"image", "text", "index", "replaced"}`` per item (no mask).
 
     ``items`` come from :func:`load_captions`; image paths are relative to ``root`` (or absolute).
     A caption given as a list is one of them, chosen at random per sample (as ALBEF does).
@@ -73,21 +138,21 @@ class CaptionDataset(Dataset):
         self.items, self.root, self.transform, self.seed = items, Path(root), transform, seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.items)
 
+    def _load(self, index: int) -> Image.Image:
+        return load_image(self.root / self.items[index]["image"], f"caption item {index}")
+
     def __getitem__(self, index: int) -> dict:
-        item = self.items[index]
+        used, image, replaced = self._readable(index)
+        item = self.items[used]
         generator = sample_generator(self.seed, self.epoch, index)
         caption = item["caption"]
         if isinstance(caption, list):
             caption = caption[int(torch.randint(len(caption), (), generator=generator))]
-        image = load_image(self.root / item["image"], f"caption item {index}")
         sample = self.transform(image, None, caption, generator)
-        return {"image": sample.image, "text": sample.text, "index": index}
+        return {"image": sample.image, "text": sample.text, "index": index, "replaced": replaced}
 
 
 class EvalDataset(Dataset):

@@ -5,8 +5,14 @@ Layout under ``root``: ``Sentences/<id>.txt``, ``Annotations/<id>.xml``, ``train
 
 The evaluation protocol (``docs/data.md``): every phrase occurrence in every sentence is one
 record; its boxes are ALL boxes of the phrase's entity id; XML coordinates are 1-based and are
-shifted by -1; entities without a box (scene, not-visual) are left out; one XML object may carry
-several entity names. Parsing follows the dataset's own ``flickr30k_entities_utils.py``.
+shifted by -1; entities without a box (scene, not-visual) are left out, as the released
+evaluation leaves them out; one XML object may carry several entity names. Parsing follows the
+dataset's own ``flickr30k_entities_utils.py``.
+
+A box is dropped (and counted) only when it cannot be tested at all: a coordinate that is not a
+finite number, or x2 <= x1 / y2 <= y1. The entity keeps its other boxes; a box reaching outside
+the image is kept as annotated. A phrase whose entity lost ALL its boxes this way is counted as
+bad, apart from the entities that never had a box.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from amc.data import Problems, box_problem
+from amc.data.images import ImageChecker
 from amc.io import DataError
 from amc.records import Record
 
@@ -45,7 +52,7 @@ class Annotation:
     height: int
     # One entry per XML object that has a box: (entity names, [x1, y1, x2, y2] 0-based).
     objects: list[tuple[list[str], list[float]]] = field(default_factory=list)
-    bad_entities: set[str] = field(default_factory=set)  # entities with a box we had to drop
+    bad_entities: set[str] = field(default_factory=set)  # entities that lost a box we had to drop
 
     def boxes(self, entity_id: str) -> list[list[float]]:
         return [box for names, box in self.objects if entity_id in names]
@@ -108,22 +115,26 @@ def parse_annotation(path: Path, problems: Problems) -> Annotation:
         bndbox = obj.find("bndbox")
         if bndbox is None:  # <nobndbox>/<scene> objects: entities without a box
             continue
-        try:
-            # 1-based pixel coordinates in the XML; shifted by -1 as the dataset's own loader does.
-            box = [float(int(bndbox.findtext(tag).strip())) - 1 for tag in ("xmin", "ymin", "xmax", "ymax")]
-        except (AttributeError, ValueError):
-            raise DataError(
-                f"{path}: object {number} ({', '.join(names)}): <bndbox> needs integer xmin, ymin, xmax, ymax"
-            ) from None
-        if reason := box_problem(box, width, height):
+        texts = [bndbox.findtext(tag) for tag in ("xmin", "ymin", "xmax", "ymax")]
+        # 1-based pixel coordinates in the XML; shifted by -1 as the dataset's own loader does.
+        box = [None if value is None else value - 1 for value in map(_number, texts)]
+        if reason := box_problem(box):
             problems.bad(
                 reason,
-                f"{path}: object {number} (entity {', '.join(names)}): box {box} (0-based) in a {width}x{height} image: {reason}",
+                f"{path}: object {number} (entity {', '.join(names)}): <bndbox> {texts} -> {box} (0-based) in a "
+                f"{width}x{height} image: {reason}; dropped, the entity keeps its other boxes",
             )
             annotation.bad_entities.update(names)
             continue
         annotation.objects.append((names, box))
     return annotation
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text.strip())
+    except (AttributeError, ValueError):
+        return None
 
 
 def read_split_ids(root: Path, split: str) -> list[str]:
@@ -151,19 +162,20 @@ def read_flickr30k(
     if split is not None and split not in SPLITS:
         raise DataError(f"flickr30k: unknown split {split!r} (choose from {', '.join(SPLITS)})")
     records: list[Record] = []
+    checker = ImageChecker() if check_images else None
     for current in [split] if split else list(SPLITS):
         ids = read_split_ids(root, current)
         for image_id in tqdm(ids, desc=f"flickr30k {current}", unit="img", disable=None):
-            records += _image_records(root, images, image_id, current, check_images, problems)
+            records += _image_records(root, images, image_id, current, checker, problems)
     return records
 
 
 def _image_records(
-    root: Path, images: Path, image_id: str, split: str, check_images: bool, problems: Problems
+    root: Path, images: Path, image_id: str, split: str, checker: ImageChecker | None, problems: Problems
 ) -> list[Record]:
     image_path = images / f"{image_id}.jpg"
-    if check_images and not image_path.is_file():
-        problems.bad("image missing", f"flickr30k image {image_id}: file not found: {image_path}")
+    if checker is not None and (error := checker.problem(image_path)):
+        problems.bad(error.reason, f"flickr30k image {image_id}: {error}")
         return []
     annotation = parse_annotation(root / "Annotations" / f"{image_id}.xml", problems)
     sentence_path = root / "Sentences" / f"{image_id}.txt"
@@ -184,13 +196,14 @@ def _image_records(
                 problems.bad(
                     "empty phrase", f"{where}: phrase {phrase_index} ([/EN#{entity}/...]) has no words"
                 )
-            elif entity in annotation.bad_entities:
-                problems.bad(
-                    "phrase of an entity with a bad box",
-                    f"{where}: phrase {phrase.text!r}: entity {entity} has a bad box",
-                )
             elif not (boxes := annotation.boxes(entity)):
-                problems.note("phrase whose entity has no box (scene, notvisual)")
+                if entity in annotation.bad_entities:
+                    problems.bad(
+                        "phrase of an entity whose boxes are all bad",
+                        f"{where}: phrase {phrase.text!r}: every box of entity {entity} was dropped",
+                    )
+                else:
+                    problems.note("phrase whose entity has no box (scene, notvisual)")
             else:
                 records.append(
                     Record(

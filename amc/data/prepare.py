@@ -1,13 +1,16 @@
 """``amc prepare``: read a raw dataset into grounding records (JSON Lines).
 
     amc prepare {vg,flickr30k,refcoco+} --root RAW [--images DIR] [--split S] --out FILE.jsonl
-                [--exclude-records A.jsonl ...] [--on-error skip|stop] [--kinds ...]
+                [--exclude-records A.jsonl ...] [--on-error skip|stop]
+                [--format raw|released] [--kinds ...] [--files ...] [--image-data FILE]   (vg)
 
 Structural problems (a missing or malformed file) stop the run. A bad individual annotation
-(an empty phrase, a degenerate or out-of-image box, and, when ``--images`` is given, a missing
-image file) is skipped and counted (``--on-error skip``, the default) or stops the run
-(``--on-error stop``). The summary of what was skipped, by reason, is logged at the end.
-Image paths in the output are relative to the output file's folder.
+(an empty phrase, an empty or non-numeric box, and, when ``--images`` is given, a missing image
+file or one whose header cannot be read) is skipped and counted (``--on-error skip``, the
+default) or stops the run (``--on-error stop``). The counts by reason are logged at the end and
+written beside the records (``FILE.prepare.json``, :func:`amc.records.write_prepare_report`),
+where ``amc evaluate`` reads them. Image paths in the output are relative to the output file's
+folder.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from pathlib import Path
 
 from amc.data import ON_ERROR, Problems
 from amc.io import DataError
-from amc.records import Record, load_records, save_records
+from amc.records import Record, load_records, save_records, write_prepare_report
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("vg", "flickr30k", "refcoco+")
+VG_FORMATS = ("raw", "released")  # raw Visual Genome annotations | the released AMC phrase files
 # Which native id of a VG image (image_data.json) matches the image_id of records of a dataset.
 EXCLUDE_KEYS = {"refcoco+": "coco_id", "refcoco": "coco_id", "refcocog": "coco_id", "flickr30k": "flickr_id"}
 
@@ -52,18 +56,42 @@ def read_dataset(
     exclude_records: list[str | os.PathLike] = (),
     problems: Problems | None = None,
     kinds: list[str] | None = None,
+    vg_format: str = "raw",
+    files: list[str] | None = None,
+    image_data: str | os.PathLike | None = None,
 ) -> list[Record]:
     """The records of a raw dataset; image files are checked only when ``images`` is given."""
     problems = problems or Problems()
     check = images is not None
-    if dataset != "vg" and (exclude_records or kinds):
-        raise DataError(f"--exclude-records and --kinds apply to vg only, not {dataset}")
+    if dataset != "vg" and (exclude_records or kinds or files or image_data):
+        raise DataError(
+            f"--exclude-records, --kinds, --files and --image-data apply to vg only, not {dataset}"
+        )
     if dataset == "vg":
-        from amc.data.vg import KINDS, read_vg
-
+        if vg_format not in VG_FORMATS:
+            raise DataError(f"vg: unknown format {vg_format!r} (choose from {', '.join(VG_FORMATS)})")
         if split not in (None, "train"):
             raise DataError(f"vg: has only a train split, not {split!r}")
         ids = eval_image_ids(list(exclude_records))
+        if vg_format == "released":
+            from amc.data.vg_released import read_vg_released
+
+            if kinds:
+                raise DataError(
+                    "vg: --kinds applies to --format raw; the released files are chosen with --files"
+                )
+            if images is None:
+                raise DataError(
+                    "vg --format released needs --images (the VG image root): the boxes are clipped "
+                    "to each image's size, read from the file"
+                )
+            return read_vg_released(
+                root, images, files, ids["coco_id"], ids["flickr_id"], image_data, problems
+            )
+        from amc.data.vg import KINDS, read_vg
+
+        if files or image_data:
+            raise DataError("vg: --files and --image-data apply to --format released")
         return read_vg(root, images, check, kinds or KINDS, ids["coco_id"], ids["flickr_id"], problems)
     if dataset == "flickr30k":
         from amc.data.flickr30k import read_flickr30k
@@ -85,13 +113,18 @@ def prepare(
     exclude_records: list[str | os.PathLike] = (),
     on_error: str = "skip",
     kinds: list[str] | None = None,
+    vg_format: str = "raw",
+    files: list[str] | None = None,
+    image_data: str | os.PathLike | None = None,
 ) -> tuple[list[Record], Problems]:
-    """Read, make image paths relative to ``out``'s folder, write ``out``; returns what was written."""
+    """Read, make image paths relative to ``out``'s folder, write ``out`` and its prepare report."""
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise DataError(f"{root}: raw dataset folder not found")
     problems = Problems(on_error)
-    records = read_dataset(dataset, root, images, split, exclude_records, problems, kinds)
+    records = read_dataset(
+        dataset, root, images, split, exclude_records, problems, kinds, vg_format, files, image_data
+    )
     if not records:
         raise DataError(
             f"{dataset} in {root} (split {split or 'all'}): no records left to write ({problems.summary()})"
@@ -104,6 +137,9 @@ def prepare(
         seen.add(record.id)
         record.image = os.path.relpath(Path(record.image).resolve(), out_dir)
     save_records(out, records)
+    write_prepare_report(
+        out, {"dataset": dataset, "split": split, "records": len(records), **problems.to_dict()}
+    )
     log.info("prepare %s: wrote %d records to %s; %s", dataset, len(records), out, problems.summary())
     return records, problems
 
@@ -114,7 +150,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images",
         help="folder of the images (default: vg ROOT, flickr30k ROOT/flickr30k-images, refcoco+ ROOT/../coco/train2014); "
-        "when given, records whose image file is missing are skipped and counted",
+        "when given, records whose image file is missing or unreadable (header check) are skipped and counted; "
+        "vg --format released: the VG image root (required)",
     )
     parser.add_argument(
         "--split", help="flickr30k: train|val|test, refcoco+: train|val|testA|testB (default: all)"
@@ -127,12 +164,32 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="RECORDS",
         help="vg only: leave out VG images whose coco_id/flickr_id is an image of these evaluation records",
     )
-    parser.add_argument("--kinds", nargs="+", help="vg only: region attribute relation (default: all)")
+    parser.add_argument(
+        "--format",
+        choices=VG_FORMATS,
+        default="raw",
+        help="vg only: raw = Visual Genome's own annotations in ROOT (image_data.json, region_descriptions.json, "
+        "attributes.json, relationships.json); released = the AMC authors' phrase files in ROOT "
+        "(vg_descriptions.json, vg_attributes_spatial.json, vg_attributes.json), which the paper config trains on "
+        "(default: raw)",
+    )
+    parser.add_argument(
+        "--kinds", nargs="+", help="vg --format raw: region attribute relation (default: all)"
+    )
+    parser.add_argument(
+        "--files",
+        nargs="+",
+        help="vg --format released: the phrase files to read (relative to ROOT or absolute; default: the three released ones)",
+    )
+    parser.add_argument(
+        "--image-data",
+        help="vg --format released: VG's image_data.json, needed by --exclude-records (it maps VG image ids to COCO/Flickr ids)",
+    )
     parser.add_argument(
         "--on-error",
         choices=ON_ERROR,
         default="skip",
-        help="a bad annotation (empty phrase, bad box, missing image): skip and count it (default) or stop",
+        help="a bad annotation (empty phrase, bad box, missing or unreadable image): skip and count it (default) or stop",
     )
 
 
@@ -146,5 +203,8 @@ def run(args: argparse.Namespace) -> int:
         args.exclude_records,
         args.on_error,
         args.kinds,
+        args.format,
+        args.files,
+        args.image_data,
     )
     return 0

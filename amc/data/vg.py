@@ -11,7 +11,8 @@ Three kinds of phrase, as the released AMC code trains on:
 * ``relation``:  ``"<subject> <predicate> <object>"``, the SUBJECT's box.
 
 Ids are ``vg/<image_id>/<kind>/<n>``, ``n`` counting that image's entries of that kind in file
-order. VG shares images with COCO and Flickr30k; ``exclude_coco_ids`` / ``exclude_flickr_ids``
+order. A box reaching more than a pixel outside its image is skipped as bad (the released
+training data, :mod:`amc.data.vg_released`, is clipped instead). VG shares images with COCO and Flickr30k; ``exclude_coco_ids`` / ``exclude_flickr_ids``
 leave out images whose ``coco_id`` / ``flickr_id`` is among them (the released code does not).
 """
 
@@ -24,7 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from amc.data import Problems, box_problem
+from amc.data import Problems, box_problem, outside_image
+from amc.data.images import ImageChecker
 from amc.io import DataError, read_json
 from amc.records import Record
 
@@ -95,6 +97,10 @@ def read_vg(
     exclude_coco, exclude_flickr = {str(i) for i in exclude_coco_ids}, {str(i) for i in exclude_flickr_ids}
 
     image_data_path = root / "image_data.json"
+    if not image_data_path.is_file() and (root / "vg_descriptions.json").is_file():
+        raise DataError(
+            f"{image_data_path}: not found; {root} holds the released phrase files: use --format released"
+        )
     image_info: dict = {}
     try:
         for entry in _list_file(image_data_path):
@@ -103,7 +109,8 @@ def read_vg(
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"{image_data_path}: entries need image_id, width and height ({error})") from None
 
-    # Which images to use: not excluded, and (when checking) with an image file.
+    # Which images to use: not excluded, and (when checking) with a readable image file.
+    checker = ImageChecker()
     usable: dict = {}
     for image_id, entry in image_info.items():
         coco_id, flickr_id = entry.get("coco_id"), entry.get("flickr_id")
@@ -113,8 +120,8 @@ def read_vg(
             problems.note("image shared with an evaluation set (excluded)")
             continue
         path = _image_path(images, entry)
-        if check_images and not path.is_file():
-            problems.bad("image missing", f"{image_data_path}: image {image_id}: file not found: {path}")
+        if check_images and (error := checker.problem(path)):
+            problems.bad(error.reason, f"{image_data_path}: image {image_id}: {error}")
             continue
         usable[image_id] = (entry, path)
 
@@ -146,7 +153,10 @@ def read_vg(
                 if not phrase.strip():
                     problems.bad("empty phrase", f"{path}: {record_id}: empty phrase")
                     continue
-                if reason := box_problem(box, entry["width"], entry["height"]):
+                reason = box_problem(box)
+                if reason is None and outside_image(box, entry["width"], entry["height"]):
+                    reason = "box outside image"
+                if reason:
                     problems.bad(
                         reason,
                         f"{path}: {record_id} ({phrase!r}): box {box} in a {entry['width']}x{entry['height']} image: {reason}",

@@ -4,6 +4,10 @@
 #   synthetic: synth -> prepare_vg, prepare_eval (one per benchmark split)
 #   real:      download_<artifact> (one local rule per manifest artifact) -> prepare_*
 # A synthetic run may name a manifest too (the demo's stand-in for the released checkpoints).
+#
+# prepare_vg reads data.layout.vg.format: `released` (the default, as the released code trains:
+# the authors' VG phrase files) or `raw` (the phrases rebuilt from Visual Genome's annotations).
+# Every prepare also writes <records>.prepare.json, its skip counts by reason.
 
 
 if SYNTHETIC:
@@ -58,32 +62,47 @@ for _name, _entry in MANIFEST.items():
             " --no-progress {params.update_lock} > {log:q} 2>&1"
 
 
-def _exclude_records_arg(wildcards, input) -> str:
-    if not config["data"]["exclude_eval_images"]:
+from amc.records import prepare_report_path
+
+VG_LAYOUT = config["data"]["layout"]["vg"]
+VG_RELEASED = VG_LAYOUT["format"] == "released"
+EXCLUDE_EVAL = config["data"]["exclude_eval_images"]
+# The released phrase files carry no COCO/Flickr id: excluding evaluation images maps VG ids through image_data.json.
+VG_IMAGE_DATA = layout_path("vg", "image_data") if EXCLUDE_EVAL and VG_RELEASED else None
+
+
+def _exclude_args(wildcards, input) -> str:
+    if not EXCLUDE_EVAL:
         return ""
-    return "--exclude-records " + " ".join(q(p) for p in input.exclude)
+    args = "--exclude-records " + " ".join(q(p) for p in input.exclude)
+    if VG_IMAGE_DATA:
+        args += f" --image-data {q(VG_IMAGE_DATA)}"
+    return args
 
 
 rule prepare_vg:
-    """VG phrases with boxes (region descriptions, attributes, relations): the fine-tuning records."""
+    """The fine-tuning records: VG phrases with boxes (the released phrase files, or rebuilt from raw VG)."""
     input:
         raw=dataset_inputs("vg"),
-        exclude=all_eval_records() if config["data"]["exclude_eval_images"] else [],
+        exclude=all_eval_records() if EXCLUDE_EVAL else [],
+        image_data=[raw_input(VG_IMAGE_DATA)] if VG_IMAGE_DATA else [],
     output:
-        VG_TRAIN,
+        records=VG_TRAIN,
+        report=str(prepare_report_path(VG_TRAIN)),
     log:
         f"{LOGS}/prepare/vg-train.log",
     params:
+        format=VG_LAYOUT["format"],
         root=layout_path("vg", "root"),
         images=layout_path("vg", "images"),
-        exclude=_exclude_records_arg,
+        exclude=_exclude_args,
     threads: 1
     resources:
         mem_mb=16000 if not SYNTHETIC else 1000,
         runtime=120,
     shell:
-        "amc prepare vg --root {params.root:q} --images {params.images:q} --out {output:q}"
-        " {params.exclude} > {log:q} 2>&1"
+        "amc prepare vg --format {params.format} --root {params.root:q} --images {params.images:q}"
+        " --out {output.records:q} {params.exclude} > {log:q} 2>&1"
 
 
 rule prepare_eval:
@@ -91,7 +110,9 @@ rule prepare_eval:
     input:
         lambda wc: dataset_inputs(wc.benchmark),
     output:
-        f"{RECORDS}/{{benchmark}}-{{split}}.jsonl",
+        records=f"{RECORDS}/{{benchmark}}-{{split}}.jsonl",
+        # what prepare skipped, by reason; amc evaluate copies it into its result
+        report=str(prepare_report_path(f"{RECORDS}/{{benchmark}}-{{split}}.jsonl")),
     log:
         f"{LOGS}/prepare/{{benchmark}}-{{split}}.log",
     params:
@@ -103,4 +124,4 @@ rule prepare_eval:
         runtime=60,
     shell:
         "amc prepare {wildcards.benchmark:q} --root {params.root:q} --images {params.images:q}"
-        " --split {wildcards.split:q} --out {output:q} > {log:q} 2>&1"
+        " --split {wildcards.split:q} --out {output.records:q} > {log:q} 2>&1"

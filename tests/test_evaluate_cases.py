@@ -1,0 +1,98 @@
+"""Evaluation keeps every case the released protocol counts: boxes outside the image stay as
+annotated, a bad box does not drop its entity's other boxes, and what prepare skipped is in the
+result, by reason, apart from what evaluate skipped itself."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from amc.cli import main as amc_main
+from amc.evaluate import _score
+from amc.io import DataError
+from amc.records import Record, load_records, prepare_report_path
+from tests.engine_fixtures import ci_data  # noqa: F401
+from tests.test_evaluate import _evaluate, random_checkpoint  # noqa: F401
+from tests.test_readers import box_object, write_flickr
+
+
+def test_a_box_reaching_outside_the_image_is_kept_and_scored_as_annotated(tmp_path):
+    row = {"id": "refcoco+/1/1", "dataset": "refcoco+", "split": "testA", "image": "a.jpg", "width": 40,
+           "height": 30, "phrase": "the corner", "boxes": [[-4, -4, 3, 3]]}  # fmt: skip
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (record,) = load_records(path)
+    assert record.boxes == [[-4.0, -4.0, 3.0, 3.0]]  # not rejected, not clipped
+    # A map whose maximum lies on the image's top row: that point is strictly inside the box as
+    # annotated, and would not be inside the box clipped to the image ([0, 0, 3, 3]: 0 < 0 is false).
+    heatmap = -torch.arange(6.0)[:, None] - torch.arange(6.0)[None, :]
+    case = _score(record, heatmap, None)
+    assert case.point[1] == 0 and case.point[0] < 3 and case.hit
+    clipped = Record(**{**vars(record), "boxes": [[0.0, 0.0, 3.0, 3.0]]})
+    assert not _score(clipped, heatmap, None).hit
+
+
+def test_prepare_skip_counts_reach_the_result(tmp_path, ci_data, random_checkpoint):  # noqa: F811
+    root = tmp_path / "flickr30k"
+    write_flickr(
+        root,
+        "300",
+        ["[/EN#1/people A man] with [/EN#2/people a boy] near [/EN#3/scene the sea] ."],
+        [
+            box_object(["1"], 11, 21, 50, 80),
+            box_object(["2"], 60, 10, 40, 50),  # x2 <= x1: dropped, entity 2 keeps its other box
+            box_object(["2"], 70, 10, 230, 50),  # reaches outside the 200 px image: kept
+            "  <object><name>3</name><nobndbox>0</nobndbox><scene>1</scene></object>",
+        ],
+    )
+    (root / "flickr30k-images").mkdir()
+    Image.new("RGB", (200, 100), (40, 80, 120)).save(root / "flickr30k-images" / "300.jpg")
+    records = tmp_path / "records" / "flickr30k-test.jsonl"
+    argv = ["prepare", "flickr30k", "--root", root, "--images", root / "flickr30k-images", "--split", "test"]
+    assert amc_main([*map(str, argv), "--out", str(records)]) == 0
+    assert [r.boxes for r in load_records(records)] == [
+        [[10.0, 20.0, 49.0, 79.0]],
+        [[69.0, 9.0, 229.0, 49.0]],
+    ]
+
+    out = tmp_path / "result.json"
+    assert _evaluate(records, random_checkpoint, ci_data.vocab, out) == 0
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["n_cases"] == 2 and summary["skipped"] == {}
+    assert summary["skipped_in_prepare"]["skipped"] == {"degenerate box": 1}
+    assert summary["skipped_in_prepare"]["left_out"] == {
+        "phrase whose entity has no box (scene, notvisual)": 1
+    }
+
+    # Records that are not what prepare wrote: the counts are unknown, not wrong.
+    edited = tmp_path / "edited" / "flickr30k-test.jsonl"
+    edited.parent.mkdir()
+    edited.write_text(records.read_text().splitlines()[0].replace('"image":"', '"image":"../records/') + "\n")
+    shutil.copy(prepare_report_path(records), prepare_report_path(edited))
+    assert _evaluate(edited, random_checkpoint, ci_data.vocab, out) == 0
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["n_cases"] == 1 and summary["skipped_in_prepare"] is None
+
+
+@pytest.mark.parametrize(
+    ("box", "problem"),
+    [
+        ([1, 1, 1, 5], "is empty"),
+        ([1, 6, 5, 5], "is empty"),
+        ([1, "2", 5, 5], "other than numbers"),
+        ([1, True, 5, 5], "other than numbers"),
+        ([1, 1, float("inf"), 5], "non-finite"),
+        ([1, 1, 5], r"is not \[x1, y1, x2, y2\]"),
+    ],
+)
+def test_a_record_box_must_be_four_finite_numbers_with_an_area(tmp_path, box, problem):
+    row = {"id": "r/1", "dataset": "flickr30k", "split": "test", "image": "a.jpg", "width": 40,
+           "height": 30, "phrase": "a cat", "boxes": [[0, 0, 10, 10], box]}  # fmt: skip
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"r\.jsonl: record 1: box .* {problem}"):
+        load_records(path)
