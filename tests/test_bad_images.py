@@ -88,7 +88,7 @@ def test_too_many_bad_images_in_a_row_is_a_clear_error(files, tmp_path):
 
 def test_evaluation_never_replaces(files):
     with pytest.raises(ImageReadError, match=rf"record bad: cannot read image {files['garbage']}"):
-        EvalDataset([record(files["garbage"], "bad")], EvalTransform(16))[0]
+        EvalDataset([record(files["garbage"], "bad")], EvalTransform(16, "pil-bicubic"))[0]
     records = [record(files["empty"], "bad"), record(files["good"], "good")]
     with pytest.raises(
         DataError, match=rf"record bad: cannot read image {files['empty']}.*--skip-missing-images"
