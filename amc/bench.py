@@ -437,10 +437,12 @@ def build_step(model, objectives_name: str):
 def forward_backward(step, batch, spec: PathSpec, device: torch.device, seed: int) -> tuple[Tensor, dict]:
     """One training forward (momentum update, objectives, queue) and its backward."""
     generator = torch.Generator().manual_seed(seed)  # hard negatives and MLM masking
+    step.begin_step()
     with autocast_for(spec, device):
-        loss, logs = step(batch, ALPHA, generator)
-    loss.backward()
-    return loss, logs
+        out = step(batch, ALPHA, generator)
+    step.end_step([out])
+    out.loss.backward()
+    return out.loss, out.logs
 
 
 def train_step(

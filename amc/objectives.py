@@ -115,6 +115,11 @@ class StepContext:
                 text_feat=self.model.text_feat(text_embeds_m, momentum=True),
             )
 
+    @property
+    def momentum_used(self) -> bool:
+        """Whether an objective ran the momentum encoders (the trainer then enqueues their features)."""
+        return "momentum" in self.__dict__  # where cached_property keeps a computed value
+
     def clamp_temperature(self) -> None:
         """As released: the learnable temperature is clamped to [0.001, 0.5] before it is used."""
         with torch.no_grad():

@@ -5,18 +5,21 @@ overrides), the data, the model and its objectives, the optimiser and
 schedule, then the loop. Pretraining is the same loop from random weights on
 captions with the ALBEF objectives only.
 
-Faithful to the released code (AMC-grounding ``Pretrain.py``): AdamW with weight
-decay off for biases and 1-D parameters, cosine schedule with warm-up, alpha
-ramped linearly over the first epoch, momentum update at every forward, queues
-filled with momentum features gathered across processes. Differences, each for a
-reason: the schedule is stepped per optimiser step instead of per epoch (the same
-curve, smoother), gradient accumulation is available, and one process without
-``torch.distributed`` works.
+Faithful to the released code (AMC-grounding ``Pretrain.py``) by default: AdamW with
+weight decay off for 1-D parameters and biases, the released learning-rate schedule (a
+warm-up staircase over epoch 0, then a cosine stepped once per epoch; ``optim.schedule``),
+fp32 with TF32 matmuls on CUDA (``precision``), alpha ramped linearly over the optimiser
+steps of the first epoch. One optimiser step of ``optim.grad_accum`` micro-batches on each
+of N processes does what the release does on ``grad_accum * N`` GPUs: one momentum update
+at its start, every micro-batch against the same queues, the step's momentum features
+(gathered in virtual-rank order) enqueued once at its end; hard negatives and L_mean stay
+within each micro-batch. One process without ``torch.distributed`` works.
 
-Resuming is exact: the data order is a function of (seed, epoch), each sample's
-augmentation of (seed, epoch, index), and the random state of every micro-step
-(dropout, hard negatives, MLM masking) of (seed, micro-step, rank), so a run
-killed and resumed from its last checkpoint ends with the same weights.
+Resuming is exact: the learning rate and alpha are functions of the optimiser step, the
+data order a function of (seed, epoch), each sample's augmentation of (seed, epoch, index),
+and the random state of every micro-batch (dropout, hard negatives, MLM masking) of (seed,
+optimiser step, virtual rank), so a run killed and resumed from its last checkpoint ends
+with the same weights.
 """
 
 from __future__ import annotations
@@ -80,7 +83,12 @@ DEFAULTS: dict[str, Any] = {
         "lr": 1.0e-5,
         "min_lr": 1.0e-6,
         "weight_decay": 0.02,
-        "warmup_steps": 100,
+        # Steps are optimiser steps of the global batch (batch_size * grad_accum * processes).
+        "schedule": "released",  # released (staircase warm-up, cosine per epoch) | cosine (per step)
+        "warmup_lr": 1.0e-6,  # released: the first stair
+        "warmup_stairs": 20,  # released: stairs in epoch 0 (`warmup_epochs: 20`)
+        "stair_steps": 100,  # released: optimiser steps per stair
+        "warmup_steps": 100,  # cosine: linear warm-up steps
         "epochs": 30,
         "max_steps": None,
         "batch_size": 64,
@@ -91,7 +99,7 @@ DEFAULTS: dict[str, Any] = {
     "num_workers": 2,
     "log_every": 10,
     "save_every_steps": None,
-    "precision": "auto",
+    "precision": "tf32",  # tf32 (released: fp32, TF32 matmuls on CUDA) | fp32 | bf16
     # Best epoch per benchmark on its validation split, as the released models were chosen
     # (amc.selection); empty = off.
     "selection": {"splits": []},
@@ -99,6 +107,9 @@ DEFAULTS: dict[str, Any] = {
 
 # Sections whose keys are free-form (any registered objective, any hyperparameter).
 FREE_FORM = ("method.objectives",)
+
+SCHEDULES = ("released", "cosine")  # optim.schedule, see lr_at
+PRECISIONS = ("tf32", "fp32", "bf16")  # precision, see numerics
 
 
 # --------------------------------------------------------------------------- configuration
@@ -172,6 +183,14 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict:
         raise AmcError(
             f"run configuration: data.kind must be 'records' or 'captions', not {config['data']['kind']!r}"
         )
+    if config["optim"]["schedule"] not in SCHEDULES:
+        raise AmcError(
+            f"run configuration: optim.schedule must be one of {SCHEDULES}, not {config['optim']['schedule']!r}"
+        )
+    if config["precision"] not in PRECISIONS:
+        raise AmcError(
+            f"run configuration: precision must be one of {PRECISIONS}, not {config['precision']!r}"
+        )
     return config
 
 
@@ -206,25 +225,37 @@ def setup_processes() -> Processes:
     return Processes(0, 1, device)
 
 
-def step_seed(seed: int, micro_step: int, rank: int) -> int:
-    return (seed * 1_000_003 + micro_step * 1_009 + rank * 7_919) % (2**63 - 1)
+def step_seed(seed: int, step: int, virtual_rank: int) -> int:
+    """The random state of one micro-batch: optimiser step ``step`` (0-based), virtual rank
+    ``rank * grad_accum + micro`` (so k micro-batches on one process draw what k processes would)."""
+    return (seed * 1_000_003 + step * 1_009 + virtual_rank * 7_919) % (2**63 - 1)
 
 
 # --------------------------------------------------------------------------- data
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """A permutation that depends only on (seed, epoch), sharded across ranks, resumable mid-epoch."""
+    """A permutation that depends only on (seed, epoch), cut into global batches, resumable mid-epoch.
 
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    Optimiser step t of an epoch takes the global batch ``order[t*G : (t+1)*G]``, G = batch_size
+    * world_size * grad_accum, cut into micro-batches of batch_size in virtual-rank order (virtual
+    rank = rank * grad_accum + micro): process ``rank`` reads micro-batches rank*k .. rank*k+k-1
+    of every global batch. So k micro-batches on one process see what k processes would. The
+    last partial global batch of an epoch is dropped.
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, grad_accum: int = 1
+    ):
         self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.batches_per_epoch = size // (batch_size * world_size)  # drop the last partial batch
-        if self.batches_per_epoch == 0:
+        self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum
+        self.steps_per_epoch = size // (batch_size * world_size * grad_accum)
+        if self.steps_per_epoch == 0:
             raise AmcError(
-                f"{size} training samples are fewer than one global batch "
-                f"({batch_size} x {world_size} processes); lower optim.batch_size"
+                f"{size} training samples are fewer than one global batch ({batch_size} x "
+                f"{world_size} processes x grad_accum {grad_accum}); lower optim.batch_size"
             )
+        self.batches_per_epoch = self.steps_per_epoch * grad_accum  # this process's micro-batches
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -233,8 +264,11 @@ class EpochSampler(torch.utils.data.Sampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator)
-        per_rank = self.batches_per_epoch * self.batch_size
-        mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        per_step = self.grad_accum * self.batch_size  # one process's share of a global batch
+        steps = order[: self.steps_per_epoch * self.world_size * per_step].view(
+            self.steps_per_epoch, self.world_size, per_step
+        )
+        mine = steps[:, self.rank].reshape(-1)
         return iter(mine[self.start_batch * self.batch_size :].tolist())
 
     def __len__(self) -> int:
@@ -273,26 +307,69 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-# --------------------------------------------------------------------------- optimiser
+# --------------------------------------------------------------------------- optimiser and schedule
 
 
-def build_optimizer(model: nn.Module, optim: dict, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and 1-D parameters (LayerNorm, temperature), as released."""
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The released ``add_weight_decay``: no decay for 1-D parameters (LayerNorm weights, biases)
+    and names ending in ``.bias``; everything else is decayed, the 0-dim ``temp`` and the ViT's
+    ``pos_embed`` and ``cls_token`` included (the release builds the optimiser on the ALBEF
+    wrapper, which has no ``no_weight_decay()``). Groups in the released order: no decay, decay."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": optim["weight_decay"]},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=optim["lr"], fused=fused)
+            continue  # the momentum copies
+        (no_decay if param.ndim == 1 or name.endswith(".bias") else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def lr_at(step: int, total_steps: int, optim: dict) -> float:
-    """Linear warm-up to lr, then cosine to min_lr at the last step."""
+def build_optimizer(model: nn.Module, optim: dict, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with torch's default betas (0.9, 0.999) and eps 1e-8, no gradient clipping, as released
+    (fused on CUDA: the same update, another kernel)."""
+    groups = weight_decay_groups(model, optim["weight_decay"])
+    return torch.optim.AdamW(groups, lr=optim["lr"], fused=device.type == "cuda")
+
+
+def lr_at(step: int, steps_per_epoch: int, total_steps: int, optim: dict) -> float:
+    """The learning rate of optimiser step ``step`` (0-based; one step = one global batch).
+
+    A pure function of the step, so a resumed run continues on the same curve.
+    ``optim.schedule: released`` is :func:`released_lr`; ``cosine`` is :func:`per_step_cosine_lr`.
+    """
+    if optim["schedule"] == "cosine":
+        return per_step_cosine_lr(step, total_steps, optim)
+    return released_lr(step, steps_per_epoch, optim)
+
+
+def released_lr(step: int, steps_per_epoch: int, optim: dict) -> float:
+    """The released schedule: timm's CosineLRScheduler as ``Pretrain.py`` drives it.
+
+    Epoch 0 is a warm-up staircase. The scheduler starts at ``warmup_lr`` and is stepped to stair
+    ``i // stair_steps`` right AFTER optimiser step i whenever i is a multiple of ``stair_steps``
+    and i <= warmup_stairs * stair_steps; so step s (0-based) uses stair
+    k = min(max(s - 1, 0) // stair_steps, warmup_stairs): stair 0 for s <= 100, stair 1 for
+    s = 101..200, ..., stair 20 from s = 2001 (released values). Stair k < warmup_stairs has
+    lr = warmup_lr + k * (lr - warmup_lr) / warmup_stairs; stair warmup_stairs is lr, kept to the
+    end of epoch 0 (an epoch with fewer steps ends mid-staircase).
+    Epoch e >= 1: the cosine over the epochs, stepped once at the start of the epoch,
+    min_lr + (lr - min_lr) * (1 + cos(pi * e / epochs)) / 2; the warm-up is a prefix, not part
+    of the cosine.
+    """
+    epoch, in_epoch = divmod(step, steps_per_epoch)
+    lr, min_lr, stairs = optim["lr"], optim["min_lr"], optim["warmup_stairs"]
+    if epoch == 0:
+        stair = min(max(in_epoch - 1, 0) // optim["stair_steps"], stairs)
+        if stair < stairs:
+            return optim["warmup_lr"] + stair * (lr - optim["warmup_lr"]) / stairs
+        return lr
+    if epoch >= optim["epochs"]:  # past the single cycle (the released cycle_limit 1)
+        return min_lr
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * epoch / optim["epochs"]))
+
+
+def per_step_cosine_lr(step: int, total_steps: int, optim: dict) -> float:
+    """``optim.schedule: cosine``: linear warm-up over ``warmup_steps`` steps to lr, then a cosine to
+    min_lr at the last step, every optimiser step (for runs shorter than an epoch: the demo)."""
     lr, min_lr, warmup = optim["lr"], optim["min_lr"], optim["warmup_steps"]
     if warmup and step < warmup:
         return lr * (step + 1) / warmup
@@ -300,11 +377,56 @@ def lr_at(step: int, total_steps: int, optim: dict) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def alpha_at(step: int, steps_per_epoch: int, alpha: float) -> float:
+    """The distillation weight of optimiser step ``step`` (0-based): as released, ramped linearly
+    over the steps of epoch 0 (``alpha * i / len(data_loader)``, i the step), then constant; the
+    same for every micro-batch of a step."""
+    return alpha * min(1.0, step / steps_per_epoch)
+
+
+def numerics(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Set a run's float32 matmul mode and return the context its forward passes run in.
+
+    ``tf32`` (default, as released): fp32 weights and activations; on CUDA, matmuls and
+    convolutions in TF32, as under the release's PyTorch 1.8, where both were on by default.
+    ``fp32``: strict IEEE fp32 everywhere. ``bf16``: autocast to bfloat16 on CUDA (faster; its
+    equivalence to the release has not been measured). On the CPU all three are plain fp32.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 # --------------------------------------------------------------------------- the step
 
 
+@dataclass
+class QueueFeatures:
+    """Momentum features of one micro-batch, bound for the ITC queues."""
+
+    image_feat: torch.Tensor  # [B, E]
+    text_feat: torch.Tensor  # [B, E]
+
+
+@dataclass
+class MicroBatchOutput:
+    loss: torch.Tensor  # the weighted sum of the objectives
+    logs: dict[str, float]
+    queue_features: QueueFeatures | None  # None when no objective ran the momentum encoders
+
+
 class TrainingStep(nn.Module):
-    """The model and its objectives as one module, so DistributedDataParallel can wrap it."""
+    """The model and its objectives as one module, so DistributedDataParallel can wrap it.
+
+    One optimiser step over k micro-batches, as the release does it over k GPUs:
+    :meth:`begin_step` (the momentum update, once), :meth:`forward` for each micro-batch (the
+    objectives; they read the queues, nothing writes them), :meth:`end_step` (the step's momentum
+    features into the queues, once, gathered across processes).
+    """
 
     def __init__(self, model: nn.Module, objectives: list, special_ids: dict[str, int]):
         super().__init__()
@@ -313,21 +435,29 @@ class TrainingStep(nn.Module):
         self.special_ids = special_ids
         self.needs_gradcam = any(o.needs_gradcam for o in objectives)
 
-    def forward(self, batch, alpha: float, generator: torch.Generator):
+    def begin_step(self) -> None:
+        self.model.momentum_update()
+
+    def forward(self, batch, alpha: float, generator: torch.Generator) -> MicroBatchOutput:
         from amc.objectives import StepContext
 
-        with torch.no_grad():
-            self.model.momentum_update()
         ctx = StepContext(self.model, batch, alpha, generator, self.needs_gradcam, self.special_ids)
         total, logs = 0.0, {}
         for objective in self.objectives:
             out = objective(ctx)
             total = total + out.loss
             logs.update(out.logs)
-        if "momentum" in ctx.__dict__:  # the momentum features were used: push them into the queues
-            # (the model gathers them across processes, as the released concat_all_gather)
-            self.model.dequeue_and_enqueue(ctx.momentum.image_feat, ctx.momentum.text_feat)
-        return total, logs
+        queued = QueueFeatures(ctx.momentum.image_feat, ctx.momentum.text_feat) if ctx.momentum_used else None
+        return MicroBatchOutput(total, logs, queued)
+
+    def end_step(self, outputs: list[MicroBatchOutput]) -> None:
+        """Enqueue the step's momentum features in micro-batch order; the model all-gathers them in
+        rank order, so the queue receives them in virtual-rank order (rank * k + micro)."""
+        features = [out.queue_features for out in outputs if out.queue_features is not None]
+        if features:
+            self.model.dequeue_and_enqueue(
+                torch.cat([f.image_feat for f in features]), torch.cat([f.text_feat for f in features])
+            )
 
 
 def to_train_batch(raw: dict, tokenizer, config: dict, device: torch.device):
@@ -372,6 +502,14 @@ def _trim_metrics(path: Path, last_step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _mean_logs(outputs: list[MicroBatchOutput]) -> dict[str, float]:
+    """The step's loss and logged terms: means over its micro-batches."""
+    logs = {"loss": sum(float(out.loss.item()) for out in outputs) / len(outputs)}
+    for key in outputs[0].logs:
+        logs[key] = sum(out.logs[key] for out in outputs) / len(outputs)
+    return logs
 
 
 @dataclass
@@ -437,10 +575,11 @@ def train(
         "cls": tokenizer.cls_token_id,
         "mask": tokenizer.mask_token_id,
     }
-    step_module: nn.Module = TrainingStep(model, objectives, special_ids)
+    training_step = TrainingStep(model, objectives, special_ids)
+    step_module: nn.Module = training_step  # what runs the micro-batches' forward (DDP-wrapped if several)
     if procs.world_size > 1:
         step_module = nn.parallel.DistributedDataParallel(
-            step_module,
+            training_step,
             device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
             find_unused_parameters=True,  # objectives switched off leave heads unused
             broadcast_buffers=False,  # queues are filled from gathered features: identical on every rank
@@ -448,7 +587,8 @@ def train(
 
     # Data.
     dataset = build_dataset(config)
-    sampler = EpochSampler(len(dataset), optim["batch_size"], seed, procs.rank, procs.world_size)
+    accum = optim["grad_accum"]
+    sampler = EpochSampler(len(dataset), optim["batch_size"], seed, procs.rank, procs.world_size, accum)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=optim["batch_size"],
@@ -459,10 +599,7 @@ def train(
         drop_last=True,
         persistent_workers=False,
     )
-    accum = optim["grad_accum"]
-    steps_per_epoch = sampler.batches_per_epoch // accum
-    if steps_per_epoch == 0:
-        raise AmcError(f"one epoch has {sampler.batches_per_epoch} batches, fewer than grad_accum={accum}")
+    steps_per_epoch = sampler.steps_per_epoch
     total_steps = optim["epochs"] * steps_per_epoch
     if optim["max_steps"]:
         total_steps = min(total_steps, optim["max_steps"])
@@ -473,9 +610,6 @@ def train(
         selector = BestCheckpoints(out_dir, selection_splits, tokenizer, procs.device, config["num_workers"])
 
     optimizer = build_optimizer(model, optim, procs.device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_at(step, total_steps, optim) / optim["lr"]
-    )
 
     # Resume from the newest checkpoint of this run.
     step, epoch, batch_in_epoch, images_replaced = 0, 0, 0, 0
@@ -486,8 +620,7 @@ def train(
         saved = read_checkpoint(last_path)
         model.load_state_dict(saved.state_dict)  # our own file: the model's exact keys
         state = saved.extra
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        optimizer.load_state_dict(state["optimizer"])  # the lr and alpha are functions of the step
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         images_replaced = state.get("images_replaced", 0)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", last_path, step, epoch, batch_in_epoch)
@@ -506,7 +639,6 @@ def train(
                 last_path,
                 model,
                 optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
                 step=step,
                 epoch=next_epoch,
                 batch_in_epoch=next_batch,
@@ -534,11 +666,7 @@ def train(
         if procs.world_size > 1:
             dist.barrier()
 
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if procs.device.type == "cuda" and config["precision"] in ("auto", "bf16")
-        else contextlib.nullcontext()
-    )
+    autocast = numerics(config["precision"], procs.device)
     progress = _progress_bar(procs.is_main, total_steps, step, config["method"]["name"])
     window_start, window_pairs, last_logs = time.perf_counter(), 0, {}
     global_batch = optim["batch_size"] * accum * procs.world_size
@@ -548,23 +676,30 @@ def train(
         dataset.set_epoch(epoch)
         micro = 0
         for micro, raw in enumerate(loader, start=batch_in_epoch):
-            micro_step = epoch * sampler.batches_per_epoch + micro
-            torch.manual_seed(step_seed(seed, micro_step, procs.rank))  # dropout
-            generator = torch.Generator().manual_seed(step_seed(seed, micro_step, procs.rank) + 1)
-            # alpha ramps linearly over the first epoch, as released
-            alpha = config["alpha"] * (1.0 if epoch > 0 else min(1.0, micro / sampler.batches_per_epoch))
+            position = micro % accum  # of this micro-batch within the optimiser step
+            if position == 0:  # a new optimiser step
+                training_step.begin_step()  # the momentum update, once per step
+                outputs: list[MicroBatchOutput] = []
+                lr = lr_at(step, steps_per_epoch, total_steps, optim)
+                alpha = alpha_at(step, steps_per_epoch, config["alpha"])
+            virtual_rank = procs.rank * accum + position
+            torch.manual_seed(step_seed(seed, step, virtual_rank))  # dropout
+            generator = torch.Generator().manual_seed(step_seed(seed, step, virtual_rank) + 1)
             batch = to_train_batch(raw, tokenizer, config, procs.device)
             images_replaced += _images_replaced(raw, procs)
-            last_micro = (micro + 1) % accum == 0
+            last_micro = position == accum - 1
             sync = contextlib.nullcontext() if last_micro or procs.world_size == 1 else step_module.no_sync()
             with sync:
                 with autocast:
-                    loss, logs = step_module(batch, alpha, generator)
-                (loss / accum).backward()
+                    out = step_module(batch, alpha, generator)
+                (out.loss / accum).backward()  # DDP then averages over processes: the global batch's mean
+            outputs.append(out)
             if not last_micro:
                 continue
+            training_step.end_step(outputs)  # the step's momentum features into the queues, once
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.step()
-            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             window_pairs += global_batch
@@ -573,9 +708,8 @@ def train(
                 last_logs = {
                     "step": step,
                     "epoch": epoch,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "loss": float(loss.item()),
-                    **logs,
+                    "lr": lr,  # the learning rate this step used
+                    **_mean_logs(outputs),  # loss and objective terms over this process's micro-batches
                     "alpha": alpha,
                     "pairs_per_s": window_pairs / max(elapsed, 1e-9),
                     "max_memory_mb": _memory_mb(procs.device),

@@ -287,7 +287,8 @@ def test_a_full_training_step_logs_both_terms():
     for objective in objectives:
         objective.setup(model)
     step = TrainingStep(model, objectives, SPECIAL_IDS)
-    loss, logs = step(tiny_batch(model, lengths=(6, 3, 5, 4)), 0.4, torch.Generator().manual_seed(0))
+    out = step(tiny_batch(model, lengths=(6, 3, 5, 4)), 0.4, torch.Generator().manual_seed(0))
+    loss, logs = out.loss, out.logs
     loss.backward()
     assert {"loss_itc", "loss_itm", "loss_mlm", "loss_vmrm_contrastive", "loss_vmrm_consistency"} <= set(logs)
     assert math.isfinite(loss.item())
@@ -390,6 +391,7 @@ def ci_data(tmp_path_factory):
         "data.image_res=32",
         "data.mask_size=32",
         "optim.batch_size=8",
+        "optim.schedule=cosine",
         "optim.warmup_steps=0",
         "optim.lr=1.0e-3",
         "num_workers=0",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import torch
 import yaml
 
 from amc.io import AmcError
-from amc.train import load_run_config, lr_at
+from amc.train import alpha_at, build_optimizer, load_run_config, lr_at, numerics
 from tests.engine_fixtures import REPO, TINY_MODEL, ci_data, run_amc  # noqa: F401
 
 PRETRAIN_OBJECTIVES = {
@@ -30,7 +33,15 @@ def _write_config(path: Path, data, **changes) -> Path:
         "model_config": str(TINY_MODEL),
         "vocab": str(data.vocab),
         "data": {"kind": "records", "path": str(data.vg_train), "image_res": 96, "mask_size": 96},
-        "optim": {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 2, "epochs": 50, "batch_size": 8},
+        # The per-step cosine: these runs are a few steps long (the released schedule is tested below).
+        "optim": {
+            "lr": 1e-3,
+            "min_lr": 1e-4,
+            "schedule": "cosine",
+            "warmup_steps": 2,
+            "epochs": 50,
+            "batch_size": 8,
+        },
         "num_workers": 0,
         "log_every": 1,
     }
@@ -76,13 +87,157 @@ def test_a_method_file_replaces_the_objectives_as_a_whole(tmp_path):
     assert set(config["method"]["objectives"]) == {"itc", "itm", "mlm"}
 
 
-def test_schedule_warms_up_then_decays_to_min_lr():
-    optim = {"lr": 1.0, "min_lr": 0.1, "warmup_steps": 4}
-    assert lr_at(0, 100, optim) == pytest.approx(0.25)
-    assert lr_at(3, 100, optim) == pytest.approx(1.0)
-    assert lr_at(100, 100, optim) == pytest.approx(0.1)
-    values = [lr_at(s, 100, optim) for s in range(4, 101)]
+# --------------------------------------------------------------------------- schedule, alpha, optimiser
+
+RELEASED = {
+    "schedule": "released",
+    "lr": 1e-5,
+    "min_lr": 1e-6,
+    "warmup_lr": 1e-6,
+    "warmup_stairs": 20,
+    "stair_steps": 100,
+    "epochs": 30,
+    "warmup_steps": 100,  # read by the cosine schedule only
+}
+
+
+def released_loop_lrs(steps_per_epoch: int, optim: dict) -> list[float]:
+    """The lr of every optimiser step of a released run, by replaying ``Pretrain.py``'s calls into
+    timm's CosineLRScheduler (warmup_prefix, cycle_limit 1, t_in_epochs), written out here."""
+    lr, min_lr, warmup_lr = optim["lr"], optim["min_lr"], optim["warmup_lr"]
+    warmup_t, epochs, step_size = optim["warmup_stairs"], optim["epochs"], optim["stair_steps"]
+
+    def scheduler_lr(t: int) -> float:  # CosineLRScheduler._get_lr
+        if t < warmup_t:
+            return warmup_lr + t * (lr - warmup_lr) / warmup_t
+        t -= warmup_t
+        if t // epochs >= 1:
+            return min_lr
+        return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * (t % epochs) / epochs))
+
+    current = warmup_lr if warmup_t else lr  # set by the scheduler's constructor
+    used = []
+    for epoch in range(epochs):
+        if epoch > 0:
+            current = scheduler_lr(epoch + warmup_t)
+        for i in range(steps_per_epoch):
+            used.append(current)  # optimizer.step() with the current lr
+            if epoch == 0 and i % step_size == 0 and i <= warmup_t * step_size:
+                current = scheduler_lr(i // step_size)
+    return used
+
+
+def test_released_schedule_at_chosen_steps():
+    per_epoch = 3000
+    total = 30 * per_epoch
+    stair = (1e-5 - 1e-6) / 20
+
+    def lr(s):
+        return lr_at(s, per_epoch, total, RELEASED)
+
+    assert lr(0) == lr(1) == lr(100) == pytest.approx(1e-6, rel=1e-12)  # stair 0 until step 100
+    assert lr(101) == lr(200) == pytest.approx(1e-6 + stair, rel=1e-12)
+    assert lr(201) == pytest.approx(1e-6 + 2 * stair, rel=1e-12)
+    assert lr(2000) == pytest.approx(1e-6 + 19 * stair, rel=1e-12)
+    assert lr(2001) == lr(per_epoch - 1) == pytest.approx(1e-5, rel=1e-12)  # to the end of epoch 0
+    assert (
+        lr(per_epoch)
+        == lr(2 * per_epoch - 1)
+        == pytest.approx(1e-6 + 0.5 * 9e-6 * (1 + math.cos(math.pi / 30)), rel=1e-12)
+    )  # epoch 1, constant within it
+    assert lr(29 * per_epoch + 17) == pytest.approx(1e-6 + 0.5 * 9e-6 * (1 + math.cos(math.pi * 29 / 30)))
+    replay = released_loop_lrs(per_epoch, RELEASED)
+    assert all(lr(s) == pytest.approx(replay[s], rel=1e-12) for s in range(0, total, 7)), (
+        "differs from the loop"
+    )
+
+
+def test_released_schedule_on_short_epochs_ends_epoch_0_mid_staircase():
+    optim = {**RELEASED, "epochs": 3}
+    lrs = [lr_at(s, 250, 750, optim) for s in range(750)]
+    assert lrs == pytest.approx(released_loop_lrs(250, optim), rel=1e-12)
+    stair = (1e-5 - 1e-6) / 20
+    assert sorted(set(lrs[:250])) == pytest.approx([1e-6, 1e-6 + stair, 1e-6 + 2 * stair])
+    assert lrs[250:500] == pytest.approx([1e-6 + 4.5e-6 * (1 + math.cos(math.pi / 3))] * 250)
+    assert lrs[500:] == pytest.approx([1e-6 + 4.5e-6 * (1 + math.cos(2 * math.pi / 3))] * 250)
+
+
+def test_released_schedule_without_warm_up_starts_at_lr():
+    optim = {**RELEASED, "warmup_stairs": 0, "epochs": 4}
+    assert [lr_at(s, 10, 40, optim) for s in range(40)] == pytest.approx(released_loop_lrs(10, optim))
+    assert lr_at(0, 10, 40, optim) == 1e-5
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min_lr():
+    optim = {"schedule": "cosine", "lr": 1.0, "min_lr": 0.1, "warmup_steps": 4}
+    assert lr_at(0, 7, 100, optim) == pytest.approx(0.25)
+    assert lr_at(3, 7, 100, optim) == pytest.approx(1.0)
+    assert lr_at(100, 7, 100, optim) == pytest.approx(0.1)
+    values = [lr_at(s, 7, 100, optim) for s in range(4, 101)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_alpha_ramps_over_the_optimiser_steps_of_epoch_0():
+    assert [alpha_at(s, 4, 0.4) for s in range(6)] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
+
+
+def _group_names(model, optimizer) -> list[set[str]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [{names[id(p)] for p in group["params"]} for group in optimizer.param_groups]
+
+
+@pytest.mark.parametrize("model_yaml", ["tiny.yaml", "albef-base.yaml"])
+def test_weight_decay_groups_are_the_released_ones(model_yaml):
+    from amc.models.albef import ALBEF
+    from amc.models.config import ModelConfig
+
+    with torch.device("meta"):  # no memory, no initialisation cost
+        model = ALBEF(ModelConfig.from_file(REPO / "config" / "models" / model_yaml))
+    optimizer = build_optimizer(model, {"lr": 1e-5, "weight_decay": 0.02}, torch.device("cpu"))
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0, 0.02]  # the released order
+    no_decay, decay = _group_names(model, optimizer)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert no_decay | decay == trainable and not no_decay & decay
+    assert not any("_m." in n for n in trainable)  # the momentum copies are not optimised
+    assert {"temp", "visual_encoder.pos_embed", "visual_encoder.cls_token"} <= decay
+    assert {"visual_encoder.norm.weight", "visual_encoder.norm.bias", "vision_proj.bias"} <= no_decay
+    assert "text_encoder.bert.embeddings.LayerNorm.weight" in no_decay
+    assert no_decay == {n for n, p in model.named_parameters() if p.requires_grad and p.ndim == 1}
+    assert {"vision_proj.weight", "text_encoder.bert.embeddings.word_embeddings.weight"} <= decay
+    defaults = optimizer.defaults
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert (defaults["betas"], defaults["eps"], defaults["amsgrad"]) == ((0.9, 0.999), 1e-8, False)
+
+
+def test_precision_modes_set_tf32_and_autocast_on_cuda_only():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        assert isinstance(numerics("bf16", torch.device("cpu")), contextlib.nullcontext)
+        numerics("tf32", torch.device("cuda"))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert isinstance(numerics("fp32", torch.device("cuda")), contextlib.nullcontext)
+        assert not (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a CPU-only build warns that CUDA autocast is unavailable
+            autocast = numerics("bf16", torch.device("cuda"))
+        assert isinstance(autocast, torch.autocast) and autocast.fast_dtype == torch.bfloat16
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_paper_defaults_and_rejected_values():
+    base = ["model_config=m.yaml", "vocab=v", "data.path=r.jsonl"]
+    config = load_run_config(str(REPO / "config" / "runs" / "paper-finetune.yaml"), base)
+    assert config["precision"] == "tf32"
+    assert {k: config["optim"][k] for k in RELEASED if k != "warmup_steps"} == {
+        k: v for k, v in RELEASED.items() if k != "warmup_steps"
+    }
+    defaults = load_run_config(None, base)
+    assert defaults["precision"] == "tf32" and defaults["optim"]["schedule"] == "released"
+    with pytest.raises(AmcError, match="precision must be one of"):
+        load_run_config(None, [*base, "precision=auto"])
+    with pytest.raises(AmcError, match="optim.schedule must be one of"):
+        load_run_config(None, [*base, "optim.schedule=linear"])
 
 
 # --------------------------------------------------------------------------- training runs
@@ -206,21 +361,112 @@ def test_two_processes_end_with_identical_weights(tmp_path, ci_data):  # noqa: F
     assert (tmp_path / "ddp" / "checkpoint_final.pt").exists()
 
 
+# --------------------------------------------------------------------------- accumulation and schedule in the loop
+
+
+def _records_subset(ci_data, count: int, path: Path) -> Path:  # noqa: F811
+    """The first ``count`` VG training records, with absolute image paths, as a records file."""
+    image_root = Path(ci_data.vg_train).parent
+    fixed = []
+    for line in Path(ci_data.vg_train).read_text().splitlines()[:count]:
+        row = json.loads(line)
+        row["image"] = str((image_root / row["image"]).resolve())
+        fixed.append(json.dumps(row))
+    path.write_text("\n".join(fixed) + "\n")
+    return path
+
+
+def test_the_trainer_follows_the_released_schedule_and_alpha_per_optimiser_step(tmp_path, ci_data):  # noqa: F811
+    """64 pairs, micro-batches of 8, grad_accum 2: 4 optimiser steps per epoch. With one-step stairs
+    epoch 0 climbs 1e-4, 1e-4, 4e-4, 7e-4 (stair 3 = lr would come at step 4); epochs 1 and 2 sit on
+    the cosine; alpha ramps over the 4 steps of epoch 0, the same for both micro-batches of a step."""
+    records = _records_subset(ci_data, 64, tmp_path / "vg-64.jsonl")
+    config = _write_config(tmp_path / "released.yaml", ci_data, data__path=str(records), optim__epochs=3)
+    run_amc(
+        "train", "--config", config, "--out", tmp_path / "out", "optim.schedule=released",
+        "optim.lr=1e-3", "optim.min_lr=1e-4", "optim.warmup_lr=1e-4", "optim.warmup_stairs=3",
+        "optim.stair_steps=1", "optim.grad_accum=2",
+    )  # fmt: skip
+    rows = _metrics(tmp_path / "out" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    cosine = [1e-4 + 4.5e-4 * (1 + math.cos(math.pi * e / 3)) for e in (1, 2)]
+    expected_lr = [1e-4, 1e-4, 4e-4, 7e-4] + [cosine[0]] * 4 + [cosine[1]] * 4
+    assert [r["lr"] for r in rows] == pytest.approx(expected_lr, rel=1e-9)
+    assert [r["alpha"] for r in rows] == pytest.approx([0.0, 0.1, 0.2, 0.3] + [0.4] * 8)
+    assert [r["epoch"] for r in rows] == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def _perturbed_start(path: Path) -> dict[str, torch.Tensor]:
+    """A tiny model whose momentum copies differ from the online weights, saved as a start checkpoint."""
+    from amc.models.albef import ALBEF
+    from amc.models.checkpoint import save_checkpoint
+    from amc.models.config import ModelConfig
+
+    torch.manual_seed(5)
+    model = ALBEF(ModelConfig.from_file(TINY_MODEL))
+    with torch.no_grad():
+        for _, momentum in model.model_pairs:
+            for param in momentum.parameters():
+                param.add_(torch.randn_like(param) * 0.1)
+    save_checkpoint(path, model)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_accumulation_updates_the_momentum_model_once_per_optimiser_step(tmp_path, ci_data):  # noqa: F811
+    start = _perturbed_start(tmp_path / "start.pt")
+    config = _write_config(tmp_path / "run.yaml", ci_data, init_checkpoint=str(tmp_path / "start.pt"))
+    run_amc("train", "--config", config, "--out", tmp_path / "out", "optim.grad_accum=2", "optim.max_steps=1")
+    final = _state(tmp_path / "out" / "checkpoint_final.pt")
+    pairs = [("visual_encoder.", "visual_encoder_m."), ("vision_proj.", "vision_proj_m."),
+             ("text_encoder.", "text_encoder_m."), ("text_proj.", "text_proj_m.")]  # fmt: skip
+    checked = 0
+    for online, momentum in pairs:
+        for key in [k for k in start if k.startswith(momentum) and start[k].is_floating_point()]:
+            online_key = online + key[len(momentum) :]
+            expected = 0.995 * start[key] + 0.005 * start[online_key]  # one update, before the step
+            torch.testing.assert_close(final[key], expected, rtol=0, atol=1e-6, msg=key)
+            checked += 1
+    assert checked > 20
+    # The 2 x 8 momentum features of the step went in once, at the start of the queue.
+    assert int(final["queue_ptr"]) == 16
+    assert torch.equal(final["image_queue"][:, 16:], start["image_queue"][:, 16:])
+    assert not torch.isclose(final["image_queue"][:, :16], start["image_queue"][:, :16]).any()
+
+
+def test_accumulation_equals_two_processes(tmp_path, ci_data):  # noqa: F811
+    """grad_accum 2 on one process = 2 gloo processes (the released 2-GPU run): the same samples,
+    random draws, momentum update, queue and gradient (a mean over 64 = the mean of two means over 32)."""
+    config = _write_config(tmp_path / "run.yaml", ci_data, optim__max_steps=3, optim__batch_size=32)
+    command = [sys.executable, "-m", "amc", "train", "--config", str(config)]
+    subprocess.run(
+        [*command, "--out", str(tmp_path / "accum"), "optim.grad_accum=2"],
+        check=True, env=_env(), capture_output=True, timeout=300,
+    )  # fmt: skip
+    torchrun = Path(sys.executable).parent / "torchrun"
+    ddp = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29733", "-m", "amc", "train",
+         "--config", str(config), "--out", str(tmp_path / "ddp")],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = (
+        _state(tmp_path / "accum" / "checkpoint_final.pt"),
+        _state(tmp_path / "ddp" / "checkpoint_final.pt"),
+    )
+    assert a.keys() == b.keys()
+    assert int(a["queue_ptr"]) == int(b["queue_ptr"]) == 3 * 64
+    for key in a:
+        # Bit-identical on the CPU (halving is exact); the tolerance leaves room for other reductions.
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
 # --------------------------------------------------------------------------- model selection
 
 
 def test_selection_keeps_the_best_epoch_per_benchmark_on_its_split(tmp_path, ci_data):  # noqa: F811
     """Every epoch end is evaluated on each selection split; the best checkpoint of each split is
     the one `amc evaluate` scores highest (the same protocol, the same number)."""
-    rows = Path(ci_data.vg_train).read_text().splitlines()[:32]
-    records = tmp_path / "vg-small.jsonl"
-    image_root = Path(ci_data.vg_train).parent
-    fixed = []
-    for line in rows:
-        row = json.loads(line)
-        row["image"] = str((image_root / row["image"]).resolve())
-        fixed.append(json.dumps(row))
-    records.write_text("\n".join(fixed) + "\n")
+    records = _records_subset(ci_data, 32, tmp_path / "vg-small.jsonl")
     splits = [
         {"name": "flickr30k", "records": str(ci_data.flickr_test)},
         {"name": "refcoco+", "records": str(ci_data.refcoco_testA), "image_res": 64},
