@@ -1,17 +1,47 @@
-"""Shared test fixtures. Test modules keep their own fixtures unless several need them."""
+"""The fixtures every test module shares; plain helpers (the tiny model and batch, file writers) are
+in tests/helpers.py. Tests that train or change a model make their own with ``helpers.tiny_model``.
+
+``AMC_TEST_CI_DATA=<folder>`` keeps the ci dataset in that folder across test sessions (made
+once; ``make mutation`` uses it so that each mutant's session does not synthesise it again).
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import torch
 
-# Keep tests reproducible and light on the 2-core CI machine.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+from tests.helpers import REPO, CiData, build_ci_data, tiny_config
+
+# One intra-op thread (children started by the tests inherit it): the tiny models gain nothing
+# from more, and on a busy 2-core machine threads fighting other processes' make tests many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
-def repo_root():
-    from pathlib import Path
+def repo_root() -> Path:
+    return REPO
 
-    return Path(__file__).resolve().parent.parent
+
+@pytest.fixture(scope="session")
+def ci_data(tmp_path_factory) -> CiData:
+    """The ``ci`` synthetic benchmark and its records (VG train, Flickr30k test, RefCOCO+ testA)."""
+    kept = os.environ.get("AMC_TEST_CI_DATA")
+    return build_ci_data(Path(kept) if kept else tmp_path_factory.mktemp("ci-data"))
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of the tiny model at its initialisation (seed 0), for the evaluation tests."""
+    from amc.models.albef import ALBEF
+    from amc.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = ALBEF(tiny_config())
+    model.copy_params()
+    path = tmp_path_factory.mktemp("checkpoint") / "random.pt"
+    save_checkpoint(path, model)
+    return path

@@ -24,9 +24,15 @@ from amc.data.vg import read_vg
 from amc.evaluate import check_images
 from amc.io import DataError
 from amc.records import Record, load_records, save_records
-from tests.engine_fixtures import ci_data  # noqa: F401
-from tests.test_readers import box_object, write_flickr, write_vg
-from tests.test_train import _env, _metrics, _state, _write_config
+from tests.helpers import (
+    box_object,
+    checkpoint_state,
+    read_metrics,
+    subprocess_env,
+    write_flickr,
+    write_run_config,
+    write_vg,
+)
 
 
 def jpeg_bytes(size=(64, 48)) -> bytes:
@@ -146,23 +152,28 @@ def records_with_bad_images(tmp_path: Path, source: Path) -> Path:
     return path
 
 
-def test_a_run_over_bad_images_reports_them_and_resumes_exactly(tmp_path, ci_data):  # noqa: F811
+@pytest.mark.subprocess
+def test_a_run_over_bad_images_reports_them_and_resumes_exactly(tmp_path, ci_data):
     data = records_with_bad_images(tmp_path, ci_data.vg_train)
-    config = _write_config(tmp_path / "run.yaml", ci_data, optim__max_steps=16, save_every_steps=3)
+    config = write_run_config(tmp_path / "run.yaml", ci_data, optim__max_steps=16, save_every_steps=3)
     config.write_text(config.read_text().replace(str(ci_data.vg_train), str(data)))
     command = [sys.executable, "-m", "amc", "train", "--config", str(config), "--resume"]
 
     reference = tmp_path / "uninterrupted"
-    done = subprocess.run([*command, "--out", str(reference)], env=_env(), capture_output=True, text=True)
+    done = subprocess.run(
+        [*command, "--out", str(reference)], env=subprocess_env(), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "replaced by item" in done.stderr and "/bad/" in done.stderr
-    metrics = _metrics(reference / "metrics.jsonl")
+    metrics = read_metrics(reference / "metrics.jsonl")
     counts = [m["images_replaced"] for m in metrics]
     assert counts == sorted(counts) and counts[-1] > 0  # cumulative
     assert counts[-1] == done.stderr.count("replaced by item")  # every replacement is counted once
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([*command, "--out", str(interrupted)], env=_env(), stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*command, "--out", str(interrupted)], env=subprocess_env(), stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not (interrupted / "checkpoint_last.pt").exists():
         assert process.poll() is None, "the run ended before its first checkpoint"
@@ -176,10 +187,15 @@ def test_a_run_over_bad_images_reports_them_and_resumes_exactly(tmp_path, ci_dat
         m["images_replaced"] for m in metrics if m["step"] == saved["step"]
     )
 
-    subprocess.run([*command, "--out", str(interrupted)], check=True, env=_env(), capture_output=True)
-    a, b = _state(reference / "checkpoint_final.pt"), _state(interrupted / "checkpoint_final.pt")
+    subprocess.run(
+        [*command, "--out", str(interrupted)], check=True, env=subprocess_env(), capture_output=True
+    )
+    a, b = (
+        checkpoint_state(reference / "checkpoint_final.pt"),
+        checkpoint_state(interrupted / "checkpoint_final.pt"),
+    )
     assert all(torch.equal(a[key], b[key]) for key in a)
-    resumed = _metrics(interrupted / "metrics.jsonl")
+    resumed = read_metrics(interrupted / "metrics.jsonl")
     assert [(m["step"], m["loss"], m["images_replaced"]) for m in resumed] == [
         (m["step"], m["loss"], m["images_replaced"]) for m in metrics
     ]

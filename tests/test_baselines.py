@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,9 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from amc.io import AmcError
-from amc.models.albef import ALBEF
-from amc.models.config import ModelConfig
-from amc.objectives import StepContext, TrainBatch, build_objectives
+from amc.objectives import TrainBatch, build_objectives
 from amc.train import TrainingStep, build_optimizer, load_run_config
 from baselines import METHODS, method_preset, train_overrides
 from baselines.vmrm_style import (
@@ -27,46 +23,9 @@ from baselines.vmrm_style import (
     frozen_teacher,
     pseudo_targets,
 )
-
-REPO = Path(__file__).resolve().parent.parent
-SPECIAL_IDS = {
-    "pad": 0,
-    "cls": 2,
-    "mask": 4,
-}  # the synthetic vocabulary's layout: [PAD] [UNK] [CLS] [SEP] [MASK]
-
+from tests.helpers import SMALL, SPECIAL_IDS, TINY_MODEL, run_amc, step_context, tiny_model, train_batch
 
 # --------------------------------------------------------------------------- tiny model and batch
-
-
-def tiny_model(seed: int = 0) -> ALBEF:
-    """The demo's tiny model at 32 px (a 4x4 patch grid), random weights, eval mode (no dropout)."""
-    config = ModelConfig.from_file(REPO / "config" / "models" / "tiny.yaml").replace(
-        image_res=32, queue_size=64
-    )
-    torch.manual_seed(seed)
-    model = ALBEF(config)
-    model.copy_params()
-    return model.eval()
-
-
-def tiny_batch(model: ALBEF, lengths=(6, 3, 5, 1), seed: int = 1) -> TrainBatch:
-    """Texts of different lengths, padded; the last one is [CLS] only (no content token)."""
-    generator = torch.Generator().manual_seed(seed)
-    res, size = model.config.image_res, len(lengths)
-    length = max(lengths)
-    ids = torch.randint(5, model.config.text.vocab_size, (size, length), generator=generator)
-    mask = torch.zeros(size, length, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, :n] = 1
-    ids[:, 0] = SPECIAL_IDS["cls"]
-    ids[mask == 0] = SPECIAL_IDS["pad"]
-    image = torch.randn(size, 3, res, res, generator=generator)
-    return TrainBatch(image=image, input_ids=ids, attention_mask=mask)
-
-
-def context(model: ALBEF, batch: TrainBatch) -> StepContext:
-    return StepContext(model, batch, 0.4, torch.Generator().manual_seed(0), False, SPECIAL_IDS)
 
 
 def grad_norms(module: torch.nn.Module, prefix: str) -> float:
@@ -156,7 +115,7 @@ def test_consistency_is_the_kl_of_the_caption_maps():
 
 
 def test_teacher_is_a_frozen_copy_outside_the_trained_model():
-    model = tiny_model()
+    model = tiny_model(**SMALL)
     keys_before = set(model.state_dict())
     contrastive, consistency = VmrmContrastive(), VmrmConsistency()
     model.train()
@@ -186,12 +145,12 @@ def test_objectives_on_a_tiny_model_student_equals_teacher():
     """At the start (student == teacher, no dropout): the consistency term and its gradient are ~0;
     the contrastive term is positive and its gradient reaches the fusion, text, image encoder and
     projections, never the teacher."""
-    model = tiny_model()
+    model = tiny_model(**SMALL)
     contrastive, consistency = VmrmContrastive(), VmrmConsistency()
     contrastive.setup(model)
     consistency.setup(model)
-    batch = tiny_batch(model)
-    ctx = context(model, batch)
+    batch = train_batch(model)
+    ctx = step_context(model, batch)
 
     out = consistency(ctx)
     assert out.logs["loss_vmrm_consistency"] == pytest.approx(0.0, abs=1e-5)
@@ -219,24 +178,24 @@ def test_objectives_on_a_tiny_model_student_equals_teacher():
 
 
 def test_teacher_does_not_follow_the_student():
-    model = tiny_model()
+    model = tiny_model(**SMALL)
     consistency = VmrmConsistency(aggregate="token")
     consistency.setup(model)
-    batch = tiny_batch(model)
-    teacher_before = consistency.maps(context(model, batch)).teacher
+    batch = train_batch(model)
+    teacher_before = consistency.maps(step_context(model, batch)).teacher
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    maps = consistency.maps(context(model, batch))
+    maps = consistency.maps(step_context(model, batch))
     assert torch.equal(maps.teacher, teacher_before)
-    assert consistency(context(model, batch)).logs["loss_vmrm_consistency"] > 1e-4
+    assert consistency(step_context(model, batch)).logs["loss_vmrm_consistency"] > 1e-4
 
 
 def test_text_token_source_uses_the_text_only_states():
-    model = tiny_model()
+    model = tiny_model(**SMALL)
     objective = VmrmContrastive(token_source="text", target="soft", target_temperature=0.05)
     objective.setup(model)
-    out = objective(context(model, tiny_batch(model)))
+    out = objective(step_context(model, train_batch(model)))
     out.loss.backward()
     # Nothing after the text-only layers is on the path.
     assert grad_norms(model, f"text_encoder.bert.encoder.layer.{model.fusion_layer}.") == 0
@@ -244,22 +203,22 @@ def test_text_token_source_uses_the_text_only_states():
 
 
 def test_batch_without_content_tokens_gives_zero():
-    model = tiny_model()
+    model = tiny_model(**SMALL)
     objective = VmrmContrastive()
     objective.setup(model)
-    out = objective(context(model, tiny_batch(model, lengths=(1, 1))))
+    out = objective(step_context(model, train_batch(model, lengths=(1, 1))))
     assert out.loss.item() == 0.0 and out.logs["loss_vmrm_contrastive"] == 0.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_teacher_moves_with_the_student():
-    model = tiny_model()
+    model = tiny_model(**SMALL)
     objective = VmrmConsistency()
     objective.setup(model)  # teacher made on the CPU
     model.cuda()
-    batch = tiny_batch(model)
+    batch = train_batch(model)
     batch = TrainBatch(batch.image.cuda(), batch.input_ids.cuda(), batch.attention_mask.cuda())
-    out = objective(context(model, batch))
+    out = objective(step_context(model, batch))
     assert next(objective.teacher.parameters()).is_cuda and out.loss.is_cuda
 
 
@@ -272,22 +231,22 @@ def test_terms_switch_off_one_by_one():
     assert names == ["itc", "vmrm_consistency"]
     assert [o.name for o in build_objectives({"itc": {}, "vmrm_contrastive": None})] == ["itc"]
     # Weight 0: kept by build_objectives, but inert: no teacher, no loss, no log.
-    model = tiny_model()
+    model = tiny_model(**SMALL)
     off = VmrmContrastive(weight=0)
     off.setup(model)
     assert off.teacher is None
-    out = off(context(model, tiny_batch(model)))
+    out = off(step_context(model, train_batch(model)))
     assert out.loss.item() == 0.0 and out.logs == {} and not out.loss.requires_grad
 
 
 def test_a_full_training_step_logs_both_terms():
-    model = tiny_model().train()
+    model = tiny_model(**SMALL).train()
     spec = {**method_preset("vmrm_style")["objectives"], "mlm": {"probability": 0.5}}
     objectives = build_objectives(spec)
     for objective in objectives:
         objective.setup(model)
     step = TrainingStep(model, objectives, SPECIAL_IDS)
-    out = step(tiny_batch(model, lengths=(6, 3, 5, 4)), 0.4, torch.Generator().manual_seed(0))
+    out = step(train_batch(model, lengths=(6, 3, 5, 4)), 0.4, torch.Generator().manual_seed(0))
     loss, logs = out.loss, out.logs
     loss.backward()
     assert {"loss_itc", "loss_itm", "loss_mlm", "loss_vmrm_contrastive", "loss_vmrm_consistency"} <= set(logs)
@@ -334,34 +293,12 @@ def test_presets_resolve_into_run_configurations():
 
 
 def test_frozen_teacher_is_made_once_per_model():
-    model = tiny_model()
+    model = tiny_model(**SMALL)
     assert frozen_teacher(model) is frozen_teacher(model)
-    assert frozen_teacher(tiny_model()) is not frozen_teacher(model)
+    assert frozen_teacher(tiny_model(**SMALL)) is not frozen_teacher(model)
 
 
 # --------------------------------------------------------------------------- baseline runs on the `ci` synthetic set
-
-
-def _missing_pipeline() -> str | None:
-    for module in (
-        "amc.synth",
-        "amc.data.prepare",
-        "amc.data.datasets",
-        "amc.data.transforms",
-        "amc.models.checkpoint",
-    ):
-        try:
-            if importlib.util.find_spec(module) is None:
-                return f"{module} does not exist yet (the data layer / model is being finished)"
-        except ImportError as error:
-            return f"{module} is not importable yet: {error}"
-    return None
-
-
-def _amc(*argv: str) -> None:
-    from amc.cli import main
-
-    assert main([str(a) for a in argv]) == 0, f"amc {' '.join(map(str, argv))} failed"
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -374,20 +311,12 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
 
 
 @pytest.fixture(scope="module")
-def ci_data(tmp_path_factory):
-    """`amc synth --scale ci`, `amc prepare vg`, and a starting checkpoint from `amc pretrain` (2 steps)."""
-    reason = _missing_pipeline()
-    if reason:
-        pytest.skip(reason)
-    root = tmp_path_factory.mktemp("ci")
-    synth = root / "synth"
-    _amc("synth", "--out", synth, "--seed", "0", "--scale", "ci", "--workers", "1")
-    records = root / "records" / "vg-train.jsonl"
-    _amc("prepare", "vg", "--root", synth / "vg", "--out", records)
-    captions = synth / "captions" / "pretrain.json"
+def baseline_start(ci_data, tmp_path_factory):
+    """The shared ci data, and a starting checkpoint from `amc pretrain` (2 steps) at 32 px."""
+    root = tmp_path_factory.mktemp("baselines")
     common = [
-        f"model_config={REPO / 'config' / 'models' / 'tiny.yaml'}",
-        f"vocab={synth / 'vocab' / 'vocab.txt'}",
+        f"model_config={TINY_MODEL}",
+        f"vocab={ci_data.vocab / 'vocab.txt'}",
         "data.image_res=32",
         "data.mask_size=32",
         "optim.batch_size=8",
@@ -398,47 +327,44 @@ def ci_data(tmp_path_factory):
         "log_every=1",
     ]
     pretrain = root / "pretrain"
-    _amc(
+    run_amc(
         "pretrain",
         "--out",
         pretrain,
         *common,
         "init_checkpoint=null",
         "data.kind=captions",
-        f"data.path={captions}",
+        f"data.path={ci_data.captions}",
         f"method.objectives={json.dumps(METHODS['albef_vg']['objectives'])}",
         "method.name=pretrain",
         "optim.max_steps=2",
     )
-    start = pretrain / "checkpoint_final.pt"
-    data_paths = {"records": records, "captions": captions}
-    yield {
+    return {
         "root": root,
-        "start": start,
+        "start": pretrain / "checkpoint_final.pt",
         "common": common,
-        "data": data_paths,
-        "records": records,
-        "synth": synth,
+        "data": {"records": ci_data.vg_train, "captions": ci_data.captions},
+        "records": ci_data.vg_train,
+        "vocab": ci_data.vocab / "vocab.txt",
     }
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["albef_vg", "vmrm_style"])
-def test_finetuned_baseline_runs_on_ci_data_and_changes_the_weights(ci_data, name):
-    out = ci_data["root"] / name
+def test_finetuned_baseline_runs_on_ci_data_and_changes_the_weights(baseline_start, name):
+    out = baseline_start["root"] / name
     kind = METHODS[name]["data"]["kind"]
-    _amc(
+    run_amc(
         "train",
         "--out",
         out,
-        *ci_data["common"],
-        f"init_checkpoint={ci_data['start']}",
-        f"data.path={ci_data['data'][kind]}",
+        *baseline_start["common"],
+        f"init_checkpoint={baseline_start['start']}",
+        f"data.path={baseline_start['data'][kind]}",
         "optim.max_steps=3",
         *train_overrides(name),
     )
-    before, after = _weights(ci_data["start"]), _weights(out / "checkpoint_final.pt")
+    before, after = _weights(baseline_start["start"]), _weights(out / "checkpoint_final.pt")
     assert set(after) == set(before)  # no teacher (nor anything else) added to the checkpoint
     changed = _changed(before, after)
     assert any(k.startswith("text_proj.") for k in changed) and any(
@@ -455,24 +381,24 @@ def test_finetuned_baseline_runs_on_ci_data_and_changes_the_weights(ci_data, nam
 
 
 @pytest.mark.slow
-def test_albef_baseline_does_not_train(ci_data, tmp_path):
+def test_albef_baseline_does_not_train(baseline_start, tmp_path):
     """`albef` is the starting checkpoint itself: evaluating it leaves its weights as they are."""
     assert METHODS["albef"]["kind"] == "none"
     with pytest.raises(AmcError):
         train_overrides("albef")
-    start = ci_data["start"]
+    start = baseline_start["start"]
     before = _weights(start)
     result = tmp_path / "albef-vg.json"
-    _amc(
+    run_amc(
         "evaluate",
         "--checkpoint",
         start,
         "--model-config",
-        REPO / "config" / "models" / "tiny.yaml",
+        TINY_MODEL,
         "--vocab",
-        ci_data["synth"] / "vocab" / "vocab.txt",
+        baseline_start["vocab"],
         "--records",
-        ci_data["records"],
+        baseline_start["records"],
         "--benchmark",
         "vg",
         "--split",

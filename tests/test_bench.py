@@ -26,7 +26,7 @@ from amc.bench import (
 from amc.cli import main as amc_main
 from amc.io import AmcError
 from amc.models.config import ModelConfig
-from tests.model_fixtures import TINY_YAML
+from tests.helpers import TINY_MODEL
 
 CPU = torch.device("cpu")
 
@@ -34,7 +34,7 @@ CPU = torch.device("cpu")
 def small_settings(**changes) -> BenchSettings:
     """The tiny model at 32 px (a 4x4 patch grid), short texts, a few steps: seconds on 2 cores."""
     values = dict(
-        model_config=str(TINY_YAML),
+        model_config=str(TINY_MODEL),
         device="cpu",
         batch_size=4,
         image_res=32,
@@ -63,12 +63,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny32() -> ModelConfig:
-    return ModelConfig.from_file(TINY_YAML).replace(image_res=32, queue_size=64)
+    return ModelConfig.from_file(TINY_MODEL).replace(image_res=32, queue_size=64)
 
 
 def test_cli_runs_end_to_end_and_writes_json_and_table(tmp_path):
     out, table = tmp_path / "bench.json", tmp_path / "bench.md"
-    argv = ["bench", "--device", "cpu", "--model-config", str(TINY_YAML), "--batch-size", "4"]
+    argv = ["bench", "--device", "cpu", "--model-config", str(TINY_MODEL), "--batch-size", "4"]
     argv += ["--image-res", "32", "--text-len", "8", "--steps", "2", "--warmup", "1", "--eval-warmup", "1"]
     argv += ["--eval-cases", "16", "--eval-batch", "8", "--phrases-per-image", "4"]
     argv += ["--equivalence-cases", "16", "--out", str(out), "--markdown", str(table)]

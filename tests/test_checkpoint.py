@@ -13,15 +13,6 @@ import re
 
 import pytest
 import torch
-from model_fixtures import (
-    BASE_YAML,
-    GOLDEN,
-    meta_state_dict,
-    read_key_list,
-    tiny_batch,
-    tiny_config,
-    tiny_model,
-)
 
 from amc.cli import main as amc_main
 from amc.gradcam import gradcam_eval
@@ -39,13 +30,22 @@ from amc.models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from tests.helpers import (
+    BASE_MODEL,
+    GOLDEN,
+    meta_state_dict,
+    read_key_list,
+    tiny_batch,
+    tiny_config,
+    tiny_model,
+)
 
 
 @functools.cache
 def _meta_model(image_res: int = 256) -> ALBEF:
     """Full-size ALBEF on the meta device (shared: conversion only reads names and shapes)."""
     with torch.device("meta"):
-        return ALBEF(ModelConfig.from_file(BASE_YAML).replace(image_res=image_res))
+        return ALBEF(ModelConfig.from_file(BASE_MODEL).replace(image_res=image_res))
 
 
 def _refcoco_rows():

@@ -20,27 +20,7 @@ from amc.models.checkpoint import save_checkpoint
 from amc.models.config import ModelConfig
 from amc.models.tokenizer import AlbefTokenizer, load_tokenizer, pre_caption
 from amc.records import Record, load_records
-from tests.engine_fixtures import TINY_MODEL, ci_data  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = ALBEF(ModelConfig.from_file(TINY_MODEL))
-    model.copy_params()
-    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
-    save_checkpoint(path, model)
-    return path
-
-
-def _evaluate(records, checkpoint, vocab, out, *extra) -> int:
-    return amc_main(
-        [
-            "evaluate", "--checkpoint", str(checkpoint), "--model-config", str(TINY_MODEL), "--vocab", str(vocab),
-            "--records", str(records), "--benchmark", "flickr30k", "--split", "test", "--out", str(out),
-            "--num-workers", "0", "--images-per-batch", "3", "--phrases-per-batch", "5", *map(str, extra),
-        ]
-    )  # fmt: skip
+from tests.helpers import TINY_MODEL, evaluate_flickr
 
 
 def _reference_case(model, tokenizer, record, transform) -> tuple[int, int]:
@@ -61,10 +41,10 @@ def _reference_case(model, tokenizer, record, transform) -> tuple[int, int]:
     return pointing_point(cam.detach(), record.height, record.width)
 
 
-def test_evaluate_matches_a_slow_per_case_reference(tmp_path, ci_data, random_checkpoint):  # noqa: F811
+def test_evaluate_matches_a_slow_per_case_reference(tmp_path, ci_data, random_checkpoint):
     out = tmp_path / "result.json"
     assert (
-        _evaluate(
+        evaluate_flickr(
             ci_data.flickr_test, random_checkpoint, ci_data.vocab, out, "--heatmaps", tmp_path / "h.npz"
         )
         == 0
@@ -94,40 +74,44 @@ def test_evaluate_matches_a_slow_per_case_reference(tmp_path, ci_data, random_ch
     assert all(c["miss"] in ("other_object", "background") for c in misses)
 
 
-def test_missing_image_is_a_clear_error_or_counted_with_the_option(tmp_path, ci_data, random_checkpoint):  # noqa: F811
+def test_missing_image_is_a_clear_error_or_counted_with_the_option(tmp_path, ci_data, random_checkpoint):
     rows = [json.loads(line) for line in Path(ci_data.flickr_test).read_text().splitlines()][:4]
     rows[0]["image"] = str(tmp_path / "nowhere.jpg")
     for row in rows[1:]:
         row["image"] = str((Path(ci_data.flickr_test).parent / row["image"]).resolve())
     records = tmp_path / "records.jsonl"
     records.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert _evaluate(records, random_checkpoint, ci_data.vocab, tmp_path / "a.json") == 2
+    assert evaluate_flickr(records, random_checkpoint, ci_data.vocab, tmp_path / "a.json") == 2
     assert not (tmp_path / "a.json").exists()
     assert (
-        _evaluate(records, random_checkpoint, ci_data.vocab, tmp_path / "b.json", "--skip-missing-images")
+        evaluate_flickr(
+            records, random_checkpoint, ci_data.vocab, tmp_path / "b.json", "--skip-missing-images"
+        )
         == 0
     )
     summary = json.loads((tmp_path / "b.json").read_text())["summary"]
     assert summary["skipped"] == {"image missing": 1} and summary["n_cases"] == 3
 
 
-def test_empty_records_file_is_an_error(tmp_path, ci_data, random_checkpoint, caplog):  # noqa: F811
+def test_empty_records_file_is_an_error(tmp_path, ci_data, random_checkpoint, caplog):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert _evaluate(empty, random_checkpoint, ci_data.vocab, tmp_path / "out.json") == 2
+    assert evaluate_flickr(empty, random_checkpoint, ci_data.vocab, tmp_path / "out.json") == 2
     assert "empty.jsonl: no records" in caplog.text
 
 
-def test_checkpoint_of_another_model_size_is_an_error(tmp_path, ci_data, caplog):  # noqa: F811
+def test_checkpoint_of_another_model_size_is_an_error(tmp_path, ci_data, caplog):
     config = ModelConfig.from_file(TINY_MODEL)
     bigger = ModelConfig.from_dict({**config.to_dict(), "embed_dim": 32})
     model = ALBEF(bigger)
     save_checkpoint(tmp_path / "other.pt", model)
-    assert _evaluate(ci_data.flickr_test, tmp_path / "other.pt", ci_data.vocab, tmp_path / "out.json") == 2
+    assert (
+        evaluate_flickr(ci_data.flickr_test, tmp_path / "other.pt", ci_data.vocab, tmp_path / "out.json") == 2
+    )
     assert "other.pt" in caplog.text
 
 
-def test_box_metric_with_a_proposals_file(tmp_path, ci_data, random_checkpoint):  # noqa: F811
+def test_box_metric_with_a_proposals_file(tmp_path, ci_data, random_checkpoint):
     """With --proposals, every case also gets ALBEF's box metric; a proposal equal to the
     ground-truth box as the only candidate is always a hit."""
     records = load_records(ci_data.refcoco_testA)
@@ -161,7 +145,7 @@ def _cases(path: Path) -> list[dict]:
     return json.loads(path.read_text())["cases"]
 
 
-def test_several_splits_in_one_call_equal_separate_calls(tmp_path, ci_data, random_checkpoint, caplog):  # noqa: F811
+def test_several_splits_in_one_call_equal_separate_calls(tmp_path, ci_data, random_checkpoint, caplog):
     torch.manual_seed(1)
     other = ALBEF(ModelConfig.from_file(TINY_MODEL))
     save_checkpoint(tmp_path / "other.pt", other)
@@ -302,6 +286,35 @@ def _evaluate_args(checkpoint, vocab, *args) -> int:
         ["evaluate", "--checkpoint", str(checkpoint), "--model-config", str(TINY_MODEL), "--vocab", str(vocab),
          "--num-workers", "0", *map(str, args)]
     )  # fmt: skip
+
+
+# 40 one-piece words: Flickr30k keeps 50 words, RefCOCO+ 30 (released dataset/grounding_dataset.py)
+WORDY_PHRASE = " ".join(f"w{i}" for i in range(40))
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "extra", "limit"),
+    [
+        ("flickr30k", [], 50),
+        ("refcoco+", [], 30),
+        ("refclef", [], 30),
+        ("flickr30k", ["--max-words", "5"], 5),
+    ],
+)
+def test_the_word_limit_is_the_benchmarks(pieces_case, monkeypatch, tmp_path, benchmark, extra, limit):
+    model, vocab, image, _ = pieces_case
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, model)
+    records = tmp_path / "wordy.jsonl"
+    record = Record(f"{benchmark}/0", benchmark, "val", str(image), 110, 70, WORDY_PHRASE, [[5, 5, 40, 40]])
+    records.write_text(json.dumps(vars(record)) + "\n")
+    seen = spy_on_model_inputs(monkeypatch)
+    out = tmp_path / "result.json"
+    args = ["--records", records, "--benchmark", benchmark, "--split", "val", "--out", out, *extra]
+    assert _evaluate_args(checkpoint, vocab, *args) == 0
+    (_, ids) = seen[1]
+    assert ids.shape == (1, 1 + min(40, limit))  # [CLS] + the words kept
+    assert json.loads(out.read_text())["summary"]["max_words"] == limit
 
 
 def test_selection_uses_the_benchmarks_transform_and_uncapped_tokens(pieces_case, monkeypatch, tmp_path):

@@ -15,9 +15,7 @@ from amc.cli import main as amc_main
 from amc.evaluate import _score
 from amc.io import DataError
 from amc.records import Record, load_records, prepare_report_path
-from tests.engine_fixtures import ci_data  # noqa: F401
-from tests.test_evaluate import _evaluate, random_checkpoint  # noqa: F401
-from tests.test_readers import box_object, write_flickr
+from tests.helpers import box_object, evaluate_flickr, write_flickr
 
 
 def test_a_box_reaching_outside_the_image_is_kept_and_scored_as_annotated(tmp_path):
@@ -36,7 +34,7 @@ def test_a_box_reaching_outside_the_image_is_kept_and_scored_as_annotated(tmp_pa
     assert not _score(clipped, heatmap, None).hit
 
 
-def test_prepare_skip_counts_reach_the_result(tmp_path, ci_data, random_checkpoint):  # noqa: F811
+def test_prepare_skip_counts_reach_the_result(tmp_path, ci_data, random_checkpoint):
     root = tmp_path / "flickr30k"
     write_flickr(
         root,
@@ -60,7 +58,7 @@ def test_prepare_skip_counts_reach_the_result(tmp_path, ci_data, random_checkpoi
     ]
 
     out = tmp_path / "result.json"
-    assert _evaluate(records, random_checkpoint, ci_data.vocab, out) == 0
+    assert evaluate_flickr(records, random_checkpoint, ci_data.vocab, out) == 0
     summary = json.loads(out.read_text())["summary"]
     assert summary["n_cases"] == 2 and summary["skipped"] == {}
     assert summary["skipped_in_prepare"]["skipped"] == {"degenerate box": 1}
@@ -73,7 +71,7 @@ def test_prepare_skip_counts_reach_the_result(tmp_path, ci_data, random_checkpoi
     edited.parent.mkdir()
     edited.write_text(records.read_text().splitlines()[0].replace('"image":"', '"image":"../records/') + "\n")
     shutil.copy(prepare_report_path(records), prepare_report_path(edited))
-    assert _evaluate(edited, random_checkpoint, ci_data.vocab, out) == 0
+    assert evaluate_flickr(edited, random_checkpoint, ci_data.vocab, out) == 0
     summary = json.loads(out.read_text())["summary"]
     assert summary["n_cases"] == 1 and summary["skipped_in_prepare"] is None
 
@@ -96,3 +94,24 @@ def test_a_record_box_must_be_four_finite_numbers_with_an_area(tmp_path, box, pr
     path.write_text(json.dumps(row) + "\n")
     with pytest.raises(DataError, match=rf"r\.jsonl: record 1: box .* {problem}"):
         load_records(path)
+
+
+def test_a_point_in_any_of_the_entitys_boxes_is_a_hit_and_a_miss_is_classified():
+    """A Flickr30k entity has several boxes: the point may fall in any of them. A miss inside
+    another object of the image is 'other_object', elsewhere 'background'."""
+    heatmap = torch.zeros(4, 4)
+    heatmap[3, 3] = 1.0  # bottom-right cell: the point lands near (35, 35) of a 40 x 40 image
+    record = Record("flickr30k/1/0", "flickr30k", "test", "a.jpg", 40, 40, "two dogs",
+                    [[0, 0, 10, 10], [25, 25, 40, 40]], category="animals", other_boxes=[[0, 20, 10, 40]])  # fmt: skip
+    case = _score(record, heatmap, None)
+    assert case.hit and case.miss is None and case.category == "animals" and case.id == record.id
+    assert 25 < case.point[0] < 40 and 25 < case.point[1] < 40 and case.box_hit is None
+    first_only = Record(**{**vars(record), "boxes": [[0, 0, 10, 10]]})
+    assert _score(first_only, heatmap, None).miss == "background"
+    inside_other = Record(**{**vars(first_only), "other_boxes": [[20, 20, 40, 40]]})
+    assert _score(inside_other, heatmap, None).miss == "other_object"
+    # with proposals: the box metric on the first box, False for an image without proposals
+    proposals = {"7": [[25.0, 25.0, 15.0, 15.0]]}
+    boxed = Record(**{**vars(record), "boxes": [[25, 25, 40, 40]], "image_id": "7"})
+    assert _score(boxed, heatmap, proposals).box_hit is True
+    assert _score(Record(**{**vars(boxed), "image_id": "8"}), heatmap, proposals).box_hit is False

@@ -41,6 +41,7 @@ def env(tmp_path):
     return environ
 
 
+@pytest.mark.subprocess
 def test_four_jobs_get_four_devices_and_a_fifth_waits(tmp_path, env):
     first = [gpu_run(tmp_path, f"job{i}", 1.5, env) for i in range(4)]
     time.sleep(0.8)  # the four have their devices
@@ -54,6 +55,7 @@ def test_four_jobs_get_four_devices_and_a_fifth_waits(tmp_path, env):
     assert runs[4][0] in {"0", "1", "2", "3"}
 
 
+@pytest.mark.subprocess
 def test_honours_cuda_visible_devices(tmp_path, env):
     env = dict(env, CUDA_VISIBLE_DEVICES="5,7")
     jobs = [gpu_run(tmp_path, f"job{i}", 0.8, env) for i in range(2)]
@@ -61,12 +63,14 @@ def test_honours_cuda_visible_devices(tmp_path, env):
     assert sorted(read(tmp_path / f"job{i}")[0] for i in range(2)) == ["5", "7"]
 
 
+@pytest.mark.subprocess
 def test_multi_gpu_job_takes_all_or_nothing(tmp_path, env):
     job = gpu_run(tmp_path, "pair", 0.0, env, "--gpus", "2")
     assert job.wait(timeout=30) == 0
     assert read(tmp_path / "pair")[0] == "0,1"
 
 
+@pytest.mark.subprocess
 def test_lock_released_when_killed(tmp_path, env):
     env = dict(env, AMC_FAKE_GPUS="0")
     victim = gpu_run(tmp_path, "victim", 60.0, env)
@@ -78,6 +82,7 @@ def test_lock_released_when_killed(tmp_path, env):
     assert read(tmp_path / "after")[0] == "0"
 
 
+@pytest.mark.subprocess
 def test_no_gpu_runs_on_cpu(tmp_path):
     env = {k: v for k, v in os.environ.items()}
     env["CUDA_VISIBLE_DEVICES"] = ""

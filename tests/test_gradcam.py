@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_fixtures import GOLDEN, TINY_YAML, tiny_batch, tiny_model
 
 from amc.gradcam import gradcam_eval, gradcam_map, gradcam_train
 from amc.models.checkpoint import export_albef, save_checkpoint
+from tests.helpers import GOLDEN, TINY_MODEL, tiny_batch, tiny_model
 
 
 def slow_reference_gradcam(model, image_embeds, ids, mask):
@@ -194,7 +194,7 @@ def test_second_order_gradient_is_exact():
     the second-order path that create_graph=True keeps.
     """
     model = tiny_model().double()
-    images, ids, mask = tiny_batch(model, batch=2, lengths=(5, 3))
+    images, ids, mask = tiny_batch(model, lengths=(5, 3))
     images = images.double()
     with torch.no_grad():
         image_embeds = model.encode_image(images)
@@ -268,7 +268,7 @@ def test_cli_writes_eval_map_and_overlay(tmp_path):
     _write_vocab(tmp_path / "vocab.txt")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "img.png")
-    config = str(TINY_YAML)
+    config = str(TINY_MODEL)
     text = "The red circle, left of the BLUE square!"
     common = ["gradcam", "--model-config", config, "--vocab", str(tmp_path / "vocab.txt")]
     common += ["--image", str(tmp_path / "img.png"), "--text", text]

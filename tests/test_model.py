@@ -8,8 +8,13 @@ import re
 
 import pytest
 import torch
-from model_fixtures import (
-    BASE_YAML,
+
+from amc.io import AmcError
+from amc.models import ALBEF, ModelConfig
+from amc.models.albef import interpolate_pos_embed
+from amc.models.bert import MASK_VALUE
+from tests.helpers import (
+    BASE_MODEL,
     GOLDEN,
     REPO,
     read_key_list,
@@ -17,11 +22,6 @@ from model_fixtures import (
     tiny_config,
     tiny_model,
 )
-
-from amc.io import AmcError
-from amc.models import ALBEF, ModelConfig
-from amc.models.albef import interpolate_pos_embed
-from amc.models.bert import MASK_VALUE
 
 # ------------------------------------------------------------------ config
 
@@ -33,7 +33,7 @@ def test_config_files_load_and_round_trip(name):
 
 
 def test_albef_configs_match_the_paper_model():
-    base = ModelConfig.from_file(BASE_YAML)
+    base = ModelConfig.from_file(BASE_MODEL)
     assert (base.image_res, base.embed_dim, base.gradcam_layer, base.queue_size) == (256, 256, 8, 65536)
     assert (base.vision.patch_size, base.vision.width, base.vision.depth, base.vision.heads) == (
         16,
@@ -53,7 +53,7 @@ def test_albef_configs_match_the_paper_model():
 
 def test_unknown_key_names_file_and_key(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text(BASE_YAML.read_text().replace("fusion_layer: 6", "fusion_layer: 6\n  fusion_layers: 6"))
+    path.write_text(BASE_MODEL.read_text().replace("fusion_layer: 6", "fusion_layer: 6\n  fusion_layers: 6"))
     with pytest.raises(AmcError, match=r"bad\.yaml.*unknown key text\.fusion_layers"):
         ModelConfig.from_file(path)
     path.write_text("image_res: 256\nimage_size: 3\n")
@@ -83,7 +83,7 @@ def test_config_bert_json_is_accepted_verbatim(tmp_path):
     }
     path = tmp_path / "model.json"
     path.write_text(json.dumps({"text": config_bert}))
-    assert ModelConfig.from_file(path).text == ModelConfig.from_file(BASE_YAML).text
+    assert ModelConfig.from_file(path).text == ModelConfig.from_file(BASE_MODEL).text
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_config_bert_json_is_accepted_verbatim(tmp_path):
 )
 def test_config_validation(changes, message):
     with pytest.raises(AmcError, match=message):
-        ModelConfig.from_file(BASE_YAML).replace(**changes)
+        ModelConfig.from_file(BASE_MODEL).replace(**changes)
 
 
 # ------------------------------------------------------------- state_dict naming
@@ -110,7 +110,7 @@ def _meta_model(config: ModelConfig) -> ALBEF:
 
 def test_full_size_state_dict_is_exactly_albef_pretrain_checkpoint():
     rows = read_key_list("albef_checkpoint_keys_dtypes.txt")
-    state = _meta_model(ModelConfig.from_file(BASE_YAML)).state_dict()
+    state = _meta_model(ModelConfig.from_file(BASE_MODEL)).state_dict()
     assert list(state) == [name for name, _, _ in rows]  # same names, same order
     for name, shape, dtype in rows:
         assert tuple(state[name].shape) == shape, name
@@ -197,7 +197,7 @@ def test_attention_layout_default_and_reference():
     impl = [layer.crossattention.self.implementation for layer in model.text_encoder.bert.encoder.layer[1:]]
     assert impl == ["eager", "eager"]
     assert not any(block.attn.fused_attn for block in model.visual_encoder.blocks)
-    base = _meta_model(ModelConfig.from_file(BASE_YAML))
+    base = _meta_model(ModelConfig.from_file(BASE_MODEL))
     impl = [layer.attention.self.implementation for layer in base.text_encoder.bert.encoder.layer]
     assert impl == ["sdpa"] * 8 + ["eager"] * 4
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from test_report import fabricate_run
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO, fabricate_run
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(300)
 def test_notebook_runs_on_a_fabricated_run(tmp_path):
     run_dir, _ = fabricate_run(tmp_path)

@@ -19,29 +19,9 @@ from amc.data.refcoco import read_refcoco
 from amc.data.vg import read_vg
 from amc.io import DataError
 from amc.records import Record, load_records
+from tests.helpers import box_object, write_flickr, write_vg
 
 # ------------------------------------------------------------------------------------ Flickr30k
-
-XML = """<annotation>
-  <filename>{id}.jpg</filename>
-  <size><width>200</width><height>100</height><depth>3</depth></size>
-{objects}
-</annotation>
-"""
-
-
-def box_object(names, xmin, ymin, xmax, ymax):
-    names = "".join(f"<name>{n}</name>" for n in names)
-    return f"  <object>{names}<bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
-
-
-def write_flickr(root: Path, image_id: str, sentences: list[str], objects: list[str], split: str = "test"):
-    (root / "Sentences").mkdir(parents=True, exist_ok=True)
-    (root / "Annotations").mkdir(parents=True, exist_ok=True)
-    (root / "Sentences" / f"{image_id}.txt").write_text("\n".join(sentences) + "\n")
-    (root / "Annotations" / f"{image_id}.xml").write_text(XML.format(id=image_id, objects="\n".join(objects)))
-    with (root / f"{split}.txt").open("a") as handle:
-        handle.write(f"{image_id}\n")
 
 
 @pytest.fixture
@@ -296,99 +276,6 @@ def test_refcoco_bad_pickles(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ Visual Genome
-
-
-def write_vg(root: Path):
-    root.mkdir(parents=True, exist_ok=True)
-    image_data = [
-        {
-            "image_id": 1,
-            "width": 100,
-            "height": 80,
-            "url": "https://cs.stanford.edu/people/rak248/VG_100K/1.jpg",
-            "coco_id": 501,
-            "flickr_id": None,
-        },
-        {
-            "image_id": 2,
-            "width": 60,
-            "height": 60,
-            "url": "https://cs.stanford.edu/people/rak248/VG_100K_2/2.jpg",
-            "coco_id": None,
-            "flickr_id": 900,
-        },
-    ]
-    regions = [
-        {
-            "id": 1,
-            "regions": [
-                {
-                    "region_id": 7,
-                    "image_id": 1,
-                    "phrase": "A red circle",
-                    "x": 10,
-                    "y": 5,
-                    "width": 20,
-                    "height": 30,
-                },
-                {"region_id": 8, "image_id": 1, "phrase": "  ", "x": 10, "y": 5, "width": 20, "height": 30},
-                {
-                    "region_id": 9,
-                    "image_id": 1,
-                    "phrase": "off the edge",
-                    "x": 90,
-                    "y": 5,
-                    "width": 20,
-                    "height": 30,
-                },
-            ],
-        },
-        {
-            "id": 2,
-            "regions": [
-                {"region_id": 10, "image_id": 2, "phrase": "sky", "x": 0, "y": 0, "width": 60, "height": 20}
-            ],
-        },
-    ]
-    attributes = [
-        {
-            "image_id": 1,
-            "attributes": [
-                {
-                    "object_id": 3,
-                    "names": ["circle"],
-                    "attributes": ["red", " small "],
-                    "x": 10,
-                    "y": 5,
-                    "w": 20,
-                    "h": 30,
-                    "synsets": [],
-                },
-                {"object_id": 4, "names": ["square"], "x": 50, "y": 40, "w": 10, "h": 10},  # no attributes
-            ],
-        }
-    ]
-    relationships = [
-        {
-            "image_id": 1,
-            "relationships": [
-                {
-                    "relationship_id": 5,
-                    "predicate": "LEFT OF",
-                    "subject": {"object_id": 3, "name": "circle", "x": 10, "y": 5, "w": 20, "h": 30},
-                    "object": {"object_id": 4, "names": ["square"], "x": 50, "y": 40, "w": 10, "h": 10},
-                }
-            ],
-        },
-        {"image_id": 2, "relationships": []},
-    ]
-    for name, data in [
-        ("image_data", image_data),
-        ("region_descriptions", regions),
-        ("attributes", attributes),
-        ("relationships", relationships),
-    ]:
-        (root / f"{name}.json").write_text(json.dumps(data))
 
 
 def vg_record(image_id, kind, n, phrase, box, category, root, width=100, height=80, folder="VG_100K"):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,136 +15,7 @@ import pytest
 
 from amc.cli import main as amc_main
 from amc.report import figures, grid, tables
-
-REPO = Path(__file__).resolve().parent.parent
-
-# hits per (method, seed, benchmark-split); a 0 case is a miss (its kind below)
-HITS = {
-    ("albef", 0, "flickr30k-test"): [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
-    ("amc", 0, "flickr30k-test"): [1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
-    ("amc", 1, "flickr30k-test"): [1, 1, 1, 1, 1, 1, 0, 0, 0, 0],
-    ("vmrm_style", 0, "flickr30k-test"): [1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
-    ("vmrm_style", 1, "flickr30k-test"): [1, 1, 1, 1, 1, 1, 0, 0, 0, 0],
-    ("amc_dmean0.05", 0, "flickr30k-test"): [1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    ("albef", 0, "refcoco+-testA"): [1, 0, 1, 0, 1, 0, 1, 0],
-    ("amc", 0, "refcoco+-testA"): [1, 1, 1, 1, 1, 1, 0, 0],
-    ("amc", 1, "refcoco+-testA"): [1, 1, 1, 1, 1, 1, 1, 0],
-    ("vmrm_style", 0, "refcoco+-testA"): [1, 1, 0, 0, 0, 0, 0, 0],
-    ("vmrm_style", 1, "refcoco+-testA"): [1, 1, 1, 0, 0, 0, 0, 0],
-    ("amc_dmean0.05", 0, "refcoco+-testA"): [1, 1, 1, 1, 0, 0, 0, 0],
-    ("amc_released", 0, "flickr30k-test"): [1, 1, 1, 1, 1, 1, 1, 1, 1, 0],
-    ("amc_released", 0, "refcoco+-testA"): [1, 1, 1, 1, 1, 1, 0, 0],
-}
-CATEGORIES = ["people", "animals"]
-
-
-def run_config(paper: Path) -> dict:
-    return {
-        "run": "fab",
-        "data": {"source": "synthetic", "raw_dir": "data/fab/synth", "records_dir": "data/fab/records"},
-        "model_config": "config/models/tiny.yaml",
-        "vocab": "{raw_dir}/vocab/vocab.txt",
-        "init_checkpoint": "results/{run}/pretrain/checkpoint_final.pt",
-        "finetune": {"config": "config/runs/demo-finetune.yaml"},
-        "seeds": [0, 1],
-        "methods": {
-            "albef": {"label": "ALBEF", "kind": "none"},
-            "vmrm_style": {"label": "VMRM-style", "kind": "finetune"},
-            "amc": {
-                "label": "AMC",
-                "kind": "finetune",
-                "objectives": {"amc": {"delta_mean": 0.1, "delta_max": 0.5}},
-            },
-            "amc_released": {
-                "label": "AMC (released checkpoints)",
-                "kind": "released",
-                "checkpoints": {
-                    "flickr30k": "{raw_dir}/amc/best_flickr.pth",
-                    "refcoco+": "{raw_dir}/amc/best_refcoco.pth",
-                },
-            },
-        },
-        "sweeps": [
-            {
-                "base": "amc",
-                "parameter": "objectives.amc.delta_mean",
-                "symbol": "Δ1",
-                "values": [0.05, 0.1],
-                "name": "amc_dmean{value}",
-                "seeds": [0],
-            }
-        ],
-        "benchmarks": {
-            "flickr30k": {"splits": ["test"], "image_res": 96},
-            "refcoco+": {"splits": ["testA"], "image_res": 96},
-        },
-        "table1": {
-            "paper": str(paper),
-            "rows": [
-                {"label": "VMRM-style", "method": "vmrm_style", "paper": "VMRM"},
-                {"label": "ALBEF", "method": "albef", "paper": "ALBEF"},
-                {"label": "AMC (fine-tuned here)", "method": "amc", "paper": "AMC"},
-                {"label": "AMC (released checkpoints)", "method": "amc_released", "paper": "AMC"},
-            ],
-            "columns": [
-                {"benchmark": "flickr30k", "split": "test", "label": "Flickr30k test"},
-                {"benchmark": "refcoco+", "split": "testA", "label": "RefCOCO+ testA"},
-            ],
-        },
-        "ablation": {"reference": "amc", "n_boot": 2000},
-    }
-
-
-def fabricate_run(root: Path, with_metrics: bool = True) -> tuple[Path, dict]:
-    """results/fab/ under ``root``: eval JSONs, metrics.jsonl, workflow-config.json."""
-    run_dir = root / "results" / "fab"
-    config = grid.resolved_config(grid.validate_config(run_config(REPO / "results/paper/table1.csv")))
-    (run_dir).mkdir(parents=True, exist_ok=True)
-    (run_dir / "workflow-config.json").write_text(json.dumps(config))
-    for (method, seed, name), hits in HITS.items():
-        benchmark, split = name.rsplit("-", 1)
-        cases = []
-        for i, hit in enumerate(hits):
-            miss = None if hit else ("other_object" if i % 2 == 0 else "background")
-            cases.append(
-                {
-                    "id": f"{benchmark}/{split}/{i}",
-                    "point": [10.0 + i, 20.0],
-                    "hit": bool(hit),
-                    "miss": miss,
-                    "category": CATEGORIES[i % 2],
-                }
-            )
-        summary = {
-            "benchmark": benchmark,
-            "split": split,
-            "method": method,
-            "seed": seed,
-            "accuracy": sum(hits) / len(hits),
-            "n_cases": len(hits),
-            "n_hits": sum(hits),
-        }
-        path = run_dir / "eval" / method / f"seed{seed}" / f"{name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"summary": summary, "cases": cases}))
-    if with_metrics:
-        for method, seeds in (("amc", [0, 1]), ("vmrm_style", [0, 1]), ("amc_dmean0.05", [0])):
-            for seed in seeds:
-                path = run_dir / "train" / method / f"seed{seed}" / "metrics.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                lines = [
-                    {
-                        "step": s,
-                        "epoch": 0,
-                        "lr": 1e-4,
-                        "loss": 3.0 - 0.1 * s + 0.05 * seed,
-                        "loss_itc": 1.0,
-                        "loss_amc": 0.5,
-                    }
-                    for s in range(0, 20, 5)
-                ]
-                path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return run_dir, config
+from tests.helpers import REPO, fabricate_run, run_config
 
 
 def report(*args: str) -> int:
@@ -295,19 +165,40 @@ def test_qualitative_choice_and_grid(fabricated, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-def test_where_prints_locations(tmp_path, monkeypatch, capsys):
+def test_where_prints_what_exists_and_what_is_not_made_yet(tmp_path, monkeypatch, capsys):
     from amc.report import where
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cfg.yaml").write_text("run: fab\n")
-    fabricate_run(tmp_path)
+    fabricate_run(tmp_path)  # evaluations only: no table, figure or report yet
     assert where.main(["--config", "cfg.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "results/fab/tables/table1.md" in out and "report.html" in out
-    assert "table1_released" not in out
-    released = tmp_path / "results/fab/tables/table1_released.md"
-    released.parent.mkdir(parents=True, exist_ok=True)
+    assert "Table 1:   results/fab/tables/table1.md  (not made yet)" in out
+    assert "Ablations: results/fab/tables/ablation.md  (not made yet)" in out
+    assert "--report results/fab/report.html)" in out  # how to make it
+    assert "table1_released" not in out and ".png" not in out
+
+    tables = tmp_path / "results/fab/tables"
+    tables.mkdir(parents=True)
+    (tables / "table1.md").write_text("| AMC (fine-tuned here) | 86.49 |\n")
+    (tables / "ablation.md").write_text("| amc |\n")
+    (tmp_path / "results/fab/figures").mkdir()
+    (tmp_path / "results/fab/figures/ablation_delta.png").write_bytes(b"")
+    (tmp_path / "results/fab/report.html").write_text("<html></html>")
+    assert where.main(["--config", "cfg.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "Table 1:   results/fab/tables/table1.md  (also .csv, .tex)" in out
+    assert "| AMC (fine-tuned here) | 86.49 |" in out and "not made yet" not in out
+    assert "results/fab/figures/ablation_delta.png  (+ .pdf)" in out
+    assert "Report:    results/fab/report.html\n" in out
+
+    released = tables / "table1_released.md"
     released.write_text("| ALBEF | 79.14 |\n")
+    assert where.main(["--config", "cfg.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "snakemake released): results/fab/tables/table1_released.md" in out
+    assert "| ALBEF | 79.14 |" not in out  # Table 1 exists: the released rows are in it
+    (tables / "table1.md").unlink()
     assert where.main(["--config", "cfg.yaml"]) == 0
     out = capsys.readouterr().out
     assert "snakemake released): results/fab/tables/table1_released.md" in out and "| ALBEF | 79.14 |" in out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -18,45 +17,28 @@ import torch
 import yaml
 
 from amc.io import AmcError
-from amc.train import alpha_at, build_optimizer, load_run_config, lr_at, numerics
-from tests.engine_fixtures import REPO, TINY_MODEL, ci_data, run_amc  # noqa: F401
+from amc.objectives import build_objectives
+from amc.train import TrainingStep, alpha_at, build_optimizer, load_run_config, lr_at, numerics
+from tests.helpers import (
+    REPO,
+    SMALL,
+    SPECIAL_IDS,
+    TINY_MODEL,
+    checkpoint_state,
+    read_metrics,
+    records_subset,
+    run_amc,
+    subprocess_env,
+    tiny_model,
+    train_batch,
+    write_run_config,
+)
 
 PRETRAIN_OBJECTIVES = {
     "itc": {"weight": 1.0},
     "itm": {"weight": 1.0},
     "mlm": {"weight": 1.0, "probability": 0.15},
 }
-
-
-def _write_config(path: Path, data, **changes) -> Path:
-    config = {
-        "model_config": str(TINY_MODEL),
-        "vocab": str(data.vocab),
-        "data": {"kind": "records", "path": str(data.vg_train), "image_res": 96, "mask_size": 96},
-        # The per-step cosine: these runs are a few steps long (the released schedule is tested below).
-        "optim": {
-            "lr": 1e-3,
-            "min_lr": 1e-4,
-            "schedule": "cosine",
-            "warmup_steps": 2,
-            "epochs": 50,
-            "batch_size": 8,
-        },
-        "num_workers": 0,
-        "log_every": 1,
-    }
-    for dotted, value in changes.items():
-        node = config
-        *parents, last = dotted.split("__")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # --------------------------------------------------------------------------- configuration
@@ -240,11 +222,158 @@ def test_paper_defaults_and_rejected_values():
         load_run_config(None, [*base, "optim.schedule=linear"])
 
 
+# --------------------------------------------------------------------------- one optimiser step
+
+
+def _moved_momentum_model():
+    """The tiny model (training mode) with momentum copies that differ from the online weights."""
+    model = tiny_model(**SMALL).train()
+    with torch.no_grad():
+        for _, momentum in model.model_pairs:
+            for param in momentum.parameters():
+                param.add_(0.05)
+    return model
+
+
+def test_a_training_step_updates_the_momentum_model_once_then_enqueues_every_micro_batch():
+    """begin_step moves the momentum weights toward the online ones (m = 0.995); the micro-batches
+    read the queues without writing them; end_step writes their momentum features in order and
+    advances the pointer by the step's whole batch."""
+    model = _moved_momentum_model()
+    step = TrainingStep(model, build_objectives({"itc": {}, "itm": {}}), SPECIAL_IDS)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    step.begin_step()
+    after = model.state_dict()
+    moved = 0
+    for key in before:
+        if "_m." in key and before[key].is_floating_point():
+            online_key = key.replace("_m.", ".", 1)
+            torch.testing.assert_close(after[key], 0.995 * before[key] + 0.005 * before[online_key], msg=key)
+            moved += 1
+        else:
+            assert torch.equal(after[key], before[key]), key  # only the momentum copies move
+    assert moved > 20
+    outputs = []
+    for seed in (1, 2):
+        outputs.append(step(train_batch(model, seed=seed), 0.4, torch.Generator().manual_seed(seed)))
+        assert int(model.queue_ptr) == 0 and torch.equal(model.image_queue, before["image_queue"])
+    step.end_step(outputs)
+    assert int(model.queue_ptr) == 8  # two micro-batches of 4
+    features = [out.queue_features for out in outputs]
+    torch.testing.assert_close(model.image_queue[:, :8], torch.cat([f.image_feat for f in features]).T)
+    torch.testing.assert_close(model.text_queue[:, :8], torch.cat([f.text_feat for f in features]).T)
+    assert torch.equal(model.image_queue[:, 8:], before["image_queue"][:, 8:])
+
+
+def test_a_step_without_the_momentum_encoders_enqueues_nothing():
+    model = _moved_momentum_model()
+    step = TrainingStep(model, build_objectives({"itc": {"mode": "in_batch"}}), SPECIAL_IDS)
+    out = step(train_batch(model), 0.4, torch.Generator().manual_seed(0))
+    assert out.queue_features is None
+    step.end_step([out])
+    assert int(model.queue_ptr) == 0
+
+
+def test_the_step_loss_is_the_sum_of_the_weighted_objectives():
+    model = tiny_model(**SMALL)
+    batch = train_batch(model)
+    objectives = build_objectives({"itc": {"weight": 0.5}, "mlm": {"weight": 2.0}})
+    out = TrainingStep(model, objectives, SPECIAL_IDS)(batch, 0.0, torch.Generator().manual_seed(0))
+    alone = [
+        TrainingStep(model, [objective], SPECIAL_IDS)(batch, 0.0, torch.Generator().manual_seed(0))
+        for objective in objectives
+    ]
+    assert out.loss.item() == pytest.approx(0.5 * alone[0].logs["loss_itc"] + 2.0 * alone[1].logs["loss_mlm"])
+    assert set(out.logs) == {"loss_itc", "loss_mlm"}
+
+
 # --------------------------------------------------------------------------- training runs
 
 
-def test_pretraining_lowers_the_loss(tmp_path, ci_data):  # noqa: F811
-    config = _write_config(
+def test_a_short_run_in_process_wires_the_configuration_through(tmp_path, ci_data, monkeypatch):
+    """Three optimiser steps of two micro-batches of 4 at 32 px, in this process: what the loop
+    builds from the run configuration, what it logs and saves, and an exact resume."""
+    import amc.train
+
+    built, batches = {"build_dataset": [], "build_optimizer": []}, []
+    for name in built:
+        real = getattr(amc.train, name)
+        monkeypatch.setattr(
+            amc.train, name, lambda *a, real=real, name=name: built[name].append(real(*a)) or built[name][-1]
+        )
+    real_batch = amc.train.to_train_batch
+    monkeypatch.setattr(amc.train, "to_train_batch", lambda *a: batches.append(real_batch(*a)) or batches[-1])
+
+    records = records_subset(ci_data, 16, tmp_path / "vg-16.jsonl")
+    path = write_run_config(tmp_path / "run.yaml", ci_data, data__path=str(records))
+    overrides = ["data.image_res=32", "data.mask_size=16", "data.max_words=3", "data.max_tokens=6",
+                 "optim.batch_size=4", "optim.grad_accum=2", "optim.max_steps=3", "optim.epochs=5",
+                 "optim.warmup_steps=1", "optim.weight_decay=0.05", "log_every=2", "save_every_steps=2",
+                 "alpha=0.2", "seed=3", "data.augment.hflip=0.0", "data.augment.grayscale=1.0"]  # fmt: skip
+    config = load_run_config(str(path), overrides)
+    result = amc.train.train(config, tmp_path / "out")
+
+    out = tmp_path / "out"
+    assert result.steps == 3 and result.final_checkpoint == out / "checkpoint_final.pt"
+    (dataset,), (optimizer,) = built["build_dataset"], built["build_optimizer"]
+    assert (dataset.transform.image_res, dataset.transform.mask_size, dataset.seed) == (32, 16, 3)
+    assert (dataset.transform.hflip_p, dataset.transform.grayscale_p) == (0.0, 1.0)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0, 0.05]
+    assert len(batches) == 6 and all(b.image.shape == (4, 3, 32, 32) for b in batches)
+    assert all(b.box_mask.shape == (4, 16, 16) and bool(b.has_box.all()) for b in batches)
+    assert all(len(text.split()) <= 3 for b in batches for text in b.texts)
+    assert max(b.input_ids.shape[1] for b in batches) <= 6
+
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]  # the first step, every log_every, the last
+    assert result.last_metrics == rows[-1]
+    assert [r["epoch"] for r in rows] == [0, 0, 1]  # 16 pairs / (4 x 2) = 2 steps per epoch
+    assert [r["lr"] for r in rows] == pytest.approx([lr_at(s, 2, 3, config["optim"]) for s in range(3)])
+    assert [r["alpha"] for r in rows] == pytest.approx([0.0, 0.1, 0.2])
+    assert all(
+        {"loss", "loss_itc", "loss_itm", "loss_mlm", "loss_amc", "l_mean", "l_max"} <= set(r) for r in rows
+    )
+    assert all(r["images_replaced"] == 0 and r["pairs_per_s"] > 0 and r["max_memory_mb"] > 0 for r in rows)
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text()) == config
+
+    last = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert (last["step"], last["epoch"], last["batch_in_epoch"]) == (2, 1, 0)  # saved at the end of epoch 0
+    final = torch.load(out / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    assert (final["step"], final["epoch"], final["method"]) == (3, 1, "amc")
+    weights = final["model"]
+    assert int(weights["queue_ptr"]) == 3 * 8  # every step enqueued its 8 pairs
+    assert weights["visual_encoder.pos_embed"].shape[1] == 1 + 4 * 4  # the model at data.image_res
+    from amc.models.albef import ALBEF
+    from amc.models.config import ModelConfig
+
+    torch.manual_seed(3)  # the run's start: its seed, then the model
+    start = ALBEF(ModelConfig.from_file(TINY_MODEL).replace(image_res=32))
+    start.copy_params()
+    start = start.state_dict()
+    for key in (
+        "visual_encoder_m.patch_embed.proj.weight",
+        "text_proj_m.weight",
+        "visual_encoder.norm.weight",
+    ):
+        assert not torch.equal(weights[key], start[key]), key  # the momentum model followed the training
+
+    # Resuming from the step-2 checkpoint ends on the same weights and the same log.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name in ("checkpoint_last.pt", "metrics.jsonl", "config.resolved.yaml"):
+        (resumed / name).write_bytes((out / name).read_bytes())
+    assert amc.train.train(config, resumed, resume=True).steps == 3
+    again = checkpoint_state(resumed / "checkpoint_final.pt")
+    assert all(torch.equal(again[key], weights[key]) for key in weights)
+    assert [(r["step"], r["loss"]) for r in read_metrics(resumed / "metrics.jsonl")] == [
+        (r["step"], r["loss"]) for r in rows
+    ]
+    # A complete run is not trained again.
+    assert amc.train.train(config, resumed, resume=True).steps == 0
+
+
+def test_pretraining_lowers_the_loss(tmp_path, ci_data):
+    config = write_run_config(
         tmp_path / "pretrain.yaml",
         ci_data,
         data__kind="captions",
@@ -254,7 +383,7 @@ def test_pretraining_lowers_the_loss(tmp_path, ci_data):  # noqa: F811
         optim__batch_size=16,
     )
     run_amc("pretrain", "--config", config, "--out", tmp_path / "out")
-    rows = _metrics(tmp_path / "out" / "metrics.jsonl")
+    rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 41))
     assert {"loss_itc", "loss_itm", "loss_mlm", "lr", "pairs_per_s", "max_memory_mb"} <= set(rows[0])
     # From random weights the masked-LM term falls steadily (ln 512 = 6.24 at the start); the
@@ -269,12 +398,12 @@ def test_pretraining_lowers_the_loss(tmp_path, ci_data):  # noqa: F811
     assert (tmp_path / "out" / "config.resolved.yaml").exists()
 
 
-def test_amc_finetuning_logs_its_terms(tmp_path, ci_data):  # noqa: F811
-    config = _write_config(tmp_path / "amc.yaml", ci_data, optim__max_steps=3)
+def test_amc_finetuning_logs_its_terms(tmp_path, ci_data):
+    config = write_run_config(tmp_path / "amc.yaml", ci_data, optim__max_steps=3)
     run_amc(
         "train", "--config", config, "--out", tmp_path / "out", "method.objectives.amc.per_sample_mean=true"
     )
-    rows = _metrics(tmp_path / "out" / "metrics.jsonl")
+    rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
     assert len(rows) == 3
     assert all({"loss_amc", "l_mean", "l_max"} <= set(r) for r in rows)
     assert all(r["l_max"] >= 0 for r in rows)
@@ -282,8 +411,8 @@ def test_amc_finetuning_logs_its_terms(tmp_path, ci_data):  # noqa: F811
     assert resolved["method"]["objectives"]["amc"]["per_sample_mean"] is True
 
 
-def test_pretrain_refuses_amc_objectives(tmp_path, ci_data):  # noqa: F811
-    config = _write_config(tmp_path / "bad.yaml", ci_data)
+def test_pretrain_refuses_amc_objectives(tmp_path, ci_data):
+    config = write_run_config(tmp_path / "bad.yaml", ci_data)
     assert run_cli_code("pretrain", "--config", config, "--out", tmp_path / "out") == 2
 
 
@@ -293,25 +422,18 @@ def run_cli_code(*argv) -> int:
     return main([str(a) for a in argv])
 
 
-def _env() -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def _state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
-
-
-def test_a_killed_run_resumes_to_the_same_weights(tmp_path, ci_data):  # noqa: F811
-    config = _write_config(tmp_path / "run.yaml", ci_data, optim__max_steps=24, save_every_steps=3)
+@pytest.mark.subprocess
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, ci_data):
+    config = write_run_config(tmp_path / "run.yaml", ci_data, optim__max_steps=24, save_every_steps=3)
     command = [sys.executable, "-m", "amc", "train", "--config", str(config), "--resume"]
 
     reference = tmp_path / "uninterrupted"
-    subprocess.run([*command, "--out", str(reference)], check=True, env=_env(), capture_output=True)
+    subprocess.run([*command, "--out", str(reference)], check=True, env=subprocess_env(), capture_output=True)
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([*command, "--out", str(interrupted)], env=_env(), stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*command, "--out", str(interrupted)], env=subprocess_env(), stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not (interrupted / "checkpoint_last.pt").exists():
         assert process.poll() is None, "the run ended before its first checkpoint"
@@ -323,17 +445,23 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, ci_data):  # noqa: F
     killed_at = torch.load(interrupted / "checkpoint_last.pt", map_location="cpu", weights_only=False)["step"]
     assert killed_at < 24
 
-    subprocess.run([*command, "--out", str(interrupted)], check=True, env=_env(), capture_output=True)
-    a, b = _state(reference / "checkpoint_final.pt"), _state(interrupted / "checkpoint_final.pt")
+    subprocess.run(
+        [*command, "--out", str(interrupted)], check=True, env=subprocess_env(), capture_output=True
+    )
+    a, b = (
+        checkpoint_state(reference / "checkpoint_final.pt"),
+        checkpoint_state(interrupted / "checkpoint_final.pt"),
+    )
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    steps = [r["step"] for r in _metrics(interrupted / "metrics.jsonl")]
+    steps = [r["step"] for r in read_metrics(interrupted / "metrics.jsonl")]
     assert steps == list(range(1, 25)), "metrics after resume must not repeat or skip steps"
 
 
-def test_two_processes_end_with_identical_weights(tmp_path, ci_data):  # noqa: F811
-    config = _write_config(tmp_path / "run.yaml", ci_data, optim__max_steps=4, optim__batch_size=4)
+@pytest.mark.subprocess
+def test_two_processes_end_with_identical_weights(tmp_path, ci_data):
+    config = write_run_config(tmp_path / "run.yaml", ci_data, optim__max_steps=4, optim__batch_size=4)
     torchrun = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
         [
@@ -351,7 +479,7 @@ def test_two_processes_end_with_identical_weights(tmp_path, ci_data):  # noqa: F
             "--out",
             str(tmp_path / "ddp"),
         ],
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -364,30 +492,18 @@ def test_two_processes_end_with_identical_weights(tmp_path, ci_data):  # noqa: F
 # --------------------------------------------------------------------------- accumulation and schedule in the loop
 
 
-def _records_subset(ci_data, count: int, path: Path) -> Path:  # noqa: F811
-    """The first ``count`` VG training records, with absolute image paths, as a records file."""
-    image_root = Path(ci_data.vg_train).parent
-    fixed = []
-    for line in Path(ci_data.vg_train).read_text().splitlines()[:count]:
-        row = json.loads(line)
-        row["image"] = str((image_root / row["image"]).resolve())
-        fixed.append(json.dumps(row))
-    path.write_text("\n".join(fixed) + "\n")
-    return path
-
-
-def test_the_trainer_follows_the_released_schedule_and_alpha_per_optimiser_step(tmp_path, ci_data):  # noqa: F811
+def test_the_trainer_follows_the_released_schedule_and_alpha_per_optimiser_step(tmp_path, ci_data):
     """64 pairs, micro-batches of 8, grad_accum 2: 4 optimiser steps per epoch. With one-step stairs
     epoch 0 climbs 1e-4, 1e-4, 4e-4, 7e-4 (stair 3 = lr would come at step 4); epochs 1 and 2 sit on
     the cosine; alpha ramps over the 4 steps of epoch 0, the same for both micro-batches of a step."""
-    records = _records_subset(ci_data, 64, tmp_path / "vg-64.jsonl")
-    config = _write_config(tmp_path / "released.yaml", ci_data, data__path=str(records), optim__epochs=3)
+    records = records_subset(ci_data, 64, tmp_path / "vg-64.jsonl")
+    config = write_run_config(tmp_path / "released.yaml", ci_data, data__path=str(records), optim__epochs=3)
     run_amc(
         "train", "--config", config, "--out", tmp_path / "out", "optim.schedule=released",
         "optim.lr=1e-3", "optim.min_lr=1e-4", "optim.warmup_lr=1e-4", "optim.warmup_stairs=3",
         "optim.stair_steps=1", "optim.grad_accum=2",
     )  # fmt: skip
-    rows = _metrics(tmp_path / "out" / "metrics.jsonl")
+    rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 13))
     cosine = [1e-4 + 4.5e-4 * (1 + math.cos(math.pi * e / 3)) for e in (1, 2)]
     expected_lr = [1e-4, 1e-4, 4e-4, 7e-4] + [cosine[0]] * 4 + [cosine[1]] * 4
@@ -412,11 +528,11 @@ def _perturbed_start(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_accumulation_updates_the_momentum_model_once_per_optimiser_step(tmp_path, ci_data):  # noqa: F811
+def test_accumulation_updates_the_momentum_model_once_per_optimiser_step(tmp_path, ci_data):
     start = _perturbed_start(tmp_path / "start.pt")
-    config = _write_config(tmp_path / "run.yaml", ci_data, init_checkpoint=str(tmp_path / "start.pt"))
+    config = write_run_config(tmp_path / "run.yaml", ci_data, init_checkpoint=str(tmp_path / "start.pt"))
     run_amc("train", "--config", config, "--out", tmp_path / "out", "optim.grad_accum=2", "optim.max_steps=1")
-    final = _state(tmp_path / "out" / "checkpoint_final.pt")
+    final = checkpoint_state(tmp_path / "out" / "checkpoint_final.pt")
     pairs = [("visual_encoder.", "visual_encoder_m."), ("vision_proj.", "vision_proj_m."),
              ("text_encoder.", "text_encoder_m."), ("text_proj.", "text_proj_m.")]  # fmt: skip
     checked = 0
@@ -433,25 +549,26 @@ def test_accumulation_updates_the_momentum_model_once_per_optimiser_step(tmp_pat
     assert not torch.isclose(final["image_queue"][:, :16], start["image_queue"][:, :16]).any()
 
 
-def test_accumulation_equals_two_processes(tmp_path, ci_data):  # noqa: F811
+@pytest.mark.subprocess
+def test_accumulation_equals_two_processes(tmp_path, ci_data):
     """grad_accum 2 on one process = 2 gloo processes (the released 2-GPU run): the same samples,
     random draws, momentum update, queue and gradient (a mean over 64 = the mean of two means over 32)."""
-    config = _write_config(tmp_path / "run.yaml", ci_data, optim__max_steps=3, optim__batch_size=32)
+    config = write_run_config(tmp_path / "run.yaml", ci_data, optim__max_steps=3, optim__batch_size=32)
     command = [sys.executable, "-m", "amc", "train", "--config", str(config)]
     subprocess.run(
         [*command, "--out", str(tmp_path / "accum"), "optim.grad_accum=2"],
-        check=True, env=_env(), capture_output=True, timeout=300,
+        check=True, env=subprocess_env(), capture_output=True, timeout=300,
     )  # fmt: skip
     torchrun = Path(sys.executable).parent / "torchrun"
     ddp = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "--master_port", "29733", "-m", "amc", "train",
          "--config", str(config), "--out", str(tmp_path / "ddp")],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = (
-        _state(tmp_path / "accum" / "checkpoint_final.pt"),
-        _state(tmp_path / "ddp" / "checkpoint_final.pt"),
+        checkpoint_state(tmp_path / "accum" / "checkpoint_final.pt"),
+        checkpoint_state(tmp_path / "ddp" / "checkpoint_final.pt"),
     )
     assert a.keys() == b.keys()
     assert int(a["queue_ptr"]) == int(b["queue_ptr"]) == 3 * 64
@@ -463,15 +580,15 @@ def test_accumulation_equals_two_processes(tmp_path, ci_data):  # noqa: F811
 # --------------------------------------------------------------------------- model selection
 
 
-def test_selection_keeps_the_best_epoch_per_benchmark_on_its_split(tmp_path, ci_data):  # noqa: F811
+def test_selection_keeps_the_best_epoch_per_benchmark_on_its_split(tmp_path, ci_data):
     """Every epoch end is evaluated on each selection split; the best checkpoint of each split is
     the one `amc evaluate` scores highest (the same protocol, the same number)."""
-    records = _records_subset(ci_data, 32, tmp_path / "vg-small.jsonl")
+    records = records_subset(ci_data, 32, tmp_path / "vg-small.jsonl")
     splits = [
         {"name": "flickr30k", "records": str(ci_data.flickr_test)},
         {"name": "refcoco+", "records": str(ci_data.refcoco_testA), "image_res": 64},
     ]
-    config = _write_config(
+    config = write_run_config(
         tmp_path / "select.yaml",
         ci_data,
         data__path=str(records),
@@ -501,7 +618,7 @@ def test_selection_keeps_the_best_epoch_per_benchmark_on_its_split(tmp_path, ci_
         )
 
 
-def test_selection_log_is_trimmed_to_the_resumed_step(tmp_path, ci_data):  # noqa: F811
+def test_selection_log_is_trimmed_to_the_resumed_step(tmp_path, ci_data):
     from amc.models.tokenizer import load_tokenizer
     from amc.selection import BestCheckpoints, parse_selection
 

@@ -19,6 +19,7 @@ from amc.data.transforms import TrainTransform
 from amc.data.vg_released import FILES, clip_box, read_vg_released
 from amc.io import DataError
 from amc.records import Record, load_records, prepare_report_path
+from tests.helpers import REPO, snakemake
 
 
 def write_images(images: Path) -> None:
@@ -266,18 +267,13 @@ def test_a_record_with_one_caption_keeps_its_phrase_and_its_random_stream(image_
 
 def test_paper_run_config_keeps_the_released_text_limits():
     from amc.train import load_run_config
-    from tests.test_workflow import REPO
 
     data = load_run_config(str(REPO / "config/runs/paper-finetune.yaml"))["data"]
     assert (data["max_words"], data["max_tokens"]) == (50, 25)  # configs/Pretrain.yaml, Pretrain.py
 
 
+@pytest.mark.subprocess
 def test_the_workflow_prepares_the_released_files_by_default(tmp_path):
-    from tests.test_workflow import SNAKEMAKE, snakemake
-
-    if SNAKEMAKE is None:
-        pytest.skip("snakemake is not installed")
-
     def prepare_command(target: str, *options: str) -> str:
         text = snakemake("-n", "--forceall", "-p", target, *options).stdout  # options take several values
         return next(line for line in text.splitlines() if "amc prepare vg" in line)

@@ -3,41 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import yaml
 
 from amc.report import grid
-
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-SNAKEMAKE = shutil.which("snakemake", path=str(BIN)) or shutil.which("snakemake")
-
-pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")
-
-
-def snakemake(
-    *args: str, cwd: Path = REPO, check: bool = True, timeout: int = 300
-) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    result = subprocess.run(
-        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--nolock", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    return result
+from tests.helpers import REPO, snakemake
 
 
 def job_counts(output: str) -> Counter:
@@ -65,6 +39,7 @@ def paper_dry_run() -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.subprocess
 def test_paper_grid_is_complete_without_data(paper_dry_run):
     counts = job_counts(paper_dry_run)
     methods_finetuned = (
@@ -82,6 +57,7 @@ def test_paper_grid_is_complete_without_data(paper_dry_run):
     assert "pretrain" not in counts and "synth" not in counts
 
 
+@pytest.mark.subprocess
 def test_paper_grid_names(paper_dry_run):
     outputs = planned_outputs(paper_dry_run)
     run = "results/reproduction"
@@ -117,6 +93,7 @@ def test_paper_grid_names(paper_dry_run):
         assert f"{run}/figures/{name}.png" in outputs and f"{run}/figures/{name}.pdf" in outputs
 
 
+@pytest.mark.subprocess
 def test_paper_runs_select_the_best_epoch_per_benchmark():
     text = snakemake("-n", "--forceall", "--printshellcmds", "all").stdout
     train = next(line for line in text.splitlines() if "amc train" in line and "method.name=amc " in line)
@@ -137,6 +114,7 @@ def test_paper_runs_select_the_best_epoch_per_benchmark():
     assert checkpoints == ["data/raw/amc/best_flickr.pth"] * 2 + ["data/raw/amc/best_refcoco.pth"] * 3
 
 
+@pytest.mark.subprocess
 def test_a_benchmark_resize_reaches_evaluation_and_selection(tmp_path):
     from amc.report import grid
 
@@ -165,6 +143,7 @@ def test_a_benchmark_resize_reaches_evaluation_and_selection(tmp_path):
     ]
 
 
+@pytest.mark.subprocess
 def test_released_target_downloads_and_evaluates_only():
     """`snakemake released -n` on config/config.yaml: downloads, records, two evaluations, a table; no training."""
     text = snakemake("-n", "--forceall", "--printshellcmds", "released").stdout
@@ -194,6 +173,7 @@ def test_released_target_downloads_and_evaluates_only():
     assert "--methods albef amc_released --name table1_released" in text
 
 
+@pytest.mark.subprocess
 def test_demo_grid():
     # --forceall: the count must not depend on a demo already run in this checkout
     args = ("-n", "--forceall", "--quiet", "rules", "--configfile", "config/demo.yaml")
@@ -204,6 +184,7 @@ def test_demo_grid():
     assert demo["export_checkpoint"] == 1 and demo["download_amc_demo_released"] == 1
 
 
+@pytest.mark.subprocess
 def test_demo_released_path_commands():
     text = snakemake("-n", "--forceall", "--printshellcmds", "all", "--configfile", "config/demo.yaml").stdout
     assert (
@@ -221,6 +202,7 @@ def test_demo_released_path_commands():
     )
 
 
+@pytest.mark.subprocess
 def test_ci_grid_and_gpu_commands(tmp_path):
     """config/ci.yaml alone (not merged into config/config.yaml); GPU rules go through amc gpu-run."""
     config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
@@ -236,6 +218,7 @@ def test_ci_grid_and_gpu_commands(tmp_path):
     assert "gpu=2" in text
 
 
+@pytest.mark.subprocess
 def test_schema_error_is_clear_in_snakemake():
     result = snakemake("-n", "--configfile", "config/ci.yaml", "--config", "seedz=[0]", check=False)
     assert result.returncode != 0
@@ -307,13 +290,10 @@ def test_all_configs_validate():
 
 # ------------------------------------------------------------------ the mini run, end to end
 
-NEEDED = ("amc.synth", "amc.data.prepare", "amc.train", "amc.evaluate", "amc.gradcam_cli")
-MISSING = [name for name in NEEDED if importlib.util.find_spec(name) is None]
 
-
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-@pytest.mark.skipif(bool(MISSING), reason=f"commands not written yet: {', '.join(MISSING)}")
 def test_ci_config_end_to_end(tmp_path):
     """config/ci.yaml in a scratch folder: every stage, then an interrupted-and-rerun check."""
     for name in ("config", "results/paper", "workflow/resources"):
