@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The workflow's rules call `amc`, `snakemake` and `torchrun`: put the venv first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv demo test lint clean-demo
+.PHONY: venv demo test test-fast mutation lint clean-demo
 
 $(BIN)/amc: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,23 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The suite without the tests marked slow (over 20 s each): the quick check while editing.
+test-fast: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+
+# Mutation testing of the core with mutmut (docs/testing.md): not part of CI, part of reviewing a
+# change to the core. The modules are [tool.mutmut] only_mutate in pyproject.toml; MODULE=amc/losses.py
+# (or several, space-separated) runs only those. A rerun without MODULE continues where the last
+# one stopped. The mutated copy is mutants/ (git-ignored); its log is mutants/run.log.
+# Children started by a test see the mutated package (PYTHONPATH) and reuse one ci dataset.
+MODULE ?=
+mutation: venv
+	mkdir -p mutants
+	PYTHONPATH=$(CURDIR)/mutants OMP_NUM_THREADS=1 AMC_TEST_CI_DATA=$(CURDIR)/mutants/ci-data \
+	  $(BIN)/mutmut run --max-children 2 $(foreach m,$(MODULE),"$(subst /,.,$(basename $(m))).*") \
+	  > mutants/run.log 2>&1 || (tail -n 40 mutants/run.log; exit 1)
+	$(BIN)/python -m tests.mutation_report
 
 lint: venv
 	$(BIN)/ruff check amc baselines tests

@@ -152,6 +152,7 @@ def records_with_bad_images(tmp_path: Path, source: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_run_over_bad_images_reports_them_and_resumes_exactly(tmp_path, ci_data):
     data = records_with_bad_images(tmp_path, ci_data.vg_train)

@@ -66,6 +66,7 @@ def tiny32() -> ModelConfig:
     return ModelConfig.from_file(TINY_MODEL).replace(image_res=32, queue_size=64)
 
 
+@pytest.mark.slow
 def test_cli_runs_end_to_end_and_writes_json_and_table(tmp_path):
     out, table = tmp_path / "bench.json", tmp_path / "bench.md"
     argv = ["bench", "--device", "cpu", "--model-config", str(TINY_MODEL), "--batch-size", "4"]

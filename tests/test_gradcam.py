@@ -323,5 +323,31 @@ def test_eval_accepts_image_embeds_made_under_inference_mode(model64):
     torch.testing.assert_close(
         gradcam_eval(model64, embeds, ids, mask), gradcam_eval(model64, embeds.clone(), ids, mask)
     )
-    with torch.inference_mode(), pytest.raises(RuntimeError, match="not inference_mode"):
+    with (
+        torch.inference_mode(),
+        pytest.raises(RuntimeError, match=r"^gradcam_eval needs autograd: .* not inference_mode\(\)$"),
+    ):
         gradcam_eval(model64, embeds, ids, mask)
+
+
+def test_train_recipe_on_a_rectangular_grid_and_output():
+    """A 2 x 3 patch grid and a (4, 6) output: the grid is honoured (not taken as square) and a
+    rectangular size is accepted; the score's gradient w.r.t. P is known here (s = sum(P * W))."""
+    generator = torch.Generator().manual_seed(0)
+    probs = (
+        torch.rand(2, 2, 3, 1 + 6, generator=generator, dtype=torch.float64).softmax(-1).requires_grad_(True)
+    )
+    weights = torch.randn(2, 2, 3, 1 + 6, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    maps = gradcam_train(probs, (probs * weights).sum(dim=(1, 2, 3)), mask, (2, 3), (4, 6))
+    assert maps.shape == (2, 4, 6)
+    cam = gradcam_map(probs.detach(), weights, mask, (2, 3)).relu()
+    for b in range(2):
+        a = cam[b] - cam[b].min()
+        a = a / (a.max() + 1e-7)
+        expected = F.interpolate(a[None, None], size=(4, 6), mode="bilinear", align_corners=False)[0, 0]
+        torch.testing.assert_close(maps[b], expected)
+    with pytest.raises(ValueError, match=r"^grid \(3, 3\) does not hold the 6 image patches"):
+        gradcam_train(probs, (probs * weights).sum(), mask, (3, 3), 4)
+    with pytest.raises(ValueError, match=r"^6 image patches are not a square grid; pass grid=\(h, w\)$"):
+        gradcam_train(probs, (probs * weights).sum(), mask, None, 4)

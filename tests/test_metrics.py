@@ -89,3 +89,46 @@ def test_upsample_heatmap_single_and_batched():
         ],
     )
     assert upsample_heatmap(cam[None].repeat(2, 1, 1), 5, 6).shape == (2, 5, 6)
+
+
+def test_no_edge_of_a_box_is_inside():
+    box = [[10, 10, 20, 20]]
+    assert pointing_hit((15, 19), box) and pointing_hit((11, 11), box)
+    for edge in [(15, 10), (15, 20), (10, 15), (20, 15), (20, 20)]:
+        assert not pointing_hit(edge, box), edge
+
+
+def test_box_iou_of_disjoint_touching_degenerate_and_equal_boxes():
+    assert box_iou([0, 0, 10, 10], [20, 0, 30, 10]) == 0.0  # apart in x
+    assert box_iou([0, 0, 10, 10], [0, 20, 10, 30]) == 0.0  # apart in y
+    assert box_iou([0, 0, 10, 10], [10, 0, 20, 10]) == 0.0  # touching
+    assert box_iou([5, 5, 5, 5], [5, 5, 5, 5]) == 0.0  # no area: no division by zero
+    assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
+    assert box_iou([0, 0, 4, 4], [2, 2, 6, 6]) == pytest.approx(4 / 28)
+
+
+def test_best_proposal_weights_the_area_by_alpha_and_skips_empty_boxes():
+    heat = torch.zeros(20, 20)
+    heat[0:2, 0:2] = 1.25  # mass 5 on a 2x2 corner
+    heat[10:20, 10:20] = 0.25  # mass 25 over 10x10 (both exact in float32)
+    small, large = [0, 0, 2, 2], [10, 10, 10, 10]
+    # score = mass / area**alpha: small 5 / 4**alpha, large 25 / 100**alpha
+    assert best_proposal(heat, [large, small], alpha=0.3) == [10, 10, 20, 20]  # 6.28 > 3.30
+    assert best_proposal(heat, [large, small], alpha=1.0) == [0, 0, 2, 2]  # 1.25 > 0.25
+    assert best_proposal(heat, [large, small]) == [10, 10, 20, 20]  # alpha 0.5: a tie (2.5), the first wins
+    assert best_proposal(heat, [small, large]) == [0, 0, 2, 2]
+    # empty proposals are skipped, not the end of the list; a 1x1 box counts
+    assert best_proposal(heat, [[0, 0, 0, 5], [0, 0, 1, 1]]) == [0, 0, 1, 1]
+    assert best_proposal(heat, [[3, 3, -1, 4]]) is None
+    # box_hit ranks with the same alpha; an IoU of exactly 0.5 is a hit
+    assert box_hit(heat, [large, small], [0, 0, 2, 2], alpha=1.0)
+    assert not box_hit(heat, [large, small], [0, 0, 2, 2])
+    assert box_hit(heat, [[0, 0, 2, 2]], [0, 0, 2, 4])  # IoU 4 / 8
+    assert not box_hit(heat, [], [0, 0, 2, 2])
+
+
+def test_upsample_rejects_other_shapes_naming_them():
+    with pytest.raises(
+        ValueError, match=r"^heatmap must be \[h, w\] or \[B, h, w\], got shape \(1, 2, 3, 4\)$"
+    ):
+        upsample_heatmap(torch.zeros(1, 2, 3, 4), 5, 5)

@@ -69,6 +69,232 @@ def test_a_method_file_replaces_the_objectives_as_a_whole(tmp_path):
     assert set(config["method"]["objectives"]) == {"itc", "itm", "mlm"}
 
 
+BASE = ["model_config=m.yaml", "vocab=v", "data.path=r.jsonl"]
+
+
+def test_defaults_then_the_file_then_the_overrides_key_by_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "optim: {lr: 2.0e-4, batch_size: 16}\ndata: {augment: {hflip: 0.1}}\nalpha: 0.3\n"
+        "method: {objectives: {itc: {weight: 2.0}}}\n"
+    )
+    config = load_run_config(
+        str(path), [*BASE, "optim.batch_size=8", "data.augment.color_jitter=[0.1, 0.2, 0.3, 0.0]"]
+    )
+    assert (config["optim"]["lr"], config["optim"]["batch_size"], config["optim"]["epochs"]) == (2e-4, 8, 30)
+    augment = config["data"]["augment"]
+    assert (augment["hflip"], augment["grayscale"], augment["color_jitter"]) == (
+        0.1,
+        0.2,
+        [0.1, 0.2, 0.3, 0.0],
+    )
+    assert config["alpha"] == 0.3 and config["method"]["objectives"] == {"itc": {"weight": 2.0}}
+    assert (config["model_config"], config["vocab"], config["data"]["path"]) == ("m.yaml", "v", "r.jsonl")
+    # each call starts from the defaults: nothing leaks from one configuration into the next
+    assert load_run_config(None, BASE)["optim"]["batch_size"] == 64
+    assert load_run_config(None, BASE)["method"]["objectives"]["amc"]["delta_mean"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value"),
+    [
+        ("optim.lr=3e-5", ("optim", "lr"), 3e-5),  # YAML 1.1 alone would keep "3e-5" a string
+        ("optim.min_lr=-2E+1", ("optim", "min_lr"), -20.0),
+        ("optim.lr=.5e-3", ("optim", "lr"), 5e-4),
+        ("data.path=1e5.jsonl", ("data", "path"), "1e5.jsonl"),  # not a number: kept as written
+        (
+            "method.objectives.vmrm_contrastive.top_k=3",
+            ("method", "objectives", "vmrm_contrastive", "top_k"),
+            3,
+        ),
+        ("method.objectives.amc=null", ("method", "objectives", "amc"), None),  # an objective switched off
+        ("init_checkpoint=a b.pt", ("init_checkpoint",), "a b.pt"),
+        ("seed = 4", ("seed",), 4),
+    ],
+)
+def test_an_override_sets_what_it_names(override, key, value):
+    node = load_run_config(None, [*BASE, override])
+    for part in key:
+        node = node[part]
+    assert node == value and type(node) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.epoch=3"], "command line: unknown configuration key 'optim.epoch'"),
+        (["optimiser.lr=1"], "command line: unknown configuration key 'optimiser.lr'"),
+        (["alpha.x=1"], "command line: 'alpha' is a value, not a section"),
+        (["optim.lr"], "override 'optim.lr' is not key=value"),
+        (["data.kind=boxes"], "data.kind must be 'records' or 'captions', not 'boxes'"),
+        (["optim.schedule=linear"], r"optim.schedule must be one of \('released', 'cosine'\), not 'linear'"),
+        (["precision=auto"], r"precision must be one of \('tf32', 'fp32', 'bf16'\), not 'auto'"),
+        (["vocab=null"], "run configuration: 'vocab' is required"),
+        (["model_config="], "run configuration: 'model_config' is required"),
+        (["data.path=null"], "run configuration: 'data.path' is required"),
+    ],
+)
+def test_a_bad_configuration_names_the_key(overrides, message):
+    with pytest.raises(AmcError, match=message):
+        load_run_config(None, [*BASE, *overrides])
+
+
+def test_a_bad_configuration_file_names_the_file(tmp_path):
+    with pytest.raises(AmcError, match=r"nowhere.yaml: run configuration not found"):
+        load_run_config(str(tmp_path / "nowhere.yaml"), BASE)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(AmcError, match=r"list.yaml: expected a mapping at the top level"):
+        load_run_config(str(listed), BASE)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("optim: {lr: [\n")
+    with pytest.raises(AmcError, match=r"broken.yaml: not valid YAML"):
+        load_run_config(str(broken), BASE)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_run_config(str(empty), BASE)["optim"]["lr"] == 1e-5
+    section = tmp_path / "section.yaml"
+    section.write_text("optim: {lr: 1.0e-4, warmup: {steps: 3}}\n")
+    with pytest.raises(AmcError, match=r"section.yaml: unknown configuration key 'optim.warmup.steps'"):
+        load_run_config(str(section), BASE)
+
+
+def test_torchrun_sets_rank_world_size_device_and_backend(monkeypatch):
+    import amc.train
+
+    started = []
+    monkeypatch.setattr(amc.train.dist, "is_initialized", lambda: bool(started))
+    monkeypatch.setattr(amc.train.dist, "init_process_group", lambda backend: started.append(backend))
+    monkeypatch.setattr(amc.train.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(amc.train.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(amc.train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    procs = amc.train.setup_processes()
+    assert (procs.rank, procs.world_size, procs.device, procs.is_main) == (1, 2, torch.device("cpu"), False)
+    assert started == ["gloo"]
+    devices = []
+    monkeypatch.setattr(amc.train.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(amc.train.torch.cuda, "set_device", devices.append)
+    started.clear()
+    procs = amc.train.setup_processes()
+    assert procs.device == torch.device("cuda", 1) and devices == [1] and started == ["nccl"]
+    assert amc.train.setup_processes().device == torch.device("cuda", 1) and started == ["nccl"]  # once
+    monkeypatch.delenv("WORLD_SIZE")
+    assert amc.train.setup_processes() == amc.train.Processes(0, 1, torch.device("cuda"))
+    monkeypatch.setattr(amc.train.torch.cuda, "is_available", lambda: False)
+    single = amc.train.setup_processes()
+    assert single == amc.train.Processes(0, 1, torch.device("cpu")) and single.is_main
+
+
+def test_the_sampler_reads_global_batches_in_virtual_rank_order():
+    """Micro-batch m of process r in optimiser step t is chunk r * k + m of global batch t (of a
+    permutation seeded by (seed, epoch)): k micro-batches on one process read what k processes would."""
+    from amc.train import EpochSampler
+
+    def chunks(sampler):
+        items = list(sampler)
+        assert len(items) == len(sampler)
+        return [items[i : i + 2] for i in range(0, len(items), 2)]
+
+    order = torch.randperm(21, generator=torch.Generator().manual_seed(5 * 100_003 + 0)).tolist()
+    two_processes = [chunks(EpochSampler(21, 2, seed=5, rank=r, world_size=2)) for r in (0, 1)]
+    accumulated = chunks(EpochSampler(21, 2, seed=5, grad_accum=2))
+    mixed = [chunks(EpochSampler(21, 2, seed=5, rank=r, world_size=2, grad_accum=2)) for r in (0, 1)]
+    steps = [order[g * 4 : (g + 1) * 4] for g in range(5)]  # 21 // 4 = 5 global batches of 4, 1 left out
+    assert two_processes == [[step[0:2] for step in steps], [step[2:4] for step in steps]]
+    assert accumulated == [chunk for step in steps for chunk in (step[0:2], step[2:4])]
+    eight = [order[g * 8 : (g + 1) * 8] for g in range(2)]  # global batches of 2 x 2 processes x 2 micro
+    assert (
+        mixed
+        == [
+            [c for b in eight for c in (b[0:2], b[2:4])],  # virtual ranks 0, 1
+            [c for b in eight for c in (b[4:6], b[6:8])],  # virtual ranks 2, 3
+        ]
+    )
+    sampler = EpochSampler(21, 2, seed=5, grad_accum=2)
+    assert (sampler.steps_per_epoch, sampler.batches_per_epoch) == (5, 10)
+    sampler.set_epoch(3, start_batch=4)  # resumed mid-epoch
+    epoch3 = torch.randperm(21, generator=torch.Generator().manual_seed(5 * 100_003 + 3)).tolist()
+    assert list(sampler) == epoch3[8:20] and len(sampler) == 12
+    with pytest.raises(
+        AmcError,
+        match=r"3 training samples are fewer than one global batch \(2 x 1 processes x grad_accum 2\)",
+    ):
+        EpochSampler(3, 2, seed=0, grad_accum=2)
+
+
+def test_each_micro_batch_draws_from_its_own_step_and_virtual_rank():
+    from amc.train import step_seed
+
+    seeds = {step_seed(seed, step, rank) for seed in (0, 1) for step in range(50) for rank in range(8)}
+    assert len(seeds) == 2 * 50 * 8 and all(0 <= s < 2**63 - 1 for s in seeds)
+    assert step_seed(3, 7, 2) == step_seed(3, 7, 2) == (3 * 1_000_003 + 7 * 1_009 + 2 * 7_919)
+
+
+def test_collate_stacks_the_samples_and_counts_replaced_images():
+    from amc.train import collate
+
+    samples = [
+        {
+            "image": torch.full((3, 2, 2), float(i)),
+            "text": f"t{i}",
+            "mask": torch.full((2, 2), float(i)),
+            "replaced": i,
+        }
+        for i in range(3)
+    ]
+    batch = collate(samples)
+    assert batch["image"].shape == (3, 3, 2, 2) and batch["image"][2].eq(2).all()
+    assert batch["box_mask"].shape == (3, 2, 2) and batch["box_mask"][1].eq(1).all()
+    assert batch["text"] == ["t0", "t1", "t2"] and batch["images_replaced"] == 3
+    captions = collate([{"image": torch.zeros(3, 2, 2), "text": "a"}])
+    assert "box_mask" not in captions and captions["images_replaced"] == 0
+
+
+def test_the_text_of_a_training_batch_is_cleaned_cut_to_max_words_then_max_tokens():
+    from amc.models.tokenizer import AlbefTokenizer
+    from amc.train import to_train_batch
+
+    tokenizer = AlbefTokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "big", "box", "ab", "##ab"]
+    )
+    raw = {
+        "image": torch.zeros(2, 3, 4, 4),
+        "text": ["A red, big box!", "abab red"],
+        "box_mask": torch.ones(2, 4, 4),
+    }
+    config = {"data": {"max_words": 3, "max_tokens": 4}}
+    batch = to_train_batch(raw, tokenizer, config, torch.device("cpu"))
+    assert batch.texts == ["a red big", "abab red"]
+    assert batch.input_ids.tolist() == [[2, 5, 6, 7], [2, 9, 10, 6]]  # [CLS] + pieces, at most 4
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
+    assert batch.has_box.tolist() == [True, True] and torch.equal(batch.box_mask, raw["box_mask"])
+    assert batch.image is not None and batch.size == 2
+    config["data"]["max_tokens"] = 3
+    assert to_train_batch(raw, tokenizer, config, torch.device("cpu")).input_ids.shape == (2, 3)
+    captions = to_train_batch(
+        {"image": raw["image"], "text": ["a box"]}, tokenizer, config, torch.device("cpu")
+    )
+    assert captions.box_mask is None and captions.has_box is None
+
+
+def test_the_logged_step_is_the_mean_over_its_micro_batches_and_resume_trims_the_log(tmp_path):
+    from amc.train import MicroBatchOutput, _mean_logs, _trim_metrics
+
+    outputs = [
+        MicroBatchOutput(torch.tensor(1.0), {"loss_itc": 0.5, "loss_amc": 1.0}, None),
+        MicroBatchOutput(torch.tensor(3.0), {"loss_itc": 1.5, "loss_amc": 0.0}, None),
+    ]
+    assert _mean_logs(outputs) == {"loss": 2.0, "loss_itc": 1.0, "loss_amc": 0.5}
+    log = tmp_path / "metrics.jsonl"
+    _trim_metrics(log, 3)  # no log yet: nothing to do
+    assert not log.exists()
+    log.write_text("".join(json.dumps({"step": s, "loss": s}) + "\n" for s in (1, 2, 3, 4, 5)))
+    _trim_metrics(log, 3)
+    assert [r["step"] for r in read_metrics(log)] == [1, 2, 3]
+
+
 # --------------------------------------------------------------------------- schedule, alpha, optimiser
 
 RELEASED = {
@@ -372,6 +598,7 @@ def test_a_short_run_in_process_wires_the_configuration_through(tmp_path, ci_dat
     assert amc.train.train(config, resumed, resume=True).steps == 0
 
 
+@pytest.mark.slow
 def test_pretraining_lowers_the_loss(tmp_path, ci_data):
     config = write_run_config(
         tmp_path / "pretrain.yaml",
@@ -422,6 +649,7 @@ def run_cli_code(*argv) -> int:
     return main([str(a) for a in argv])
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path, ci_data):
     config = write_run_config(tmp_path / "run.yaml", ci_data, optim__max_steps=24, save_every_steps=3)
@@ -549,6 +777,7 @@ def test_accumulation_updates_the_momentum_model_once_per_optimiser_step(tmp_pat
     assert not torch.isclose(final["image_queue"][:, :16], start["image_queue"][:, :16]).any()
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_accumulation_equals_two_processes(tmp_path, ci_data):
     """grad_accum 2 on one process = 2 gloo processes (the released 2-GPU run): the same samples,
@@ -580,6 +809,7 @@ def test_accumulation_equals_two_processes(tmp_path, ci_data):
 # --------------------------------------------------------------------------- model selection
 
 
+@pytest.mark.slow
 def test_selection_keeps_the_best_epoch_per_benchmark_on_its_split(tmp_path, ci_data):
     """Every epoch end is evaluated on each selection split; the best checkpoint of each split is
     the one `amc evaluate` scores highest (the same protocol, the same number)."""

@@ -1,0 +1,86 @@
+"""The kill rate of a ``make mutation`` run, per module, from mutmut's files in ``mutants/``.
+
+    python -m tests.mutation_report [--survivors]
+
+Killed counts mutants a test failed on; a timeout is listed apart (see docs/testing.md for
+when one counts as killed). ``--survivors`` lists every mutant that survived or had no test, by
+name (``mutmut show NAME`` prints its diff).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+# mutmut 3's exit codes of a mutant's test run (mutmut.stats.status_by_exit_code).
+STATUS = {
+    1: "killed",
+    3: "killed",
+    0: "survived",
+    5: "no tests",
+    33: "no tests",
+    34: "skipped",
+    36: "timeout",
+}
+STATUS.update(
+    {-24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault"}
+)
+STATUS[None] = "not run"
+COLUMNS = ("killed", "timeout", "survived", "no tests", "not run")
+
+
+def module_results(mutants: Path) -> dict[str, dict[str, str]]:
+    """{module path: {mutant name: status}} for every mutated module with results."""
+    results = {}
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        if codes:
+            module = str(meta.relative_to(mutants))[: -len(".meta")]
+            results[module] = {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
+    return results
+
+
+def table(results: dict[str, dict[str, str]]) -> str:
+    lines = [
+        "| module | mutants | " + " | ".join(COLUMNS) + " | kill rate |",
+        "|---|---:|" + "---:|" * len(COLUMNS) + "---:|",
+    ]
+    total: Counter = Counter()
+    for module, statuses in results.items():
+        counts = Counter(statuses.values())
+        total.update(counts)
+        lines.append(_row(f"`{module}`", counts))
+    lines.append(_row("**all**", total))
+    return "\n".join(lines)
+
+
+def _row(name: str, counts: Counter) -> str:
+    run = sum(counts.values()) - counts["not run"]
+    rate = f"{100 * counts['killed'] / run:.1f}%" if run else "-"
+    cells = " | ".join(str(counts[c]) for c in COLUMNS)
+    return f"| {name} | {sum(counts.values())} | {cells} | {rate} |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.mutation_report", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--mutants", default="mutants", help="mutmut's folder (default: mutants)")
+    parser.add_argument("--survivors", action="store_true", help="list the mutants no test killed")
+    args = parser.parse_args(argv)
+    results = module_results(Path(args.mutants))
+    if not results:
+        parser.error(f"{args.mutants}: no mutmut results (run make mutation first)")
+    print(table(results))
+    if args.survivors:
+        for statuses in results.values():
+            for name, status in statuses.items():
+                if status in ("survived", "no tests", "timeout", "suspicious"):
+                    print(f"{status}\t{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
