@@ -388,3 +388,157 @@ def test_report_qualitative_figure_runs_gradcam_with_the_benchmark(monkeypatch, 
     assert calls[0][calls[0].index("--benchmark") + 1] == "flickr30k" and "--resize" not in calls[0]
     assert calls[1][calls[1].index("--benchmark") + 1] == "refcoco+"
     assert calls[1][calls[1].index("--resize") + 1] == "cv2-linear"
+
+
+# --------------------------------------------------------------- what a result records
+
+
+def test_a_result_records_the_run_and_its_heatmaps_reproduce_its_points(tmp_path, ci_data, random_checkpoint):
+    import datetime
+    import hashlib
+
+    from amc.metrics import pointing_point
+
+    out, maps = tmp_path / "result.json", tmp_path / "maps.npz"
+    args = ["--limit", "5", "--method", "amc", "--seed", "3", "--heatmaps", maps, "--image-res", "64"]
+    assert evaluate_flickr(ci_data.flickr_test, random_checkpoint, ci_data.vocab, out, *args) == 0
+    result = json.loads(out.read_text())
+    summary, cases = result["summary"], result["cases"]
+    records = load_records(ci_data.flickr_test)[:5]
+    assert [c["id"] for c in cases] == [r.id for r in records]
+    hits = sum(c["hit"] for c in cases)
+    assert (summary["benchmark"], summary["split"], summary["method"], summary["seed"]) == (
+        "flickr30k",
+        "test",
+        "amc",
+        3,
+    )
+    assert (summary["n_cases"], summary["n_hits"], summary["accuracy"]) == (5, hits, pytest.approx(hits / 5))
+    assert summary["misses"] == {
+        m: sum(c["miss"] == m for c in cases) for m in {c["miss"] for c in cases} - {None}
+    }
+    assert (summary["image_res"], summary["resize"], summary["max_words"]) == (64, "cv2-linear", 50)
+    assert summary["model_config"] == ModelConfig.from_file(TINY_MODEL).replace(image_res=64).to_dict()
+    assert summary["records"] == str(ci_data.flickr_test) and summary["checkpoint"] == str(random_checkpoint)
+    assert summary["checkpoint_sha256"] == hashlib.sha256(random_checkpoint.read_bytes()).hexdigest()
+    assert summary["skipped"] == {} and summary["device"] == "cpu" and "box_accuracy" not in summary
+    assert summary["code_version"].startswith("amc 0.1.0")
+    assert datetime.datetime.fromisoformat(summary["created"]).tzinfo is not None
+    with np.load(maps) as heatmaps:
+        assert sorted(heatmaps.files) == sorted(r.id for r in records)
+        for record, case in zip(records, cases, strict=True):
+            assert heatmaps[record.id].shape == (8, 8)  # the 64 px model's patch grid
+            assert pointing_point(
+                torch.from_numpy(heatmaps[record.id]), record.height, record.width
+            ) == tuple(case["point"])
+    from amc.evaluate import load_result
+
+    loaded = load_result(str(out))
+    assert loaded.summary == summary and [vars(c) for c in loaded.cases] == cases
+
+
+def test_a_phrase_that_cleans_up_to_nothing_is_skipped_and_counted(pieces_case, tmp_path):
+    model, vocab, image, _ = pieces_case
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, model)
+    rows = [Record(f"r/{i}", "refcoco+", "val", str(image), 110, 70, phrase, [[5, 5, 40, 40]])
+            for i, phrase in enumerate(["ab", "?!", "ab ab", "..."])]  # fmt: skip
+    records = tmp_path / "r.jsonl"
+    records.write_text("".join(json.dumps(vars(r)) + "\n" for r in rows))
+    out = tmp_path / "out.json"
+    args = ["--records", records, "--benchmark", "refcoco+", "--split", "val", "--out", out]
+    assert _evaluate_args(checkpoint, vocab, *args, "--phrases-per-batch", "2") == 0
+    result = json.loads(out.read_text())
+    assert [c["id"] for c in result["cases"]] == ["r/0", "r/2"]
+    assert (
+        result["summary"]["skipped"] == {"phrase empty after clean-up": 2}
+        and result["summary"]["n_cases"] == 2
+    )
+    only_empty = tmp_path / "empty.jsonl"
+    only_empty.write_text(json.dumps(vars(rows[1])) + "\n")
+    args = ["--records", only_empty, "--benchmark", "refcoco+", "--split", "val", "--out", out]
+    assert _evaluate_args(checkpoint, vocab, *args) == 0
+    summary = json.loads(out.read_text())["summary"]
+    assert (summary["n_cases"], summary["n_hits"], summary["accuracy"]) == (0, 0, 0.0)
+    assert summary["skipped"] == {"phrase empty after clean-up": 1}
+
+
+def _parsed(*argv: str):
+    import argparse
+
+    from amc.evaluate import configure_parser
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return parser.parse_args(["--checkpoint", "c.pt", "--model-config", "m.yaml", "--vocab", "v", *argv])
+
+
+def test_per_split_arguments_pair_up_and_one_value_serves_every_split():
+    from amc.evaluate import SplitTask, split_tasks
+
+    args = _parsed("--records", "a.jsonl", "b.jsonl", "--benchmark", "refcoco+", "--split", "testA", "testB",
+                   "--out", "a.json", "b.json", "--image-res", "384", "--resize", "auto", "cv2-linear")  # fmt: skip
+    assert split_tasks(args) == [
+        SplitTask("a.jsonl", "refcoco+", "testA", "a.json", 384, "c.pt", "auto"),
+        SplitTask("b.jsonl", "refcoco+", "testB", "b.json", 384, "c.pt", "cv2-linear"),
+    ]
+    args = _parsed("--records", "a.jsonl", "--benchmark", "flickr30k", "--split", "val", "--out", "a.json")
+    (task,) = split_tasks(args)
+    assert (task.image_res, task.resize, args.max_words, args.num_workers, args.images_per_batch) == (
+        None,
+        None,
+        None,
+        2,
+        16,
+    )
+    assert (args.phrases_per_batch, args.limit, args.skip_missing_images, args.device) == (
+        64,
+        None,
+        False,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--split", "a", "--out", "x.json", "y.json"], "--split has 1 values for 2 --records"),
+        (["--split", "a", "b", "--out", "x.json"], "--out has 1 values for 2 --records"),
+        (["--split", "a", "b", "--out", "x.json", "x.json"], "--out: two splits would write the same file"),
+        (["--split", "a", "b", "--out", "x.json", "y.json", "--heatmaps", "h.npz"], "--heatmaps needs a single split"),
+        (["--split", "a", "b", "--out", "x.json", "y.json", "--image-res", "1", "2", "3"], "--image-res has 3 values for 2 --records"),
+    ],
+)  # fmt: skip
+def test_per_split_arguments_that_do_not_pair_up_are_an_error(argv, message):
+    from amc.evaluate import split_tasks
+
+    with pytest.raises(AmcError, match=f"^{message}"):
+        split_tasks(_parsed("--records", "a.jsonl", "b.jsonl", "--benchmark", "flickr30k", *argv))
+
+
+def test_proposals_and_results_files_are_checked(tmp_path):
+    from amc.evaluate import _load_proposals, load_result
+    from amc.io import DataError
+
+    assert _load_proposals(None) == {}
+    path = tmp_path / "proposals.json"
+    path.write_text(json.dumps({"7": [[1, 2, 3, 4, 0.9, 5]], 8: [[0, 0, 1, 1]]}))
+    assert _load_proposals(str(path)) == {"7": [[1.0, 2.0, 3.0, 4.0]], "8": [[0.0, 0.0, 1.0, 1.0]]}
+    path.write_text("[[1, 2, 3, 4]]")
+    with pytest.raises(DataError, match="proposals.json: expected a mapping image_id -> list of"):
+        _load_proposals(str(path))
+    path.write_text(json.dumps({"summary": {}}))
+    with pytest.raises(DataError, match="proposals.json: not an amc evaluate result"):
+        load_result(str(path))
+
+
+def test_a_vocabulary_of_another_size_or_a_missing_checkpoint_stops_before_evaluating(
+    tmp_path, ci_data, random_checkpoint, caplog
+):
+    out = tmp_path / "out.json"
+    small = tmp_path / "vocab.txt"
+    small.write_text("\n".join(PIECES_VOCAB) + "\n")
+    assert evaluate_flickr(ci_data.flickr_test, random_checkpoint, small, out) == 2
+    assert "vocab.txt: 7 tokens, but" in caplog.text and "declares vocab_size 512" in caplog.text
+    assert evaluate_flickr(ci_data.flickr_test, tmp_path / "none.pt", ci_data.vocab, out) == 2
+    assert "none.pt: checkpoint not found" in caplog.text and not out.exists()
