@@ -159,6 +159,61 @@ def test_a_bad_configuration_file_names_the_file(tmp_path):
         load_run_config(str(section), BASE)
 
 
+@pytest.mark.parametrize("pipeline", ["released", "torchvision"])
+@pytest.mark.parametrize(
+    ("key", "value", "attribute"),
+    [
+        ("data.image_res", 48, "image_res"),
+        ("data.mask_size", 24, "mask_size"),
+        ("data.augment.hflip", 0.9, "hflip_p"),
+        ("data.augment.grayscale", 0.7, "grayscale_p"),
+        ("data.augment.color_jitter", [0.1, 0.2, 0.3, 0.05], "color_jitter"),
+        ("data.augment.color_jitter_p", 0.25, "color_jitter_p"),
+        ("data.augment.swap_left_right", True, "swap_left_right"),
+    ],
+)
+def test_every_data_key_reaches_the_training_transform(tmp_path, pipeline, key, value, attribute):
+    from amc.records import Record, save_records
+    from amc.train import build_dataset
+
+    save_records(tmp_path / "r.jsonl", [Record("r/0", "vg", "train", "a.png", 10, 10, "a", [[1, 1, 5, 5]])])
+    base = [
+        "model_config=m",
+        "vocab=v",
+        f"data.path={tmp_path / 'r.jsonl'}",
+        f"data.augment.pipeline={pipeline}",
+    ]
+    default = build_dataset(load_run_config(None, base)).transform
+    changed = build_dataset(load_run_config(None, [*base, f"{key}={json.dumps(value)}"])).transform
+    expected = tuple(value) if isinstance(value, list) else value
+    assert getattr(changed, attribute) == expected != getattr(default, attribute)
+    assert type(changed) is type(default)
+
+
+def test_the_data_kind_and_seed_choose_the_dataset(tmp_path):
+    from amc.data.datasets import CaptionDataset, PhraseBoxDataset
+    from amc.records import Record, save_records
+    from amc.train import build_dataset
+
+    save_records(
+        tmp_path / "r.jsonl", [Record("r/0", "vg", "train", "a.png", 10, 10, "a", [[1, 1, 5, 5]])] * 3
+    )
+    (tmp_path / "captions.json").write_text(
+        '[{"image": "a.png", "caption": "a"}, {"image": "b.png", "caption": ["b", "c"]}]'
+    )
+    records = build_dataset(load_run_config(None, [*BASE[:2], f"data.path={tmp_path / 'r.jsonl'}", "seed=9"]))
+    assert type(records) is PhraseBoxDataset and records.seed == 9 and len(records) == 3
+    captions = build_dataset(
+        load_run_config(None, [*BASE[:2], "data.kind=captions", f"data.path={tmp_path / 'captions.json'}"])
+    )
+    assert (
+        type(captions) is CaptionDataset
+        and captions.root == tmp_path
+        and len(captions) == 2
+        and captions.seed == 0
+    )
+
+
 def test_torchrun_sets_rank_world_size_device_and_backend(monkeypatch):
     import amc.train
 

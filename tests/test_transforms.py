@@ -393,3 +393,44 @@ def test_paper_config_uses_the_released_pipeline_and_the_demo_torchvision():
     )
     for demo in ("demo-finetune.yaml", "demo-pretrain.yaml"):
         assert load_run_config(str(runs / demo), base)["data"]["augment"]["pipeline"] == "torchvision"
+
+
+def test_torchvision_pipeline_applies_its_draws_in_the_drawn_order():
+    image, box = noise_image(40, 30, seed=6), [2, 2, 20, 20]
+    every = TorchvisionTrainTransform(24, 24, hflip_p=1.0, grayscale_p=1.0, color_jitter_p=1.0,
+                                      color_jitter=(0.3, 0.2, 0.1, 0.05))  # fmt: skip
+    sample = every(image, box, "t", torch.Generator().manual_seed(13))
+    # the same draws by hand: flip, grey, jitter, the order of the four adjustments, their factors
+    replay = torch.Generator().manual_seed(13)
+    chances = [torch.rand((), generator=replay).item() for _ in range(3)]
+    order = torch.randperm(4, generator=replay).tolist()
+    uniforms = [torch.rand((), generator=replay).item() for _ in range(4)]
+    ranges = [(0.7, 1.3), (0.8, 1.2), (0.9, 1.1), (-0.05, 0.05)]
+    factors = [low + (high - low) * u for (low, high), u in zip(ranges, uniforms, strict=True)]
+    assert all(c < 1.0 for c in chances)
+    pixels = F.horizontal_flip(
+        F.to_dtype(
+            F.pil_to_tensor(F.resize(image, [24, 24], interpolation=InterpolationMode.BICUBIC)),
+            torch.float32,
+            scale=True,
+        )
+    )
+    pixels = F.rgb_to_grayscale(pixels, num_output_channels=3)
+    adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+    for index in order:
+        pixels = adjust[index](pixels, factors[index])
+    torch.testing.assert_close(sample.image, F.normalize(pixels, MEAN, STD))
+    assert sample.flipped
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_the_jitter_strengths_bound_each_factor(pipeline):
+    """A strength of 0 leaves that adjustment at its identity; brightness over 1 is floored at 0."""
+    transform = pipeline(16, 16, color_jitter=(1.5, 0.0, 0.0, 0.0))
+    for seed in range(20):
+        factors = TrainTransform._factors(transform, torch.Generator().manual_seed(seed))
+        assert 0.0 <= factors.brightness <= 2.5
+        assert (factors.contrast, factors.saturation, factors.hue) == (1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match=r"^colour jitter hue must lie in \[0, 0.5\], got 0.6$"):
+        pipeline(16, 16, color_jitter=(0.4, 0.4, 0.4, 0.6))
+    assert pipeline(16, 16, color_jitter=(0.4, 0.4, 0.4, 0.5)).color_jitter == (0.4, 0.4, 0.4, 0.5)
