@@ -195,9 +195,8 @@ def test_the_data_kind_and_seed_choose_the_dataset(tmp_path):
     from amc.records import Record, save_records
     from amc.train import build_dataset
 
-    save_records(
-        tmp_path / "r.jsonl", [Record("r/0", "vg", "train", "a.png", 10, 10, "a", [[1, 1, 5, 5]])] * 3
-    )
+    rows = [Record(f"r/{i}", "vg", "train", "a.png", 10, 10, "a", [[1, 1, 5, 5]]) for i in range(3)]
+    save_records(tmp_path / "r.jsonl", rows)
     (tmp_path / "captions.json").write_text(
         '[{"image": "a.png", "caption": "a"}, {"image": "b.png", "caption": ["b", "c"]}]'
     )
