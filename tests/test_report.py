@@ -295,6 +295,23 @@ def test_qualitative_choice_and_grid(fabricated, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
+def test_gradcam_uses_the_cpu_when_the_visible_gpus_are_unusable(monkeypatch):
+    """A Slurm job gets CUDA_VISIBLE_DEVICES even where torch cannot use the devices (no driver)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a usable GPU is present")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    figures.gradcam_device.cache_clear()
+    try:
+        assert figures.gradcam_device() == "cpu"
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        figures.gradcam_device.cache_clear()
+        assert figures.gradcam_device() == "cpu"
+    finally:
+        figures.gradcam_device.cache_clear()
+
+
 def test_where_prints_locations(tmp_path, monkeypatch, capsys):
     from amc.report import where
 

@@ -7,6 +7,7 @@ so in its panel rather than being left out, so the workflow's outputs are fixed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -225,6 +226,21 @@ def choose_examples(runs: dict[str, EvalRun], count: int, prefer: str | None = N
     return sorted(ids, key=key)[:count]
 
 
+@functools.cache
+def gradcam_device() -> str:
+    """``cuda`` when ``amc gpu-run`` gave this job a GPU that torch can use, else ``cpu``.
+
+    ``CUDA_VISIBLE_DEVICES`` alone does not say so: a scheduler sets it on nodes where this
+    process cannot use the devices (no driver in the container, a test cluster's stand-ins),
+    and there ``amc evaluate`` and ``amc train`` already fall back to the CPU.
+    """
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() in ("", "-1"):
+        return "cpu"
+    import torch  # only here: the other figures do not need it
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def run_gradcam(
     *,
     model_config: str,
@@ -239,7 +255,7 @@ def run_gradcam(
 ) -> np.ndarray:
     """One heatmap through ``amc gradcam`` (the documented CLI), with ``benchmark``'s image
     transform and text handling as ``amc evaluate`` uses them (``resize`` overrides); returns the [h, w] map."""
-    device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() not in ("", "-1") else "cpu"
+    device = gradcam_device()
     cmd = [
         sys.executable, "-m", "amc", "gradcam",
         "--model-config", model_config, "--checkpoint", checkpoint, "--vocab", vocab,
