@@ -6,8 +6,8 @@
    is cancelled with scancel after its first checkpoint, resubmitted by Snakemake
    (retries) and resumes from checkpoint_last.pt; a run with a bad configuration value
    fails once per allowed attempt, with its logs named; the two processes end with
-   identical weights, which should equal one process accumulating gradients over the same
-   global batch (xfail until amc train's grad_accum reproduces k processes).
+   identical weights, equal to one process accumulating gradients over the same global
+   batch.
 
 The cluster (tests/slurm_cluster.py) is one node on this machine, started once for the
 module. Where it cannot start (not root, no apt, a daemon fails) the tests skip and say
@@ -378,11 +378,6 @@ def test_two_gpus_start_two_training_processes_in_one_job(scaleout):
     assert log.count("weights identical on 2 processes") >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="amc train's grad_accum updates the momentum model and queue once per micro-batch "
-    "(and samples other micro-batches than the ranks' shards), so it does not reproduce k processes yet",
-)
 def test_two_processes_equal_one_process_accumulating_gradients(scaleout):
     two = weights(scaleout.work / "results/scaleout/checkpoints/amc/seed0/checkpoint_final.pt")
     one = weights(scaleout.reference)
