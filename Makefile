@@ -23,7 +23,6 @@ venv: $(BIN)/amc
 DEMO := $(BIN)/snakemake --snakefile Snakefile
 demo: venv
 	$(DEMO) all --configfile config/demo.yaml --cores 2 --rerun-incomplete
-	$(DEMO) --report results/demo/report.html --configfile config/demo.yaml
 	@$(BIN)/python -m amc.report.where --config config/demo.yaml
 
 test: venv

@@ -103,7 +103,7 @@ def cluster():
 
 def scratch(folder: Path) -> Path:
     """A run folder that sees the repository's configurations (as test_workflow's end-to-end test)."""
-    for name in ("config", "results/paper", "workflow/resources"):
+    for name in ("config", "results/paper", "amc/resources"):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).symlink_to(REPO / name)
     return folder
