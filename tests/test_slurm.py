@@ -227,7 +227,9 @@ def test_every_rule_of_the_ci_grid_is_a_slurm_job(ci_runs):
     local = Counter(
         {r: n for r, n in ci_runs.planned.items() if r.startswith(LOCAL_RULE_PREFIX) or r in LOCAL_RULES}
     )
-    assert set(local) > LOCAL_RULES, "the ci grid has local rules (the released checkpoint's download, the report)"
+    assert set(local) > LOCAL_RULES, (
+        "the ci grid has local rules (the released checkpoint's download, the report)"
+    )
     on_slurm = ci_runs.planned - local
     assert set(on_slurm) == SLURM_RULES
     assert Counter(job.rule for job in jobs) == on_slurm, (
