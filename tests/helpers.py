@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +77,25 @@ def snakemake(
             f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def job_counts(output: str) -> Counter:
+    """The 'Job stats' table of a dry run: rule -> count."""
+    counts: Counter = Counter()
+    block = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    for line in block.splitlines():
+        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if match:
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def planned_outputs(output: str) -> set[str]:
+    """Every output file of the jobs a (non-quiet) dry run lists."""
+    files: set[str] = set()
+    for match in re.finditer(r"^\s+output: (.*)$", output, flags=re.MULTILINE):
+        files.update(part.strip() for part in match.group(1).split(", "))
+    return files
 
 
 # --------------------------------------------------------------------------- the ci dataset
@@ -421,6 +442,36 @@ def run_config(paper: Path) -> dict:
     }
 
 
+def result_document(benchmark: str, split: str, method: str, seed: int, cases: list[dict]) -> dict:
+    """An ``amc evaluate`` result of these cases, every summary field filled in (result.schema.json)."""
+    from amc.result_format import RESULT_FORMAT
+
+    hits = sum(case["hit"] for case in cases)
+    summary = {
+        "benchmark": benchmark,
+        "split": split,
+        "method": method,
+        "seed": seed,
+        "accuracy": hits / len(cases),
+        "n_cases": len(cases),
+        "n_hits": hits,
+        "skipped": {},
+        "skipped_in_prepare": None,
+        "misses": {},
+        "image_res": 96,
+        "resize": "pil-bicubic",
+        "max_words": 30,
+        "records": f"data/fab/records/{benchmark}-{split}.jsonl",
+        "checkpoint": "fabricated.pt",
+        "checkpoint_sha256": "0" * 64,
+        "model_config": {},
+        "code_version": "fabricated",
+        "device": "cpu",
+        "created": "2026-01-01T00:00:00+00:00",
+    }
+    return {"format": RESULT_FORMAT, "summary": summary, "cases": cases}
+
+
 def fabricate_run(root: Path, with_metrics: bool = True) -> tuple[Path, dict]:
     """results/fab/ under ``root``: eval JSONs, metrics.jsonl, workflow-config.json (numbers one can
     check by hand: on Flickr30k test AMC hits 8 (seed 0) and 6 (seed 1) of 10 cases, ALBEF 5)."""
@@ -438,24 +489,15 @@ def fabricate_run(root: Path, with_metrics: bool = True) -> tuple[Path, dict]:
             cases.append(
                 {
                     "id": f"{benchmark}/{split}/{i}",
-                    "point": [10.0 + i, 20.0],
+                    "point": [10 + i, 20],
                     "hit": bool(hit),
                     "miss": miss,
                     "category": CATEGORIES[i % 2],
                 }
             )
-        summary = {
-            "benchmark": benchmark,
-            "split": split,
-            "method": method,
-            "seed": seed,
-            "accuracy": sum(hits) / len(hits),
-            "n_cases": len(hits),
-            "n_hits": sum(hits),
-        }
         path = run_dir / "eval" / method / f"seed{seed}" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"summary": summary, "cases": cases}))
+        path.write_text(json.dumps(result_document(benchmark, split, method, seed, cases)))
     if with_metrics:
         for method, seeds in (("amc", [0, 1]), ("vmrm_style", [0, 1]), ("amc_dmean0.05", [0])):
             for seed in seeds:

@@ -257,7 +257,7 @@ def test_paths_are_resolved_from_the_run_and_the_data_folders():
     assert resolved["vocab"] == "data/ci/raw/vocab/vocab.txt"
     assert resolved["extra"] == ["data/ci/raw/records/a.jsonl", {"b": "ci"}, 3]
     assert config["vocab"] == "{raw_dir}/vocab/vocab.txt"  # the input is not changed
-    assert resolved["data"]["manifest"] == "workflow/resources/synthetic-manifest.yaml"
+    assert resolved["data"]["manifest"] == "amc/resources/synthetic-manifest.yaml"
     real = {**config, "data": {**config["data"], "source": "real", "manifest": None}}
     assert grid.resolve_paths(real)["data"]["manifest"] == grid.DEFAULT_MANIFEST
     synthetic = {**config, "data": {**config["data"], "manifest": None}}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ import pytest
 from amc.cli import main as amc_main
 from amc.report import figures, grid, tables
 from tests.helpers import REPO, fabricate_run, run_config
+from tests.system_tools import require_tool
 
 
 def report(*args: str) -> int:
@@ -133,6 +135,65 @@ def test_ablation_and_figure_files(fabricated):
             assert (run_dir / "figures" / f"{name}.{ext}").stat().st_size > 1000
 
 
+def test_tex_escape_writes_ascii_latex():
+    assert tables.tex_escape("Δ = reproduced − paper, p <0.001, 95% CI, run `demo_1` & ±1 (é)") == (
+        r"$\Delta$ = reproduced $-$ paper, p $<$0.001, 95\% CI, run \texttt{demo\_1} \& $\pm$1 (e)"
+    )
+    assert (
+        tables.tex_escape("a_b {x} #1 ~ ^ \\")
+        == r"a\_b \{x\} \#1 \textasciitilde{} \textasciicircum{} \textbackslash{}"
+    )
+    assert tables.latex_table(["[x]"], [["[95% CI]"]], "c", "tab:x").count(r"{}[") == 2
+    row = tables.latex_table(["m"], [["VMRM-style", "-2.38 [-3.00, +1.00]"]], "c", "tab:x").splitlines()[7]
+    assert row == r"VMRM-style & $-$2.38 [$-$3.00, +1.00] \\"
+
+
+def test_latex_tables_compile_with_pdflatex(fabricated, tmp_path):
+    """table1.tex, table1_released.tex and ablation.tex compile with pdflatex alone (texlive-latex-base)."""
+    pdflatex = require_tool("pdflatex", "texlive-latex-base")
+    run_dir, _ = fabricated
+    assert report("table1", "--run", str(run_dir), "--n-boot", "200") == 0
+    released = ["--methods", "albef", "amc_released", "--name", "table1_released"]
+    assert report("table1", "--run", str(run_dir), "--n-boot", "200", *released) == 0
+    assert report("ablation", "--run", str(run_dir), "--n-boot", "200") == 0
+    for stem in ("table1", "table1_released", "ablation"):
+        table = run_dir / "tables" / f"{stem}.tex"
+        text = table.read_text()
+        assert text.isascii(), stem
+        assert r"$\Delta$" in text and "%)" not in text.replace(r"\%)", "")  # every % escaped
+        document = tmp_path / f"{stem}-document.tex"
+        document.write_text(
+            "\\documentclass{article}\n\\begin{document}\n\\input{"
+            + table.as_posix()
+            + "}\n\\end{document}\n"
+        )
+        result = subprocess.run(
+            [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "-output-directory", str(tmp_path), str(document)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        log = (tmp_path / f"{stem}-document.log").read_text(errors="replace")
+        assert result.returncode == 0, f"{stem}.tex does not compile:\n{result.stdout[-2000:]}"
+        assert "Missing character" not in log and (tmp_path / f"{stem}-document.pdf").stat().st_size > 1000
+    assert r"reproduced $-$ paper" in (run_dir / "tables/table1.tex").read_text()
+
+
+def test_reports_refuse_results_that_do_not_validate(fabricated, caplog):
+    run_dir, _ = fabricated
+    path = run_dir / "eval/amc/seed1/flickr30k-test.json"
+    good = json.loads(path.read_text())
+    bad = json.loads(path.read_text())
+    bad["cases"][8]["miss"] = None  # case 8 is a miss: it must say where its point fell
+    path.write_text(json.dumps(bad))
+    assert report("table1", "--run", str(run_dir), "--n-boot", "100") == 2
+    assert f"{path}: not an amc evaluate result: data.cases[8].miss must be one of" in caplog.text
+    older = {key: value for key, value in good.items() if key != "format"}  # written before the format field
+    path.write_text(json.dumps(older))
+    with pytest.raises(Exception, match=r"result format None, this version reads 'amc-bench-result/1'"):
+        tables.load_all(run_dir)
+    path.write_text(json.dumps(good))
+    assert report("table1", "--run", str(run_dir), "--n-boot", "100") == 0
+
+
 def test_misaligned_cases_are_an_error(fabricated):
     run_dir, config = fabricated
     path = run_dir / "eval/amc/seed1/flickr30k-test.json"
@@ -175,7 +236,10 @@ def test_where_prints_what_exists_and_what_is_not_made_yet(tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert "Table 1:   results/fab/tables/table1.md  (not made yet)" in out
     assert "Ablations: results/fab/tables/ablation.md  (not made yet)" in out
-    assert "--report results/fab/report.html)" in out  # how to make it
+    assert (
+        "Report:    results/fab/report.html  (not made yet: snakemake all --configfile cfg.yaml writes it)"
+        in out
+    )
     assert "table1_released" not in out and ".png" not in out
 
     tables = tmp_path / "results/fab/tables"
