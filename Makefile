@@ -37,17 +37,23 @@ test-slurm: venv
 test-fast: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
-# Mutation testing of the core with mutmut (docs/testing.md): not part of CI, part of reviewing a
-# change to the core. The modules are [tool.mutmut] only_mutate in pyproject.toml; MODULE=amc/losses.py
-# (or several, space-separated) runs only those. A rerun without MODULE continues where the last
-# one stopped. The mutated copy is mutants/ (git-ignored); its log is mutants/run.log.
-# Children started by a test see the mutated package (PYTHONPATH) and reuse one ci dataset.
-MODULE ?=
+# Mutation testing of the core with mutmut (docs/testing.md): not part of CI (about an hour on two
+# cores), part of reviewing a change to the core. One `mutmut run` per module of [tool.mutmut]
+# only_mutate in pyproject.toml; MODULES=amc/losses.py (or several, space-separated) runs only
+# those. The mutated copy is mutants/ (git-ignored): the log is mutants/run.log, each module's
+# minutes mutants/times.txt. Children started by a test see the mutated package (PYTHONPATH);
+# every test session reuses one ci dataset (AMC_TEST_CI_DATA).
+MUTATED = $(shell sed -n '/^only_mutate/,/^]/p' pyproject.toml | grep -o '[a-z_/]*\.py')
+MODULES ?= $(MUTATED)
 mutation: venv
 	mkdir -p mutants
-	PYTHONPATH=$(CURDIR)/mutants OMP_NUM_THREADS=1 AMC_TEST_CI_DATA=$(CURDIR)/mutants/ci-data \
-	  $(BIN)/mutmut run --max-children 2 $(foreach m,$(MODULE),"$(subst /,.,$(basename $(m))).*") \
-	  > mutants/run.log 2>&1 || (tail -n 40 mutants/run.log; exit 1)
+	for module in $(MODULES); do \
+	  name=$$(echo $${module%.py} | tr / .); start=$$(date +%s); \
+	  PYTHONPATH=$(CURDIR)/mutants OMP_NUM_THREADS=1 AMC_TEST_CI_DATA=$(CURDIR)/mutants/ci-data \
+	    $(BIN)/mutmut run --max-children 2 "$$name.*" >> mutants/run.log 2>&1 \
+	    || { tail -n 40 mutants/run.log; exit 1; }; \
+	  echo "$$module: $$(( $$(date +%s) - start )) s" | tee -a mutants/times.txt; \
+	done
 	$(BIN)/python -m tests.mutation_report
 
 lint: venv

@@ -7,6 +7,7 @@ once; ``make mutation`` uses it so that each mutant's session does not synthesis
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,6 +20,18 @@ from tests.helpers import REPO, CiData, build_ci_data, tiny_config
 # from more, and on a busy 2-core machine threads fighting other processes' make tests many times slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``make mutation``, a mutant's tests run fastest first: mutmut stops at the first test
+    that fails, and the mutant's tests come in no particular order. The durations are those of
+    mutmut's clean run (``mutmut-stats.json`` in the mutated copy, the tests' working folder)."""
+    if "__mutmut_" not in os.environ.get("MUTANT_UNDER_TEST", ""):
+        return
+    stats = Path("mutmut-stats.json")
+    if stats.exists():
+        durations = json.loads(stats.read_text())["duration_by_test"]
+        items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 
     python -m tests.mutation_report [--survivors]
 
-Killed counts mutants a test failed on; a timeout is listed apart (see docs/testing.md for
-when one counts as killed). ``--survivors`` lists every mutant that survived or had no test, by
+Killed counts mutants a test failed on; a timeout (a test ran past mutmut's limit) is listed
+apart and counts as a kill in the rate. ``--survivors`` lists every mutant that survived or had no test, by
 name (``mutmut show NAME`` prints its diff).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -31,13 +32,18 @@ STATUS[None] = "not run"
 COLUMNS = ("killed", "timeout", "survived", "no tests", "not run")
 
 
-def module_results(mutants: Path) -> dict[str, dict[str, str]]:
-    """{module path: {mutant name: status}} for every mutated module with results."""
+def mutated_modules(pyproject: Path = Path("pyproject.toml")) -> list[str]:
+    """The modules ``make mutation`` mutates: [tool.mutmut] only_mutate, in its order."""
+    return tomllib.loads(pyproject.read_text())["tool"]["mutmut"]["only_mutate"]
+
+
+def module_results(mutants: Path, modules: list[str]) -> dict[str, dict[str, str]]:
+    """{module path: {mutant name: status}} for each of ``modules`` that has results in ``mutants``."""
     results = {}
-    for meta in sorted(mutants.rglob("*.py.meta")):
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
-        if codes:
-            module = str(meta.relative_to(mutants))[: -len(".meta")]
+    for module in modules:
+        meta = mutants / f"{module}.meta"
+        if meta.exists():
+            codes = json.loads(meta.read_text())["exit_code_by_key"]
             results[module] = {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
     return results
 
@@ -57,8 +63,9 @@ def table(results: dict[str, dict[str, str]]) -> str:
 
 
 def _row(name: str, counts: Counter) -> str:
+    """A table row; the kill rate counts a timeout as a kill (the mutant made a test hang)."""
     run = sum(counts.values()) - counts["not run"]
-    rate = f"{100 * counts['killed'] / run:.1f}%" if run else "-"
+    rate = f"{100 * (counts['killed'] + counts['timeout']) / run:.1f}%" if run else "-"
     cells = " | ".join(str(counts[c]) for c in COLUMNS)
     return f"| {name} | {sum(counts.values())} | {cells} | {rate} |"
 
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mutants", default="mutants", help="mutmut's folder (default: mutants)")
     parser.add_argument("--survivors", action="store_true", help="list the mutants no test killed")
     args = parser.parse_args(argv)
-    results = module_results(Path(args.mutants))
+    results = module_results(Path(args.mutants), mutated_modules())
     if not results:
         parser.error(f"{args.mutants}: no mutmut results (run make mutation first)")
     print(table(results))

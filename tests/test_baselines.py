@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,14 @@ from baselines import METHODS, method_preset, train_overrides
 from baselines.vmrm_style import (
     VmrmConsistency,
     VmrmContrastive,
+    caption_map,
     consistency_loss,
     content_tokens,
     contrastive_loss,
     frozen_teacher,
+    phrase_patch_maps,
     pseudo_targets,
+    token_patch_cosine,
 )
 from tests.helpers import SMALL, SPECIAL_IDS, TINY_MODEL, run_amc, step_context, tiny_model, train_batch
 
@@ -44,6 +48,53 @@ def test_content_tokens_drop_cls_and_padding():
     mask = (ids != 0).long()
     expected = torch.tensor([[0, 1, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
     assert torch.equal(content_tokens(ids, mask, SPECIAL_IDS), expected)
+
+
+def test_content_tokens_drop_every_special_token_and_the_first_position():
+    special = {"pad": 0, "cls": 2, "sep": 3, "mask": 4}
+    ids = torch.tensor(
+        [[7, 8, 3, 9, 4, 2, 6, 0]]
+    )  # position 0 is not [CLS] here; [SEP], [MASK], [CLS] inside
+    mask = (ids != 0).long()
+    expected = torch.tensor([[0, 1, 0, 1, 0, 0, 1, 0]], dtype=torch.bool)
+    assert torch.equal(content_tokens(ids, mask, special), expected)
+
+
+def test_token_patch_cosine_projects_and_normalises_both_sides():
+    model = tiny_model(**SMALL)
+    states, image = torch.randn(2, 5, 64), torch.randn(2, 17, 64)  # [CLS] + a 4x4 patch grid
+    cos = token_patch_cosine(model, states, image)
+    with torch.no_grad():
+        tokens = model.text_proj(states)
+        patches = model.vision_proj(image[:, 1:])
+        expected = (tokens / tokens.norm(dim=-1, keepdim=True)) @ (
+            patches / patches.norm(dim=-1, keepdim=True)
+        ).transpose(1, 2)
+    assert cos.shape == (2, 5, 16)
+    torch.testing.assert_close(cos, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_caption_maps_average_each_captions_own_content_tokens():
+    cos = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    content = torch.tensor([[True, True, False], [False, True, False]])  # 2 tokens, then 1
+    expected = torch.stack([(cos[0, 0] + cos[0, 1]) / 2, cos[1, 1]])
+    assert torch.equal(caption_map(cos, content), expected)
+    # a caption without content tokens: a zero map, and the loss is the mean over the others
+    empty = torch.tensor([[True, True, False], [False, False, False]])
+    student, teacher = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    both = consistency_loss(student, teacher, empty, 0.5, 0.5, "caption")
+    first = consistency_loss(student[:1], teacher[:1], empty[:1], 0.5, 0.5, "caption")
+    assert both.item() == pytest.approx(first.item(), rel=1e-6)
+
+
+def test_pseudo_targets_are_over_the_patches_of_each_token():
+    teacher = torch.tensor(
+        [[[0.1, 0.9, 0.3, 0.5], [0.8, 0.2, 0.0, 0.4], [0.0, 0.1, 0.2, 0.3]]]
+    )  # [1, 3 tokens, 4]
+    soft = pseudo_targets(teacher, "soft", 1, 0.5)
+    torch.testing.assert_close(soft, F.softmax(teacher / 0.5, dim=2))
+    everything = pseudo_targets(teacher, "topk", 10, 0.03)  # k > 4 patches: uniform over the 4
+    assert torch.equal(everything, torch.full((1, 3, 4), 0.25))
 
 
 def test_pseudo_targets_topk_and_soft():
@@ -204,10 +255,66 @@ def test_text_token_source_uses_the_text_only_states():
 
 def test_batch_without_content_tokens_gives_zero():
     model = tiny_model(**SMALL)
-    objective = VmrmContrastive()
-    objective.setup(model)
-    out = objective(step_context(model, train_batch(model, lengths=(1, 1))))
-    assert out.loss.item() == 0.0 and out.logs["loss_vmrm_contrastive"] == 0.0
+    for objective, key in (
+        (VmrmContrastive(), "loss_vmrm_contrastive"),
+        (VmrmConsistency(), "loss_vmrm_consistency"),
+    ):
+        objective.setup(model)
+        out = objective(step_context(model, train_batch(model, lengths=(1, 1))))
+        assert out.loss.item() == 0.0 and out.loss.requires_grad and out.logs == {key: 0.0}
+
+
+def test_the_objectives_compute_their_documented_losses():
+    """Through the objectives: the weight times contrastive_loss / consistency_loss of the step's
+    maps, with the configured target, temperatures and aggregate; content tokens only."""
+    model = tiny_model(**SMALL)
+    with torch.no_grad():  # a student that differs from its teacher
+        teacher_model = tiny_model(**SMALL)
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    batch = train_batch(model)
+    contrastive = VmrmContrastive(weight=2.5, target="soft", target_temperature=0.2, temperature=0.3)
+    consistency = VmrmConsistency(weight=1.5, temperature=0.2, target_temperature=0.4, aggregate="caption")
+    for objective in (contrastive, consistency):
+        objective.teacher = frozen_teacher(teacher_model)
+    ctx = step_context(model, batch)
+    maps = phrase_patch_maps(ctx, contrastive.teacher, "fused")
+    out = contrastive(ctx)
+    expected = contrastive_loss(maps.student, pseudo_targets(maps.teacher, "soft", 1, 0.2), maps.content, 0.3)
+    assert out.logs["loss_vmrm_contrastive"] == pytest.approx(expected.item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(2.5 * expected.item(), rel=1e-6)
+    out = consistency(ctx)
+    expected = consistency_loss(maps.student, maps.teacher, maps.content, 0.2, 0.4, "caption")
+    assert out.logs["loss_vmrm_consistency"] == pytest.approx(expected.item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(1.5 * expected.item(), rel=1e-6)
+    assert expected.item() != pytest.approx(
+        consistency_loss(maps.student, maps.teacher, maps.content, 0.2, 0.4, "token").item()
+    )
+
+
+def test_the_maps_of_a_step_are_made_once_per_token_source():
+    model = tiny_model(**SMALL)
+    teacher = frozen_teacher(model)
+    batch = train_batch(model)
+    batch.input_ids[0, 2] = SPECIAL_IDS["mask"]  # a [MASK] inside a caption is not a content token
+    ctx = step_context(model, batch)
+    fused = phrase_patch_maps(ctx, teacher, "fused")
+    assert phrase_patch_maps(ctx, teacher, "fused") is fused  # both objectives share one teacher pass
+    text = phrase_patch_maps(ctx, teacher, "text")
+    assert text is not fused and phrase_patch_maps(ctx, teacher, "text") is text
+    assert not fused.content[0, 2] and fused.content[0, 1]
+    # at the start the student is the teacher: the same maps from the same states
+    torch.testing.assert_close(text.teacher, text.student.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.teacher, fused.student.detach(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(text.teacher, fused.teacher)
+
+
+def test_the_teacher_copy_is_logged_with_its_size(caplog):
+    model = tiny_model(**SMALL)
+    with caplog.at_level("INFO", logger="baselines.vmrm_style"):
+        teacher = frozen_teacher(model)
+    n_params = sum(p.numel() for p in teacher.parameters())
+    assert f"frozen teacher copy of the starting model made ({n_params} parameters" in caplog.text
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -232,11 +339,15 @@ def test_terms_switch_off_one_by_one():
     assert [o.name for o in build_objectives({"itc": {}, "vmrm_contrastive": None})] == ["itc"]
     # Weight 0: kept by build_objectives, but inert: no teacher, no loss, no log.
     model = tiny_model(**SMALL)
-    off = VmrmContrastive(weight=0)
-    off.setup(model)
-    assert off.teacher is None
-    out = off(step_context(model, train_batch(model)))
-    assert out.loss.item() == 0.0 and out.logs == {} and not out.loss.requires_grad
+    for off in (VmrmContrastive(weight=0), VmrmConsistency(weight=0)):
+        off.setup(model)
+        assert off.teacher is None
+        out = off(step_context(model, train_batch(model)))
+        assert out.loss.item() == 0.0 and out.logs == {} and not out.loss.requires_grad
+    with pytest.raises(
+        AmcError, match=r"^objective 'vmrm_consistency' \(VMRM-style\): setup\(model\) was not called"
+    ):
+        VmrmConsistency()(step_context(model, train_batch(model)))
 
 
 def test_a_full_training_step_logs_both_terms():
@@ -254,25 +365,48 @@ def test_a_full_training_step_logs_both_terms():
 
 
 @pytest.mark.parametrize(
-    "params",
+    ("name", "params", "message"),
     [
-        {"target": "hard"},
-        {"top_k": 0},
-        {"temperature": 0.0},
-        {"token_source": "image"},
-        {"target_temperature": -1.0},
+        ("vmrm_contrastive", {"target": "hard"}, "target must be one of ('topk', 'soft'), not 'hard'"),
+        ("vmrm_contrastive", {"top_k": 0}, "top_k must be an integer >= 1, got 0"),
+        ("vmrm_contrastive", {"temperature": 0.0}, "temperature must be positive, got 0.0"),
+        (
+            "vmrm_contrastive",
+            {"token_source": "image"},
+            "token_source must be one of ('fused', 'text'), not 'image'",
+        ),
+        ("vmrm_contrastive", {"target_temperature": -1.0}, "target_temperature must be positive, got -1.0"),
+        (
+            "vmrm_consistency",
+            {"aggregate": "image"},
+            "aggregate must be one of ('caption', 'token'), not 'image'",
+        ),
+        ("vmrm_consistency", {"target_temperature": 0}, "target_temperature must be positive, got 0"),
+        ("vmrm_consistency", {"temperature": -2}, "temperature must be positive, got -2"),
     ],
 )
-def test_bad_contrastive_hyperparameters_are_errors(params):
-    with pytest.raises(AmcError, match="vmrm_contrastive"):
-        build_objectives({"vmrm_contrastive": params})
+def test_bad_hyperparameters_are_errors_that_name_them(name, params, message):
+    with pytest.raises(AmcError, match=f"^objective '{name}': {re.escape(message)}$"):
+        build_objectives({name: params})
 
 
 def test_bad_consistency_hyperparameters_are_errors():
-    with pytest.raises(AmcError, match="aggregate"):
-        build_objectives({"vmrm_consistency": {"aggregate": "image"}})
     with pytest.raises(AmcError, match="vmrm_consistency"):
         build_objectives({"vmrm_consistency": {"top_k": 3}})  # not a consistency hyperparameter
+
+
+def test_the_documented_defaults_and_a_given_target_temperature():
+    """docs/baselines.md: temperature 0.07 both, top_k 1, target_temperature 0.03 (contrastive) and
+    null = the temperature (consistency)."""
+    contrastive, consistency = build_objectives({"vmrm_contrastive": {}, "vmrm_consistency": {}})
+    assert (contrastive.temperature, contrastive.target, contrastive.top_k) == (0.07, "topk", 1)
+    assert (contrastive.target_temperature, contrastive.token_source) == (0.03, "fused")
+    assert (consistency.temperature, consistency.target_temperature, consistency.aggregate) == (
+        0.07,
+        0.07,
+        "caption",
+    )
+    assert VmrmConsistency(temperature=0.1, target_temperature=0.5).target_temperature == 0.5
 
 
 def test_presets_resolve_into_run_configurations():

@@ -550,3 +550,42 @@ def test_a_vocabulary_of_another_size_or_a_missing_checkpoint_stops_before_evalu
     assert "vocab.txt: 7 tokens, but" in caplog.text and "declares vocab_size 512" in caplog.text
     assert evaluate_flickr(ci_data.flickr_test, tmp_path / "none.pt", ci_data.vocab, out) == 2
     assert "none.pt: checkpoint not found" in caplog.text and not out.exists()
+
+
+def test_the_batching_options_reach_the_evaluation(tmp_path, ci_data, random_checkpoint, monkeypatch):
+    import amc.evaluate
+
+    seen, real = [], amc.evaluate.evaluate
+    monkeypatch.setattr(amc.evaluate, "evaluate", lambda *a, **k: seen.append(k) or real(*a, **k))
+    args = ["--limit", "2", "--images-per-batch", "2", "--phrases-per-batch", "7"]
+    assert (
+        evaluate_flickr(ci_data.flickr_test, random_checkpoint, ci_data.vocab, tmp_path / "o.json", *args)
+        == 0
+    )
+    ((kwargs),) = seen
+    assert (kwargs["images_per_batch"], kwargs["phrases_per_batch"], kwargs["num_workers"]) == (2, 7, 0)
+    assert kwargs["on_heatmap"] is None  # no --heatmaps: no map kept
+
+
+def test_the_code_version_names_the_commit_when_there_is_one(monkeypatch, tmp_path):
+    import subprocess
+
+    import amc
+    from amc.evaluate import _code_version
+
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(amc.__file__).parent, capture_output=True, text=True
+    )
+    version = _code_version()
+    if head.returncode == 0:  # a git checkout (the suite's own): "amc 0.1.0 (<short sha>)"
+        short = version.removeprefix(f"amc {amc.__version__} (").removesuffix(")")
+        assert version == f"amc {amc.__version__} ({short})" and len(short) >= 7
+        assert head.stdout.strip().startswith(short)
+    monkeypatch.chdir(tmp_path)  # the commit of the package's folder, not of the working folder
+    assert _code_version() == version
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert _code_version() == f"amc {amc.__version__}"  # an installed copy without git

@@ -24,10 +24,26 @@ def test_random_negatives_are_uniform_over_the_other_pairs_and_skip_the_contrast
 def test_hard_negatives_follow_the_in_batch_contrastive_similarity():
     model = tiny_model(**SMALL)
     ctx = step_context(model, train_batch(model))
-    weights_i2t, _ = ImageTextMatching()._negative_weights(ctx)
-    expected = F.softmax(ctx.contrastive.sim_i2t[:, :4], dim=1) + 1e-9
-    expected.fill_diagonal_(0)
-    torch.testing.assert_close(weights_i2t, expected)
+    weights = ImageTextMatching()._negative_weights(ctx)
+    for weight, sim in zip(weights, (ctx.contrastive.sim_i2t, ctx.contrastive.sim_t2i), strict=True):
+        expected = F.softmax(sim[:, :4], dim=1) + 1e-9
+        expected.fill_diagonal_(0)
+        torch.testing.assert_close(weight, expected, rtol=0, atol=0)
+
+
+def test_hard_negatives_are_drawn_when_the_positive_takes_all_the_similarity():
+    """When every other pair's softmax weight is 0 in float32, the released 1e-9 keeps each row a
+    distribution: a negative is still drawn (never the positive)."""
+    from amc.objectives import Contrastive
+
+    model = tiny_model(**SMALL)
+    ctx = step_context(model, train_batch(model))
+    sim = torch.cat([1000.0 * torch.eye(4), torch.zeros(4, 64)], dim=1)  # the positive, by far
+    ctx.__dict__["contrastive"] = Contrastive(sim, sim.clone(), sim, sim)
+    for weight in ImageTextMatching()._negative_weights(ctx):
+        assert torch.equal(weight, 1e-9 * (1 - torch.eye(4)))
+    out = ImageTextMatching()(ctx)
+    assert torch.isfinite(out.loss)
 
 
 @pytest.mark.parametrize("negatives", ["hard", "random"])
@@ -143,8 +159,22 @@ def test_no_boxed_sample_gives_a_zero_amc_loss_that_still_back_propagates(monkey
     out = objective(step_context(model, boxed_batch(model, has_box=(False,) * 4), needs_gradcam=True))
     assert not calls and out.loss.item() == 0.0 and out.loss.requires_grad
     assert out.logs == {"loss_amc": 0.0, "l_mean": 0.0, "l_max": 0.0}
-    with pytest.raises(AmcError, match="needs box masks"):
+    with pytest.raises(
+        AmcError, match=r"^the amc objective needs box masks: train on records \(data.kind: records\)$"
+    ):
         objective(step_context(model, train_batch(model), needs_gradcam=True))
+
+
+def test_box_masks_without_has_box_count_every_sample(monkeypatch):
+    calls = spy_on_amc_loss(monkeypatch)
+    (objective,) = build_objectives({"amc": {}})
+    model = tiny_model(**SMALL)
+    batch = boxed_batch(model)
+    batch.has_box = None
+    out = objective(step_context(model, batch, needs_gradcam=True))
+    (call,) = calls
+    assert torch.equal(call["mask"], batch.box_mask) and call["heatmap"].shape == (4, 16, 16)
+    assert out.loss.item() == pytest.approx(call["terms"].total.item())
 
 
 # --------------------------------------------------------------------------- the ALBEF objectives' formulas
@@ -230,8 +260,10 @@ def test_matching_loss_scores_positives_then_one_negative_image_and_one_negative
     assert (neg_image != torch.arange(4)).all() and (neg_text != torch.arange(4)).all()
     assert out.logs["loss_itm"] == pytest.approx(expected.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx(0.5 * expected.item(), rel=1e-5)
-    with pytest.raises(AmcError, match="at least 2 pairs per batch"):
+    with pytest.raises(AmcError, match="^the matching objective needs at least 2 pairs per batch"):
         objective(step_context(model, train_batch(model, lengths=(3,))))
+    two = objective(step_context(model, train_batch(model, lengths=(3, 5))))  # two pairs are enough
+    assert torch.isfinite(two.loss)
 
 
 def test_bert_masking_never_touches_padding_or_cls_and_splits_80_10_10():
@@ -272,9 +304,12 @@ def test_masked_language_modelling_distils_from_the_momentum_model_with_weight_a
                 param.mul_(0.5)
     batch = train_batch(model, lengths=(9, 9, 9, 9))
     objective = MaskedLanguageModelling(weight=3.0, probability=0.5)
-    losses = {
-        alpha: objective(step_context(model, batch, alpha=alpha)).logs["loss_mlm"] for alpha in (0.0, 0.4)
-    }
+    losses, momentum_used = {}, {}
+    for alpha in (0.0, 0.4, 1.0):
+        ctx = step_context(model, batch, alpha=alpha)
+        losses[alpha] = objective(ctx).logs["loss_mlm"]
+        momentum_used[alpha] = "momentum" in ctx.__dict__
+    assert momentum_used == {0.0: False, 0.4: True, 1.0: True}  # alpha 0: no momentum pass at all
     ids, labels = mask_tokens(
         batch.input_ids, {"pad": 0, "cls": 2, "mask": 4}, 512, 0.5, torch.Generator().manual_seed(0)
     )
@@ -298,6 +333,7 @@ def test_masked_language_modelling_distils_from_the_momentum_model_with_weight_a
         distill = -(F.log_softmax(logits[selected], dim=-1) * soft[selected]).sum(-1).mean()
     assert losses[0.0] == pytest.approx(ce.item(), rel=1e-5)
     assert losses[0.4] == pytest.approx((0.6 * ce + 0.4 * distill).item(), rel=1e-5)
+    assert losses[1.0] == pytest.approx(distill.item(), rel=1e-5)
     out = objective(step_context(model, batch, alpha=0.4))
     assert out.loss.item() == pytest.approx(3.0 * losses[0.4], rel=1e-6)
     nothing = MaskedLanguageModelling(probability=0.0)(step_context(model, batch))
@@ -320,6 +356,11 @@ def test_objectives_are_switched_off_by_null_enabled_false_or_weight_0():
         build_objectives({"itc": {"temperature": 0.1}})
     with pytest.raises(AmcError, match="^the method has no objective enabled$"):
         build_objectives({"itc": None, "amc": {"weight": 0.0}})
+
+
+def test_every_objective_weighs_1_unless_told():
+    spec = {"itc": {}, "itm": {}, "mlm": {}, "amc": {}, "vmrm_contrastive": {}, "vmrm_consistency": {}}
+    assert [(o.name, o.weight) for o in build_objectives(spec)] == [(name, 1.0) for name in spec]
 
 
 def test_an_objective_name_is_registered_once():

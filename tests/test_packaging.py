@@ -111,6 +111,7 @@ def _source_tree(repo_root: Path, into: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.timeout(900)
 def test_the_package_works_from_a_wheel(tmp_path, repo_root, ci_data):
     """Built as a wheel, installed elsewhere, run from a folder outside the checkout: the commands

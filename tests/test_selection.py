@@ -143,8 +143,13 @@ def test_resuming_forgets_later_rows_and_keeps_the_best_so_far(tmp_path, records
 
 def test_selection_section_errors_name_the_entry():
     assert parse_selection(None) == [] and parse_selection({"splits": []}) == []
-    with pytest.raises(AmcError, match="selection must be"):
+    with pytest.raises(AmcError, match="^run configuration: selection must be"):
         parse_selection({"splits": [], "other": 1})
+    with pytest.raises(AmcError, match="^run.yaml: selection must be"):
+        parse_selection({"splits": "a"}, source="run.yaml")
+    for entry in ({"name": "a"}, {"records": "x"}):  # each of the two is needed
+        with pytest.raises(AmcError, match="entry 1 needs name and records"):
+            parse_selection({"splits": [entry]})
     with pytest.raises(AmcError, match="entry 2 is not a mapping"):
         parse_selection({"splits": [{"name": "a", "records": "x"}, "b"]})
     with pytest.raises(AmcError, match=r"entry 1 needs name and records .* unknown: \['path'\]"):
@@ -158,6 +163,64 @@ def test_selection_section_errors_name_the_entry():
 def test_the_run_log_is_json_lines(tmp_path, records, monkeypatch):
     scripted_evaluate(monkeypatch)
     best = selector(tmp_path, records)
-    run_epochs(best, tiny_model(**SMALL), range(1))
+    assert best.evaluate(tiny_model(**SMALL), epoch=0, step=4, save=lambda path: path.write_text("")) == {
+        "flickr30k": pytest.approx(SCRIPT["flickr30k"][0]),
+        "refcoco+": pytest.approx(SCRIPT["refcoco+"][0]),
+    }
     lines = (tmp_path / "run" / "selection.jsonl").read_text().splitlines()
     assert [json.loads(line)["split"] for line in lines] == ["flickr30k", "refcoco+"]
+
+
+def test_a_fresh_run_resets_nothing_there_and_a_second_reset_removes_the_published_checkpoints(
+    tmp_path, records, monkeypatch
+):
+    scripted_evaluate(monkeypatch)
+    best = selector(tmp_path, records)
+    best.reset()  # a new run folder: no log, no work folder, no checkpoint yet
+    run_epochs(best, tiny_model(**SMALL), range(1))
+    published = best.publish()
+    assert all(path.exists() for path in published) and best.rows()
+    best.reset()
+    assert not any(path.exists() for path in published) and best.rows() == [] and best.best == {}
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
+
+
+def test_publishing_copies_where_hard_links_fail(tmp_path, records, monkeypatch):
+    scripted_evaluate(monkeypatch)
+    best = selector(tmp_path, records)
+    run_epochs(best, tiny_model(**SMALL), range(2))
+
+    def no_links(source, target):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr("amc.selection.os.link", no_links)
+    published = best.publish()
+    # epochs 0 and 1: Flickr30k's best is epoch 1 (0.5 > 0.2), RefCOCO+'s epoch 0 (0.4 > 0.1)
+    assert {p.name: p.read_text() for p in published} == {
+        "checkpoint_best_flickr30k.pt": "1",
+        "checkpoint_best_refcoco+.pt": "0",
+    }
+    assert all(path.stat().st_nlink == 1 for path in published)  # copies, not links
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_a_split_with_a_missing_image_is_an_error_before_training(tmp_path, records):
+    missing = tmp_path / "missing.jsonl"
+    save_records(
+        missing, [Record("r/0", "refcoco+", "val", str(tmp_path / "none.png"), 40, 30, "a", [[1, 1, 9, 9]])]
+    )
+    splits = parse_selection({"splits": [{"name": "refcoco+", "records": str(missing)}]})
+    with pytest.raises(AmcError, match="none.png"):
+        BestCheckpoints(tmp_path / "run", splits, None, torch.device("cpu"), 0)
+
+
+def test_the_gpu_cache_is_emptied_after_an_evaluation_on_the_gpu_only(tmp_path, records, monkeypatch):
+    scripted_evaluate(monkeypatch)  # the device only passes through: no GPU needed
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    model = tiny_model(**SMALL)
+    for device, calls in (("cpu", 0), ("cuda", 1)):
+        splits = parse_selection({"splits": [{"name": "flickr30k", "records": str(records["flickr30k"])}]})
+        best = BestCheckpoints(tmp_path / device, splits, None, torch.device(device), 0)
+        best.evaluate(model, epoch=0, step=1, save=lambda path: path.write_text(""))
+        assert len(emptied) == calls

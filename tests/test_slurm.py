@@ -38,7 +38,7 @@ from tests.slurm_cluster import CPU_PARTITION, GPU_PARTITION, ClusterUnavailable
 SHIPPED_PROFILE = REPO / "workflow/profiles/slurm/config.yaml"
 REQUIRE = os.environ.get("AMC_REQUIRE_SLURM") == "1"
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.subprocess, pytest.mark.timeout(1800)]
 
 # The ci grid's rules, all of them Slurm jobs (`all` has no command and stays local);
 # the GPU rules ask for `gpu` and go to the GPU partition.

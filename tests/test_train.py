@@ -748,7 +748,7 @@ def test_a_finished_checkpoint_carries_its_config_and_vocabulary(tmp_path, ci_da
     saved = torch.load(final, map_location="cpu", weights_only=True)
     assert saved["vocab"] == load_tokenizer(ci_data.vocab).ids_to_tokens and saved["model_config"]
     common = ["--records", ci_data.flickr_test, "--benchmark", "flickr30k", "--split", "test"]
-    common += ["--num-workers", "0", "--limit", "6"]
+    common += ["--num-workers", "0", "--limit", "6", "--image-res", "32"]  # the run's resolution
     run_amc("evaluate", "--checkpoint", final, *common, "--out", tmp_path / "bare.json")
     flags = ["--model-config", TINY_MODEL, "--vocab", ci_data.vocab]
     run_amc("evaluate", "--checkpoint", final, *flags, *common, "--out", tmp_path / "flags.json")
@@ -839,15 +839,15 @@ def test_two_processes_end_with_identical_weights(tmp_path, ci_data):
 
 
 def test_the_trainer_follows_the_released_schedule_and_alpha_per_optimiser_step(tmp_path, ci_data):
-    """64 pairs, micro-batches of 8, grad_accum 2: 4 optimiser steps per epoch. With one-step stairs
+    """32 pairs, micro-batches of 4, grad_accum 2: 4 optimiser steps per epoch. With one-step stairs
     epoch 0 climbs 1e-4, 1e-4, 4e-4, 7e-4 (stair 3 = lr would come at step 4); epochs 1 and 2 sit on
     the cosine; alpha ramps over the 4 steps of epoch 0, the same for both micro-batches of a step."""
-    records = records_subset(ci_data, 64, tmp_path / "vg-64.jsonl")
+    records = records_subset(ci_data, 32, tmp_path / "vg-32.jsonl")
     config = write_run_config(tmp_path / "released.yaml", ci_data, data__path=str(records), optim__epochs=3)
     run_amc(
         "train", "--config", config, "--out", tmp_path / "out", "optim.schedule=released",
         "optim.lr=1e-3", "optim.min_lr=1e-4", "optim.warmup_lr=1e-4", "optim.warmup_stairs=3",
-        "optim.stair_steps=1", "optim.grad_accum=2",
+        "optim.stair_steps=1", "optim.grad_accum=2", "optim.batch_size=4",
     )  # fmt: skip
     rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 13))
@@ -865,7 +865,7 @@ def _perturbed_start(path: Path) -> dict[str, torch.Tensor]:
     from amc.models.config import ModelConfig
 
     torch.manual_seed(5)
-    model = ALBEF(ModelConfig.from_file(TINY_MODEL))
+    model = ALBEF(ModelConfig.from_file(TINY_MODEL).replace(image_res=32))  # the runs' resolution
     with torch.no_grad():
         for _, momentum in model.model_pairs:
             for param in momentum.parameters():
@@ -956,7 +956,7 @@ def test_selection_keeps_the_best_epoch_per_benchmark_on_its_split(tmp_path, ci_
         saved = torch.load(path, map_location="cpu", weights_only=False)
         assert saved["step"] == best["step"] and saved["epoch"] == best["epoch"]
         out = tmp_path / f"eval-{name}.json"
-        benchmark_args = ["--benchmark", name, "--split", "x", "--image-res", str(split.get("image_res", 96))]
+        benchmark_args = ["--benchmark", name, "--split", "x", "--image-res", str(split.get("image_res", 32))]
         run_amc(
             "evaluate", "--checkpoint", path, "--model-config", TINY_MODEL, "--vocab", ci_data.vocab,
             "--records", split["records"], *benchmark_args, "--num-workers", "0", "--out", out,

@@ -82,8 +82,12 @@ def test_box_mask_covers_exactly_the_box_pixels():
     expected = torch.zeros(4, 8)
     expected[1:3, 2:5] = 1
     assert torch.equal(mask, expected)
-    # A box thinner than a pixel still marks one pixel.
+    # A box thinner than a pixel still marks one pixel: the one holding its centre.
     assert box_mask([3.2, 1.1, 3.4, 1.3], 8, 4).sum() == 1
+    thin_x = box_mask([50.2, 10.0, 50.4, 20.0], width=100, height=30)
+    assert thin_x.sum() == 10 and thin_x[10:20, 50].all()
+    thin_y = box_mask([10.0, 25.2, 20.0, 25.4], width=30, height=100)
+    assert thin_y.sum() == 10 and thin_y[25, 10:20].all()
 
 
 def test_contrast_multiplies_and_brightness_adds_beta_times_the_image_mean():
@@ -111,6 +115,31 @@ def test_brightness_contrast_table_truncates_clips_and_is_float32():
         79,
         146,
     ]
+
+
+def test_the_brightness_contrast_table_is_float32_at_every_level():
+    """float32(0.7) * 10 rounds up to 7.0 in float32 (truncated: 7) but is 6.99999988 in float64 (6)."""
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    table = np.clip(np.arange(256, dtype=np.float32) * np.float32(0.7), 0, 255).astype(np.uint8)
+    assert brightness_contrast_uint8(levels, alpha=0.7, beta=0.0)[..., 0].ravel().tolist() == table.tolist()
+    assert table[10] == 7
+
+
+def test_hue_and_saturation_shifts_exactly():
+    """Pure blue (OpenCV hue 120) + 70 wraps to hue 10 (mod 180); a negative saturation shift stops
+    at 0 (grey); the released factors become int(h * 255) and int(s * 255) (h = s = 0.5: 127)."""
+    blue = np.array([[[0, 0, 255]]], dtype=np.uint8)
+    hue_10 = cv2.cvtColor(np.array([[[10, 255, 255]]], dtype=np.uint8), cv2.COLOR_HSV2RGB)
+    assert np.array_equal(shift_hue_saturation_uint8(blue, hue_shift=70, sat_shift=0), hue_10)
+    pixels = np.array([[[120, 110, 100], [200, 100, 100]]], dtype=np.uint8)
+    grey = shift_hue_saturation_uint8(pixels, hue_shift=0, sat_shift=-300)
+    assert grey.tolist() == [[[120, 120, 120], [200, 200, 200]]]
+    jittered = color_jitter_uint8(
+        pixels, JitterFactors(brightness=1.0, contrast=1.0, saturation=0.5, hue=0.5)
+    )
+    assert np.array_equal(jittered, shift_hue_saturation_uint8(pixels, hue_shift=127, sat_shift=127))
+    assert not np.array_equal(jittered, shift_hue_saturation_uint8(pixels, hue_shift=128, sat_shift=127))
+    assert not np.array_equal(jittered, shift_hue_saturation_uint8(pixels, hue_shift=127, sat_shift=128))
 
 
 def test_saturation_shift_is_added_and_clipped():
@@ -239,9 +268,47 @@ def test_mask_is_resized_to_mask_size_independently_of_image_res(pipeline):
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
-def test_no_box_gives_no_mask(pipeline):
-    sample = pipeline(32, 16)(Image.new("RGB", (40, 30)), None, "text", torch.Generator().manual_seed(0))
-    assert sample.mask is None and sample.image.shape == (3, 32, 32)
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_no_box_gives_no_mask(pipeline, flip):
+    transform = pipeline(32, 16, hflip_p=flip)
+    sample = transform(Image.new("RGB", (40, 30)), None, "text", torch.Generator().manual_seed(0))
+    assert sample.mask is None and sample.image.shape == (3, 32, 32) and sample.flipped is bool(flip)
+
+
+def test_the_released_transforms_take_an_image_of_any_mode_as_rgb():
+    rgb = noise_image(40, 30, seed=2)
+    transform, evaluation = TrainTransform(32, 16, **NOTHING_RANDOM), EvalTransform(32, "cv2-linear")
+    for mode in ("L", "RGBA", "P"):
+        image = rgb.convert(mode)
+        sample = transform(image, [1, 1, 9, 9], "t", torch.Generator().manual_seed(0))
+        direct = transform(image.convert("RGB"), [1, 1, 9, 9], "t", torch.Generator().manual_seed(0))
+        assert sample.image.shape == (3, 32, 32) and torch.equal(sample.image, direct.image), mode
+        assert torch.equal(evaluation(image), evaluation(image.convert("RGB"))), mode
+
+
+def test_the_released_probabilities_are_the_defaults():
+    """ALBEF's augmentation as released: flip 0.5, grey 0.2, colour jitter 0.4 each with p 0.5."""
+    for pipeline in PIPELINES:
+        transform = pipeline(32, 16)
+        assert (transform.hflip_p, transform.grayscale_p, transform.color_jitter_p) == (0.5, 0.2, 0.5)
+        assert transform.color_jitter == (0.4, 0.4, 0.4, 0.4) and transform.swap_left_right is False
+
+
+def test_the_torchvision_mask_is_the_antialiased_box_then_bilinear_to_mask_size():
+    """Resized with the image (bilinear, antialiased: a thin box keeps its share of the pixels),
+    then to mask_size (bilinear, align_corners=False), clipped to [0, 1]."""
+    box, size = [101, 20, 104, 180], (300, 200)  # 3 px wide in a 300 px wide image
+    transform = TorchvisionTrainTransform(32, 24, **NOTHING_RANDOM)
+    sample = transform(Image.new("RGB", size), box, "t", torch.Generator().manual_seed(0))
+    resized = F.resize(
+        box_mask(box, *size)[None], [32, 32], interpolation=InterpolationMode.BILINEAR, antialias=True
+    )
+    expected = torch.nn.functional.interpolate(
+        resized[None], size=(24, 24), mode="bilinear", align_corners=False
+    )
+    torch.testing.assert_close(sample.mask, expected[0, 0].clamp(0, 1), rtol=0, atol=1e-6)
+    # the box's share of the image survives the antialiased downscale
+    assert sample.mask.mean().item() == pytest.approx(3 * 160 / (300 * 200), rel=0.1)
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
@@ -434,3 +501,49 @@ def test_the_jitter_strengths_bound_each_factor(pipeline):
     with pytest.raises(ValueError, match=r"^colour jitter hue must lie in \[0, 0.5\], got 0.6$"):
         pipeline(16, 16, color_jitter=(0.4, 0.4, 0.4, 0.6))
     assert pipeline(16, 16, color_jitter=(0.4, 0.4, 0.4, 0.5)).color_jitter == (0.4, 0.4, 0.4, 0.5)
+
+
+def uniforms(seed: int, count: int, skip: int = 0) -> list[float]:
+    generator = torch.Generator().manual_seed(seed)
+    draws = [torch.rand((), generator=generator).item() for _ in range(skip + count)]
+    return draws[skip:]
+
+
+@pytest.mark.parametrize("strengths", [(0.4, 0.3, 0.2, 0.1), (1.5, 1.2, 1.1, 0.5)])
+def test_each_jitter_factor_is_uniform_over_its_range(strengths, monkeypatch):
+    """Factor k is low + (high - low) * u, over [max(0, 1 - s), 1 + s] (hue: [-h, h]), in both
+    pipelines; a strength over 1 starts the range at 0."""
+    ranges = [(max(0.0, 1 - s), 1 + s) for s in strengths[:3]] + [(-strengths[3], strengths[3])]
+
+    def expected(draws):
+        return [low + (high - low) * u for (low, high), u in zip(ranges, draws, strict=True)]
+
+    released = TrainTransform(16, 16, color_jitter=strengths)._factors(torch.Generator().manual_seed(4))
+    got = [released.brightness, released.contrast, released.saturation, released.hue]
+    assert got == pytest.approx(expected(uniforms(4, 4)), rel=1e-12, abs=1e-12)
+
+    seen = {}
+
+    def spy(name):
+        real = getattr(F, name)
+
+        def adjust(pixels, factor):
+            seen[name] = factor
+            return real(pixels, factor)
+
+        return adjust
+
+    for name in ("adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue"):
+        monkeypatch.setattr(F, name, spy(name))
+    torchvision = TorchvisionTrainTransform(
+        16, 16, hflip_p=0.0, grayscale_p=0.0, color_jitter_p=1.0, color_jitter=strengths
+    )
+    torchvision(noise_image(20, 20), None, "t", torch.Generator().manual_seed(4))
+    # draws: flip, grey, jitter, a permutation of 4, then the four factors
+    replay = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        torch.rand((), generator=replay)
+    torch.randperm(4, generator=replay)
+    draws = [torch.rand((), generator=replay).item() for _ in range(4)]
+    got = [seen[name] for name in ("adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue")]
+    assert got == pytest.approx(expected(draws), rel=1e-12, abs=1e-12)

@@ -19,8 +19,16 @@ from tests.system_tools import require_tool
 
 @pytest.fixture(scope="module")
 def paper_dry_run() -> str:
-    result = snakemake("-n", "all")
+    """`snakemake -n --forceall --printshellcmds all` on config/config.yaml: every job of the paper
+    grid with its command, whatever this checkout holds (one Snakemake start for the tests below)."""
+    result = snakemake("-n", "--forceall", "--printshellcmds", "all")
     return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_dry_run() -> str:
+    """The same for config/demo.yaml (--forceall: not depending on a demo already run here)."""
+    return snakemake("-n", "--forceall", "--printshellcmds", "all", "--configfile", "config/demo.yaml").stdout
 
 
 @pytest.mark.subprocess
@@ -79,8 +87,8 @@ def test_paper_grid_names(paper_dry_run):
 
 
 @pytest.mark.subprocess
-def test_the_html_report_rule_runs_snakemake_report_on_the_same_configuration():
-    text = snakemake("-n", "--forceall", "--printshellcmds", "all").stdout
+def test_the_html_report_rule_runs_snakemake_report_on_the_same_configuration(paper_dry_run):
+    text = paper_dry_run
     command = next(line for line in text.splitlines() if "--report" in line)
     assert (
         "amc report config --json" in command
@@ -94,8 +102,8 @@ def test_the_html_report_rule_runs_snakemake_report_on_the_same_configuration():
 
 
 @pytest.mark.subprocess
-def test_paper_runs_select_the_best_epoch_per_benchmark():
-    text = snakemake("-n", "--forceall", "--printshellcmds", "all").stdout
+def test_paper_runs_select_the_best_epoch_per_benchmark(paper_dry_run):
+    text = paper_dry_run
     train = next(line for line in text.splitlines() if "amc train" in line and "method.name=amc " in line)
     assert '"name": "flickr30k", "records": "data/records/flickr30k-val.jsonl", "image_res": 256' in train
     assert '"name": "refcoco+", "records": "data/records/refcoco+-val.jsonl", "image_res": 384' in train
@@ -177,10 +185,8 @@ def test_released_target_downloads_and_evaluates_only():
 
 
 @pytest.mark.subprocess
-def test_demo_grid():
-    # --forceall: the count must not depend on a demo already run in this checkout
-    args = ("-n", "--forceall", "--quiet", "rules", "--configfile", "config/demo.yaml")
-    demo = job_counts(snakemake(*args).stdout)
+def test_demo_grid(demo_dry_run):
+    demo = job_counts(demo_dry_run)
     assert demo["synth"] == 1 and demo["pretrain"] == 1
     assert demo["train"] == 12 and demo["evaluate"] == 14  # one job per checkpoint, 4 splits each
     # the released-checkpoint path on the demo's own AMC: export, copy in (amc download), evaluate
@@ -188,8 +194,8 @@ def test_demo_grid():
 
 
 @pytest.mark.subprocess
-def test_demo_released_path_commands():
-    text = snakemake("-n", "--forceall", "--printshellcmds", "all", "--configfile", "config/demo.yaml").stdout
+def test_demo_released_path_commands(demo_dry_run):
+    text = demo_dry_run
     assert (
         "amc export-checkpoint results/demo/checkpoints/amc/seed0/checkpoint_final.pt "
         "results/demo/exports/amc_seed0.pth --layout amc-released" in text
