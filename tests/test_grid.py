@@ -118,6 +118,20 @@ def test_the_train_overrides_in_order_later_ones_win():
     ]
     config["methods"]["amc"]["objectives"] = {}
     assert not any(o.startswith("method.objectives") for o in grid.train_overrides(config, "amc", 0))
+    # a method without optim or data entries: nothing of its own after the objectives
+    plain = grid.train_overrides(ci_config(), "amc", 0)
+    assert plain[7:] == [
+        "optim.max_steps=3",  # config/ci.yaml finetune.overrides
+        "optim.warmup_steps=1",
+        "optim.batch_size=8",
+        "num_workers=0",
+        "log_every=1",
+        "method.objectives.amc.delta_mean=0.1",
+        "method.objectives.amc.delta_max=0.5",
+        "method.objectives.amc.weight_mean=0.2",
+        "method.objectives.amc.weight_max=0.8",
+        "method.objectives.amc.per_sample_mean=false",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -273,7 +287,12 @@ def test_paths_are_resolved_from_the_run_and_the_data_folders():
          "table1.columns: flickr30k val is not among"),
         (lambda c: c["ablation"].update(reference="nope"), "ablation.reference: method 'nope' is not in methods"),
         (lambda c: c["qualitative"].update(methods=["albef", "nope"]), "qualitative.methods: method 'nope' is not in methods"),
-        (lambda c: c["data"].update(source="real"), "pretrain.enabled needs data.source: synthetic"),
+        (lambda c: c["table1"]["rows"].append({"label": "x", "method": "nope", "paper": "AMC"}),
+         r"^table1.rows: method 'nope' is not in methods \(albef, amc, amc_released\)$"),
+        (lambda c: c["data"].update(source="real"),
+         r"^pretrain.enabled needs data.source: synthetic \(the pretrain rule trains on its captions\)$"),
+        (lambda c: c["methods"]["amc_released"].update(checkpoints={}),
+         r"^methods.amc_released.checkpoints: kind released needs a checkpoint for every benchmark; none for flickr30k, refcoco\+$"),
         (lambda c: c["methods"]["albef"].update(optim={"lr": 1}), "methods.albef: kind none is not trained"),
         (lambda c: c["methods"]["amc_released"].update(overrides={"a": 1}), "methods.amc_released: kind released is not trained"),
         (lambda c: c["methods"]["amc"].update(checkpoints={"flickr30k": "x"}), "methods.amc.checkpoints: only a method of kind released"),

@@ -438,6 +438,38 @@ def test_cosine_schedule_warms_up_then_decays_to_min_lr():
     assert lr_at(100, 7, 100, optim) == pytest.approx(0.1)
     values = [lr_at(s, 7, 100, optim) for s in range(4, 101)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    # the cosine over the steps after the warm-up: lr at its first step, halfway at 4 + 48
+    assert lr_at(4, 7, 100, optim) == pytest.approx(1.0)
+    assert lr_at(52, 7, 100, optim) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 2)))
+    assert lr_at(28, 7, 100, optim) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
+    assert lr_at(150, 7, 100, optim) == pytest.approx(0.1)  # min_lr after the last step, not back up
+    assert lr_at(5, 7, 5, optim) == pytest.approx(0.1)  # one step after the warm-up: already the end
+    assert lr_at(0, 7, 100, {**optim, "warmup_steps": 0}) == pytest.approx(1.0)
+
+
+def test_replicas_are_compared_bit_for_bit_with_rank_0(tmp_path, monkeypatch):
+    """After training each process checks that it holds rank 0's weights (here one gloo process,
+    whose broadcast is made to deliver other weights once)."""
+    import torch.distributed as dist
+
+    from amc.train import Processes, _check_replicas_identical
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model, procs = tiny_model(**SMALL), Processes(0, 1, torch.device("cpu"))
+        _check_replicas_identical(model, procs)
+        real = dist.broadcast
+
+        def rank_0_differs(tensor, src):
+            assert src == 0
+            real(tensor, src=src)
+            tensor[5] += 1e-6
+
+        monkeypatch.setattr(dist, "broadcast", rank_0_differs)
+        with pytest.raises(AmcError, match="^rank 0: weights differ between processes after training$"):
+            _check_replicas_identical(model, procs)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_alpha_ramps_over_the_optimiser_steps_of_epoch_0():
