@@ -57,10 +57,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
-from amc.io import AmcError, DataError, atomic_write_json, read_json, sha256_file
+from amc.io import (
+    AmcError,
+    DataError,
+    atomic_write_json,
+    confined,
+    is_name,
+    read_json,
+    read_yaml,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +80,6 @@ CHUNK_SIZE = 1 << 20
 MAX_BACKOFF_S = 60.0
 EXIT_MANUAL = 3  # exit status of `amc download` when a manual artifact is missing
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -88,8 +95,13 @@ class DownloadError(AmcError):
     """An artifact could not be downloaded or verified; the message says why and where."""
 
 
-class UnsafeArchiveError(AmcError):
-    """An archive member would land outside the destination; names the archive and member."""
+class ArchiveError(AmcError):
+    """An archive that is refused: not a valid archive, or unsafe to unpack (see UnsafeArchiveError)."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An archive member would land outside the destination or on the downloader's own files;
+    names the archive and member."""
 
 
 class ManualDownloadRequired(AmcError):
@@ -179,10 +191,12 @@ def _check_relative_path(value: object, what: str, where: str) -> str:
     """A relative POSIX path that stays inside the destination ('.' allowed)."""
     if not isinstance(value, str) or not value.strip():
         raise ManifestError(f"{where}: '{what}' must be a non-empty path, got {value!r}")
-    if value.startswith("/") or "\\" in value or ".." in value.split("/"):
+    try:
+        confined(".", value, where)
+    except AmcError:
         raise ManifestError(
             f"{where}: '{what}' must be a relative path inside the destination, got {value!r}"
-        )
+        ) from None
     return posixpath.normpath(value)
 
 
@@ -190,8 +204,11 @@ def _parse_artifact(raw: object, where: str) -> Artifact:
     if not isinstance(raw, dict):
         raise ManifestError(f"{where}: expected a mapping, got {type(raw).__name__}")
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ManifestError(f"{where}: 'name' must be letters, digits, '_', '.', '+', '-'; got {name!r}")
+    if not is_name(name):
+        raise ManifestError(
+            f"{where}: 'name' must be a letter or digit, then letters, digits, '_', '.', '+', '-' "
+            f"(no '..'); got {name!r}"
+        )
     where = f"{where} ({name})"
     unknown = sorted(set(raw) - _FIELDS)
     if unknown:
@@ -284,12 +301,10 @@ def _parse_google_drive(raw: object, where: str) -> GoogleDriveFile | None:
 def load_manifest(path: str | os.PathLike = DEFAULT_MANIFEST) -> dict[str, Artifact]:
     """Read and validate a manifest; returns the artifacts by name, in file order."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ManifestError(f"{path}: not valid YAML ({error})") from None
+        data = read_yaml(path, "manifest")
+    except DataError as error:
+        raise ManifestError(str(error)) from None
     if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
         raise ManifestError(f"{path}: expected a mapping with an 'artifacts' list")
     artifacts: dict[str, Artifact] = {}
@@ -707,11 +722,12 @@ def _fetch_local(artifact: Artifact, dest: Path, expected: _Expected) -> tuple[i
 
 
 def _check_member_path(archive: Path, name: str) -> None:
-    path = name.replace("\\", "/")
-    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
-        raise UnsafeArchiveError(f"{archive}: refusing member {name!r}: absolute path")
-    if ".." in path.split("/"):
-        raise UnsafeArchiveError(f"{archive}: refusing member {name!r}: its path escapes the destination")
+    try:
+        confined(".", name, "member")
+    except AmcError:
+        raise UnsafeArchiveError(
+            f"{archive}: refusing member {name!r}: an absolute path or one that escapes the destination"
+        ) from None
 
 
 def _escapes(path: str) -> bool:
@@ -746,7 +762,7 @@ def _extract_zip(archive: Path, into: Path) -> None:
                 _check_member_path(archive, info.filename)
             zf.extractall(into)
     except zipfile.BadZipFile as error:
-        raise AmcError(f"{archive}: not a valid zip archive ({error})") from None
+        raise ArchiveError(f"{archive}: not a valid zip archive ({error})") from None
 
 
 def _extract_tar(archive: Path, into: Path) -> None:
@@ -765,7 +781,7 @@ def _extract_tar(archive: Path, into: Path) -> None:
         name = getattr(error.tarinfo, "name", "?")
         raise UnsafeArchiveError(f"{archive}: refusing member {name!r}: {error}") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise AmcError(f"{archive}: not a valid tar archive ({error})") from None
+        raise ArchiveError(f"{archive}: not a valid tar archive ({error})") from None
 
 
 def _archive_kind(archive: Path, declared: str) -> str:
@@ -777,7 +793,7 @@ def _archive_kind(archive: Path, declared: str) -> str:
         return "zip"
     if tarfile.is_tarfile(archive):
         return "tar"
-    raise AmcError(f"{archive}: neither a zip nor a tar archive")
+    raise ArchiveError(f"{archive}: neither a zip nor a tar archive")
 
 
 def _marker(artifact: Artifact, dest: Path) -> Path:
@@ -795,16 +811,49 @@ def _marker_matches(artifact: Artifact, dest: Path, sha256: str | None) -> bool:
     return isinstance(recorded, dict) and (sha256 is None or recorded.get("sha256") == sha256)
 
 
-def unpack_archive(archive: Path, into: Path, *, kind: str = "auto", name: str = "archive") -> list[str]:
+def is_downloader_file(name: str) -> bool:
+    """Whether a file name is one the downloader keeps for itself: the lock file and its flock,
+    partial downloads, unpack markers and temporary folders, refused archives."""
+    return (
+        name == LOCK_FILENAME
+        or name.endswith((".part", ".flock", ".unpacked", ".refused"))
+        or (name.startswith(".") and (".unpacking-" in name or ".gdrive" in name))
+    )
+
+
+def _check_entry(archive: Path, entry: str, target: Path, protected: list[Path]) -> None:
+    """Refuse a top-level entry that would replace the downloader's own files (module docstring)."""
+    if is_downloader_file(entry):
+        raise UnsafeArchiveError(
+            f"{archive}: refusing member {entry!r}: it is named like the downloader's own files"
+        )
+    for path in protected:
+        if path == target or target in path.parents:
+            raise UnsafeArchiveError(f"{archive}: refusing member {entry!r}: it would replace {path}")
+    if target.is_dir() and not target.is_symlink():
+        for folder, _dirs, files in os.walk(target):
+            owned = [f for f in files if is_downloader_file(f)]
+            if owned:
+                raise UnsafeArchiveError(
+                    f"{archive}: refusing member {entry!r}: replacing {target} would delete {Path(folder) / owned[0]}"
+                )
+
+
+def unpack_archive(
+    archive: Path, into: Path, *, kind: str = "auto", name: str = "archive", protected: list[Path] = ()
+) -> list[str]:
     """Extract ``archive`` into the folder ``into``, refusing members that would escape it.
 
     Extraction happens in a temporary folder inside ``into``; only a complete
-    extraction is moved into place (its top-level entries replace any older ones).
+    extraction is moved into place (its top-level entries replace any older ones). No entry
+    may replace the downloader's own files: names like them (:func:`is_downloader_file`), the
+    ``protected`` paths (the archive itself, the lock file) or a folder holding either.
     Returns the top-level entries. Writes no marker: see :func:`download`.
     """
     into.mkdir(parents=True, exist_ok=True)
     for stale in into.glob(f".{name}.unpacking-*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
+    protected = [Path(os.path.abspath(p)) for p in (archive, *protected)]
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.unpacking-", dir=into))
     try:
         if _archive_kind(archive, kind) == "zip":
@@ -812,6 +861,8 @@ def unpack_archive(archive: Path, into: Path, *, kind: str = "auto", name: str =
         else:
             _extract_tar(archive, tmp)
         entries = sorted(os.listdir(tmp))
+        for entry in entries:  # every entry is checked before the first one moves
+            _check_entry(archive, entry, Path(os.path.abspath(into / entry)), protected)
         for entry in entries:
             target = into / entry
             if target.is_dir() and not target.is_symlink():
@@ -832,12 +883,31 @@ def _unpack(artifact: Artifact, dest: Path, archive: Path, sha256: str) -> bool:
     into = dest / str(artifact.unpack_to)
     _marker(artifact, dest).unlink(missing_ok=True)
     log.info("%s: unpacking %s into %s", artifact.name, archive, into)
-    entries = unpack_archive(archive, into, kind=artifact.unpack, name=artifact.name)
+    entries = unpack_archive(
+        archive,
+        into,
+        kind=artifact.unpack,
+        name=artifact.name,
+        protected=[dest / LOCK_FILENAME, dest / f".{LOCK_FILENAME}.flock", _marker(artifact, dest)],
+    )
     atomic_write_json(
         _marker(artifact, dest),
         {"archive": artifact.filename, "sha256": sha256, "entries": entries},
     )
     return True
+
+
+def _refuse(artifact: Artifact, dest: Path, archive: Path, sha256: str, error: ArchiveError) -> ArchiveError:
+    """A refused archive is neither kept where a good one goes nor trusted: it is moved aside to
+    ``<filename>.refused`` and its checksum leaves the lock file. Returns the error to raise."""
+    aside = archive.with_name(archive.name + ".refused")
+    os.replace(archive, aside)
+    with _locked(dest):
+        entries = read_lock(dest)
+        if entries.get(artifact.name, {}).get("sha256") == sha256:
+            del entries[artifact.name]
+            atomic_write_json(dest / LOCK_FILENAME, {"version": 1, "artifacts": entries})
+    return type(error)(f"{error}. The archive was moved aside to {aside} and is not recorded as trusted.")
 
 
 # --------------------------------------------------------------------------- download
@@ -903,8 +973,6 @@ def download(
     if target.exists():
         result.size, result.sha256 = _verify_file(target, artifact, expected)
         log.info("%s: %s is present and verifies", artifact.name, target)
-        if expected.sha256 is None:
-            _record_lock(dest, artifact, result.size, result.sha256, None)
     elif _present_without_file(artifact, dest):
         log.info("%s: already present under %s", artifact.name, dest)
         result.path = None
@@ -922,13 +990,17 @@ def download(
             )
         result.size, result.sha256, result.url = fetched
         result.downloaded = True
-        if expected.sha256 is None:
-            _record_lock(dest, artifact, result.size, result.sha256, result.url)
 
-    if artifact.unpack != "none":
-        if not unpack:
-            return result
-        result.unpacked = _unpack(artifact, dest, target, str(result.sha256))
+    if artifact.unpack != "none" and unpack:
+        # Unpacked before its checksum is recorded: an archive that is refused is never trusted.
+        try:
+            result.unpacked = _unpack(artifact, dest, target, str(result.sha256))
+        except ArchiveError as error:
+            raise _refuse(artifact, dest, target, str(result.sha256), error) from None
+    if expected.sha256 is None:
+        _record_lock(dest, artifact, result.size, result.sha256, result.url)
+    if artifact.unpack != "none" and not unpack:
+        return result
     _check_produces(artifact, dest)
     return result
 

@@ -20,16 +20,18 @@ import datetime
 import logging
 import subprocess
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from amc.cli import nonnegative_int, positive_int
 from amc.data.images import ImageChecker, load_image
 from amc.data.transforms import EVAL_RESIZES, EvalTransform
-from amc.io import AmcError, DataError, atomic_write_json, sha256_file
+from amc.io import AmcError, DataError, atomic_write_json, check_outputs, is_finite_number, sha256_file
 from amc.metrics import argmax_point, box_hit, classify_miss, upsample_heatmap
 from amc.records import Record, load_records, read_prepare_report
+from amc.results import CaseResult, EvaluationResult, read_result
 
 log = logging.getLogger(__name__)
 
@@ -103,25 +105,6 @@ class EvalInputs:
         return tokens
 
 
-@dataclass
-class CaseResult:
-    id: str
-    point: list[int]
-    hit: bool
-    miss: str | None
-    category: str | None = None
-    box_hit: bool | None = None
-
-
-@dataclass
-class EvaluationResult:
-    summary: dict
-    cases: list[CaseResult] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"summary": self.summary, "cases": [vars(c) for c in self.cases]}
-
-
 class _ImageSet(torch.utils.data.Dataset):
     """Unique images of the records, each loaded and transformed once."""
 
@@ -161,7 +144,16 @@ def _load_proposals(path: str | None) -> dict[str, list]:
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a mapping image_id -> list of [x, y, w, h] boxes")
-    return {str(k): [list(map(float, b[:4])) for b in v] for k, v in data.items()}
+    proposals = {}
+    for key, boxes in data.items():
+        if not isinstance(boxes, list) or not all(
+            isinstance(b, list) and len(b) >= 4 and all(is_finite_number(v) for v in b[:4]) for b in boxes
+        ):
+            raise DataError(
+                f"{path}: image {key!r}: expected a list of [x, y, w, h, ...] boxes of finite numbers"
+            )
+        proposals[str(key)] = [[float(v) for v in b[:4]] for b in boxes]
+    return proposals
 
 
 @torch.no_grad()
@@ -299,7 +291,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--out", required=True, nargs="+", help="result JSON (summary + every case)")
     parser.add_argument(
         "--image-res",
-        type=int,
+        type=positive_int,
         nargs="+",
         help="evaluation resolution (paper: 256 Flickr30k, 384 RefCOCO+; default: the model config's)",
     )
@@ -311,15 +303,19 @@ def configure_parser(parser) -> None:
         "(default auto: the benchmark's, as released: flickr30k cv2-linear = OpenCV bilinear without "
         "antialiasing; refcoco+ and others pil-bicubic)",
     )
-    parser.add_argument("--max-words", type=int, help="words kept by pre_caption (default: per benchmark)")
+    parser.add_argument(
+        "--max-words", type=positive_int, help="words kept by pre_caption (default: per benchmark)"
+    )
     parser.add_argument("--method", default=None, help="method name recorded in the summary")
-    parser.add_argument("--seed", type=int, default=None, help="training seed recorded in the summary")
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=None, help="training seed recorded in the summary"
+    )
     parser.add_argument("--proposals", help="detector proposals JSON for the optional box metric")
     parser.add_argument("--heatmaps", help="also save every grid-resolution heatmap to this .npz")
-    parser.add_argument("--images-per-batch", type=int, default=16)
-    parser.add_argument("--phrases-per-batch", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--limit", type=int, help="evaluate only the first N records (quick checks)")
+    parser.add_argument("--images-per-batch", type=positive_int, default=16)
+    parser.add_argument("--phrases-per-batch", type=positive_int, default=64)
+    parser.add_argument("--num-workers", type=nonnegative_int, default=2)
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N records (quick checks)")
     parser.add_argument(
         "--skip-missing-images", action="store_true", help="count missing or unreadable images as skipped"
     )
@@ -378,6 +374,17 @@ def run(args) -> int:
     from amc.models.tokenizer import load_tokenizer
 
     tasks = split_tasks(args)
+    # Where the results go first, then the inputs, then the (possibly long) work.
+    check_outputs(
+        {**{f"--out ({task.split})": task.out for task in tasks}, "--heatmaps": args.heatmaps},
+        {
+            **{f"--records ({task.split})": task.records for task in tasks},
+            **{f"--checkpoint ({task.split})": task.checkpoint for task in tasks},
+            "--model-config": args.model_config,
+            "--vocab": args.vocab,
+            "--proposals": args.proposals,
+        },
+    )
     model_config = ModelConfig.from_file(args.model_config)
     tokenizer = load_tokenizer(args.vocab)
     if tokenizer.vocab_size != model_config.text.vocab_size:
@@ -393,6 +400,7 @@ def run(args) -> int:
         if not Path(path).is_file():
             raise AmcError(f"{path}: checkpoint not found")
     sha256 = {path: sha256_file(path) for path in checkpoints}
+    proposals = _load_proposals(args.proposals)
     model, loaded = None, None
     for task, records, skipped in prepared:
         config = model_config.replace(image_res=task.image_res) if task.image_res else model_config
@@ -401,7 +409,9 @@ def run(args) -> int:
                 _load_eval_model(task.checkpoint, config, device),
                 (task.checkpoint, config.image_res),
             )
-        _evaluate_split(model, tokenizer, task, records, skipped, args, device, sha256[task.checkpoint])
+        _evaluate_split(
+            model, tokenizer, task, records, skipped, args, device, sha256[task.checkpoint], proposals
+        )
     return 0
 
 
@@ -421,7 +431,9 @@ def _load_eval_model(checkpoint: str, config, device: torch.device):
     return load_model(checkpoint, config, purpose="eval").to(device).eval()
 
 
-def _evaluate_split(model, tokenizer, task, records, skipped, args, device, checkpoint_sha256) -> None:
+def _evaluate_split(
+    model, tokenizer, task, records, skipped, args, device, checkpoint_sha256, proposals
+) -> None:
     import numpy as np
 
     inputs = EvalInputs.for_benchmark(
@@ -437,17 +449,21 @@ def _evaluate_split(model, tokenizer, task, records, skipped, args, device, chec
         images_per_batch=args.images_per_batch,
         phrases_per_batch=args.phrases_per_batch,
         num_workers=args.num_workers,
-        proposals=_load_proposals(args.proposals),
+        proposals=proposals,
         on_heatmap=(lambda r, h: heatmaps.__setitem__(r.id, h.numpy())) if args.heatmaps else None,
     )
     skipped = skipped + more_skipped
+    if not cases:
+        raise DataError(
+            f"{task.records}: no case was evaluated (skipped: {dict(skipped)}); no result is written"
+        )
     hits = sum(c.hit for c in cases)
     summary = {
         "benchmark": task.benchmark,
         "split": task.split,
         "method": args.method,
         "seed": args.seed,
-        "accuracy": hits / len(cases) if cases else 0.0,
+        "accuracy": hits / len(cases),
         "n_cases": len(cases),
         "n_hits": hits,
         "skipped": dict(skipped),
@@ -485,10 +501,5 @@ def _evaluate_split(model, tokenizer, task, records, skipped, args, device, chec
 
 
 def load_result(path: str) -> EvaluationResult:
-    """Read a result file written by ``amc evaluate``."""
-    from amc.io import read_json
-
-    data = read_json(path)
-    if not isinstance(data, dict) or "summary" not in data or "cases" not in data:
-        raise DataError(f"{path}: not an amc evaluate result (needs 'summary' and 'cases')")
-    return EvaluationResult(data["summary"], [CaseResult(**c) for c in data["cases"]])
+    """Read a result file written by ``amc evaluate`` (validated: :func:`amc.results.read_result`)."""
+    return read_result(path)

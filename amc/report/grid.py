@@ -21,12 +21,17 @@ under the first seed (its result does not depend on a seed).
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import math
+import posixpath
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from amc.io import AmcError, DataError, confined, is_name, read_yaml
 from amc.selection import best_checkpoint_name
 
 PLACEHOLDERS = ("run", "raw_dir", "records_dir")
@@ -37,6 +42,25 @@ DEFAULT_MANIFEST = "workflow/resources/manifest.yaml"
 
 class GridError(ValueError):
     """A configuration that passes the schema but does not make a grid."""
+
+
+def _check_name(value: Any, where: str) -> str:
+    """A method, run or export name: one path component (amc.io.NAME_PATTERN, the schema's $defs.name)."""
+    if not is_name(value):
+        raise GridError(
+            f"{where}: {value!r} is not a name (a letter or digit, then letters, digits, '.', '_', '+', '-'; "
+            "no '..', no '/')"
+        )
+    return value
+
+
+def results_path(config: dict, relative: str) -> str:
+    """``results/<run>/<relative>``, refusing anything that would leave the run's results folder."""
+    run = _check_name(config["run"], "run")
+    try:
+        return confined(f"results/{run}", relative, "results path").as_posix()
+    except AmcError as error:
+        raise GridError(str(error)) from None
 
 
 def _format_path(value: str, context: dict[str, str]) -> str:
@@ -104,6 +128,7 @@ def expand_methods(config: dict) -> dict[str, dict]:
     seeds = list(config["seeds"])
     methods: dict[str, dict] = {}
     for name, spec in declared.items():
+        _check_name(name, f"methods.{name}")
         entry = copy.deepcopy(spec)
         entry.setdefault("objectives", {})
         entry.setdefault("optim", {})
@@ -127,7 +152,9 @@ def expand_methods(config: dict) -> dict[str, dict]:
         for value in sweep["values"]:
             if value == base_value:
                 continue  # the base method itself
-            name = sweep["name"].replace("{value}", value_text(value))
+            name = _check_name(
+                sweep["name"].replace("{value}", value_text(value)), f"sweeps[{number}] (value {value!r})"
+            )
             if name in methods:
                 raise GridError(f"sweeps[{number}]: method name {name!r} already exists")
             entry = copy.deepcopy(declared[base_name])
@@ -273,7 +300,7 @@ def checkpoint_path(config: dict, method: str, seed: int, benchmark: str | None 
         if benchmark not in spec["checkpoints"]:
             raise GridError(f"methods.{method}.checkpoints: no checkpoint for benchmark {benchmark!r}")
         return spec["checkpoints"][benchmark]
-    folder = f"results/{config['run']}/checkpoints/{method}/seed{seed}"
+    folder = results_path(config, f"checkpoints/{method}/seed{seed}")
     if benchmark is not None and benchmark in selection_benchmarks(config):
         return f"{folder}/{best_checkpoint_name(benchmark)}"
     return f"{folder}/checkpoint_final.pt"
@@ -281,7 +308,7 @@ def checkpoint_path(config: dict, method: str, seed: int, benchmark: str | None 
 
 def export_path(config: dict, name: str) -> str:
     """Where the export ``name`` (config ``exports``) is written."""
-    return f"results/{config['run']}/exports/{name}.pth"
+    return results_path(config, f"exports/{_check_name(name, f'exports.{name}')}.pth")
 
 
 def export_source(config: dict, name: str) -> str:
@@ -306,7 +333,9 @@ def eval_targets(config: dict) -> list[dict]:
                             "seed": seed,
                             "benchmark": benchmark,
                             "split": split,
-                            "path": f"results/{config['run']}/eval/{method}/seed{seed}/{benchmark}-{split}.json",
+                            "path": results_path(
+                                config, f"eval/{method}/seed{seed}/{benchmark}-{split}.json"
+                            ),
                         }
                     )
     return targets
@@ -331,6 +360,18 @@ def check_grid(config: dict) -> None:
     for name in qualitative.get("methods") or []:
         if name not in methods:
             raise GridError(f"qualitative.methods: method {name!r} is not in methods")
+    first = config["table1"]["columns"][0]
+    benchmark = qualitative.get("benchmark") or first["benchmark"]
+    split = qualitative.get("split") or first["split"]
+    if split not in (config["benchmarks"].get(benchmark) or {}).get("splits", []):
+        raise GridError(f"qualitative: {benchmark} {split} is not among the evaluated benchmarks/splits")
+    pretrain = config.get("pretrain") or {}
+    if pretrain.get("enabled"):
+        out_dir = posixpath.normpath(str(pretrain.get("out_dir", "")))
+        if not out_dir.startswith(f"results/{config['run']}/"):
+            raise GridError(
+                f"pretrain.out_dir: {pretrain.get('out_dir')!r} must be a folder inside results/{config['run']}/"
+            )
     if config.get("pretrain", {}).get("enabled") and config["data"]["source"] != "synthetic":
         raise GridError(
             "pretrain.enabled needs data.source: synthetic (the pretrain rule trains on its captions)"
@@ -379,15 +420,17 @@ def _schema_path() -> Path:
     return beside if beside.is_file() else Path(SCHEMA_PATH)
 
 
+@functools.lru_cache(maxsize=4)
+def _load_schema(path: str) -> dict:
+    return read_yaml(path, "configuration schema")
+
+
 def validate_config(config: dict, schema_path: str | Path | None = None) -> dict:
     """Validate a workflow configuration and fill in defaults, as Snakemake's ``validate`` does."""
     import jsonschema
     from jsonschema import Draft202012Validator, validators
 
-    schema_path = schema_path or _schema_path()
-
-    with open(schema_path, encoding="utf-8") as handle:
-        schema = yaml.safe_load(handle)
+    schema = copy.deepcopy(_load_schema(str(schema_path or _schema_path())))
     validate_properties = Draft202012Validator.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -403,18 +446,38 @@ def validate_config(config: dict, schema_path: str | Path | None = None) -> dict
         best = jsonschema.exceptions.best_match(errors)
         where = "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in best.absolute_path)
         raise GridError(f"{where}: {best.message}")
+    _check_values(config, "config")
     return config
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_values(node: Any, where: str) -> None:
+    """What a JSON schema cannot say of every value: no control character (a newline in a path or
+    label reaches file names and shell lines) and no NaN or infinite number."""
+    if isinstance(node, str) and _CONTROL.search(node):
+        raise GridError(f"{where}: {node!r} holds a control character (a line break, a tab, ...)")
+    if isinstance(node, float) and not math.isfinite(node):
+        raise GridError(f"{where}: {node!r} is not a finite number")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_values(key, f"{where} (key)")
+            _check_values(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for number, value in enumerate(node):
+            _check_values(value, f"{where}[{number}]")
 
 
 def load_config(path: str) -> dict:
     """A run's configuration for the reports: ``workflow-config.json`` as is, or a config YAML validated and resolved."""
-    with open(path, encoding="utf-8") as handle:
-        if str(path).endswith(".json"):
-            loaded = json.load(handle)
-            if "grid" in loaded:
-                return loaded
-        else:
-            loaded = yaml.safe_load(handle)
+    from amc.io import read_json
+
+    loaded = read_json(path) if str(path).endswith(".json") else read_yaml(path, "workflow configuration")
+    if not isinstance(loaded, dict):
+        raise DataError(f"{path}: expected a mapping, got {type(loaded).__name__}")
+    if str(path).endswith(".json") and "grid" in loaded:
+        return loaded
     config = validate_config(loaded)
     check_grid(resolve_paths(config))
     return resolved_config(config)

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from amc import stats
-from amc.io import DataError, atomic_write_text, read_json
+from amc.io import DataError, atomic_write_text
 from amc.report.grid import UNTRAINED_KINDS
+from amc.results import read_result
 
 log = logging.getLogger(__name__)
 
@@ -56,28 +57,24 @@ class EvalRun:
 
 
 def load_eval(path: str | Path) -> EvalRun:
+    """One result file, validated (:func:`amc.results.read_result`)."""
     path = Path(path)
-    data = read_json(path)
-    if not isinstance(data, dict) or "summary" not in data or "cases" not in data:
-        raise DataError(f"{path}: not an evaluation result (needs 'summary' and 'cases')")
-    summary = data["summary"]
-    cases = pd.DataFrame(data["cases"])
-    if cases.empty:
-        cases = pd.DataFrame(columns=["id", "hit", "miss", "category", "point"])
-    for column in ("miss", "category", "point"):
-        if column not in cases:
-            cases[column] = None
-    if "id" not in cases or "hit" not in cases:
-        raise DataError(f"{path}: cases need 'id' and 'hit'")
-    cases["id"] = cases["id"].astype(str)
+    result = read_result(path)
+    cases = pd.DataFrame(
+        [
+            {"id": c.id, "hit": c.hit, "miss": c.miss, "category": c.category, "point": c.point}
+            for c in result.cases
+        ],
+        columns=["id", "hit", "miss", "category", "point"],
+    )
     cases["hit"] = cases["hit"].astype(bool)
-    if cases["id"].duplicated().any():
-        raise DataError(f"{path}: duplicate case ids")
     # The path is authoritative (results/<run>/eval/<method>/seed<k>/<benchmark>-<split>.json).
     method = path.parent.parent.name
-    seed = int(path.parent.name.removeprefix("seed"))
+    seed_text = path.parent.name.removeprefix("seed")
+    if not seed_text.isdigit():
+        raise DataError(f"{path}: not under eval/<method>/seed<k>/")
     benchmark, _, split = path.stem.rpartition("-")
-    return EvalRun(method, seed, benchmark, split, path, summary, cases)
+    return EvalRun(method, int(seed_text), benchmark, split, path, result.summary, cases)
 
 
 def find_evals(run_dir: str | Path) -> list[Path]:

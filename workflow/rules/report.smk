@@ -74,7 +74,7 @@ rule table1_released:
         runtime=10,
     shell:
         "amc report table1 --run {params.run:q} --config {input.config:q} --methods {params.methods}"
-        " --name {params.name} > {log:q} 2>&1"
+        " --name {params.name:q} > {log:q} 2>&1"
 
 
 rule ablation:
