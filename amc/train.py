@@ -298,14 +298,21 @@ def _non_finite(node: Any, dotted: str = "") -> str | None:
 def validate_run_config(config: dict, sources: dict[str, str] | None = None) -> None:
     """Check ``config`` against :data:`RUN_CONFIG_SCHEMA` (and every number finite); an AmcError
     names where the value came from (the file or the ``key=value`` override) and the key."""
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator, validators
     from jsonschema.exceptions import best_match
 
+    # "integer" is a Python int: JSON Schema would also take 2.0, which a batch size is not.
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    validator = validators.extend(Draft202012Validator, type_checker=checker)(RUN_CONFIG_SCHEMA)
     sources = sources or {}
-    error = best_match(Draft202012Validator(RUN_CONFIG_SCHEMA).iter_errors(config))
+    error = best_match(validator.iter_errors(config))
     if error is not None:
         dotted = ".".join(str(part) for part in error.absolute_path)
         if error.validator == "type" and error.instance is None:  # a default left null
+            if dotted in sources:
+                raise AmcError(f"{sources[dotted]}: {dotted}: a value is required, not null")
             raise AmcError(f"run configuration: {dotted!r} is required")
         raise AmcError(f"{_source_of(dotted, sources)}: {dotted or 'run configuration'}: {error.message}")
     if (dotted := _non_finite(config)) is not None:
