@@ -59,10 +59,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from amc.cli import nonnegative_int, positive_float
 from amc.io import (
     AmcError,
     DataError,
     atomic_write_json,
+    check_outputs,
     confined,
     is_name,
     read_json,
@@ -339,6 +341,18 @@ def read_lock(dest: str | os.PathLike) -> dict[str, dict]:
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
         raise DataError(f"{path}: expected a mapping with an 'artifacts' mapping")
+    for name, entry in data["artifacts"].items():
+        size, sha256 = (entry.get("size"), entry.get("sha256")) if isinstance(entry, dict) else (None, None)
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("filename"), str)
+            or (size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0))
+            or (sha256 is not None and (not isinstance(sha256, str) or not _SHA256_RE.match(sha256)))
+        ):
+            raise DataError(
+                f"{path}: entry {name!r} must hold a filename, a size (bytes) and a sha256 (64 hex digits); "
+                f"got {entry!r}. Remove the entry to record the file again."
+            )
     return data["artifacts"]
 
 
@@ -1014,8 +1028,10 @@ def configure_parser(parser) -> None:
     parser.add_argument(
         "--manifest", type=Path, default=DEFAULT_MANIFEST, help="manifest to read (default: the shipped one)"
     )
-    parser.add_argument("--retries", type=int, default=5, help="retries per mirror (default 5)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before retrying")
+    parser.add_argument("--retries", type=nonnegative_int, default=5, help="retries per mirror (default 5)")
+    parser.add_argument(
+        "--timeout", type=positive_float, default=60.0, help="seconds without data before retrying"
+    )
     parser.add_argument("--no-unpack", action="store_true", help="download and verify only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
     parser.add_argument("--list", action="store_true", help="list the manifest's artifacts and exit")
@@ -1051,8 +1067,7 @@ def run(args) -> int:
         raise AmcError("name at least one artifact to download (amc download --list shows them)")
     if args.dest is None:
         raise AmcError("--dest DIR is required")
-    if args.retries < 0 or args.timeout <= 0:
-        raise AmcError("--retries must be >= 0 and --timeout > 0")
+    check_outputs({}, folders={"--dest": args.dest})
     unknown = [n for n in args.names if n not in manifest]
     if unknown:
         raise AmcError(

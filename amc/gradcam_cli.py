@@ -14,7 +14,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from amc.io import AmcError, atomic_write
+from amc.cli import positive_int
+from amc.io import AmcError, atomic_write, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="override the benchmark's image resize (auto: the benchmark's)",
     )
     parser.add_argument(
-        "--image-res", type=int, default=None, help="input resolution (default: the config's)"
+        "--image-res", type=positive_int, default=None, help="input resolution (default: the config's)"
     )
     parser.add_argument("--output", required=True, help="heatmap at grid resolution, float32 [h, w] .npy")
     parser.add_argument("--overlay", default=None, help="also write the image with heatmap and point (PNG)")
@@ -76,6 +77,17 @@ def run(args: argparse.Namespace) -> int:
     from amc.models.config import ModelConfig
     from amc.models.tokenizer import load_tokenizer
 
+    check_outputs(
+        {"--output": args.output, "--overlay": args.overlay},
+        {
+            "--image": args.image,
+            "--checkpoint": args.checkpoint,
+            "--model-config": args.model_config,
+            "--vocab": args.vocab,
+        },
+    )
+    if args.overlay is not None and args.overlay == args.output:
+        raise AmcError("--overlay and --output name the same file")
     config = ModelConfig.from_file(args.model_config)
     if args.image_res is not None:
         config = config.replace(image_res=args.image_res)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from amc.data import Problems, box_problem
+from amc.data import Problems, box_problem, is_id, is_size
 from amc.data.images import ImageChecker
 from amc.io import DataError, read_json
 from amc.records import Record
@@ -71,8 +71,17 @@ def load_refs(path: str | os.PathLike) -> list[dict]:
         ]
         if missing:
             raise DataError(f"{path}: ref {number}: missing {', '.join(missing)}")
+        bad = [k for k in ("ref_id", "ann_id", "image_id") if not is_id(ref[k])]
+        if "category_id" in ref and not is_id(ref["category_id"]):
+            bad.append("category_id")
+        if bad:
+            raise DataError(f"{path}: ref {number}: {', '.join(bad)} must be whole numbers or strings")
+        if not isinstance(ref["split"], str) or not ref["split"]:
+            raise DataError(f"{path}: ref {ref['ref_id']}: split must be a name, got {ref['split']!r}")
+        if not isinstance(ref["sentences"], list):
+            raise DataError(f"{path}: ref {ref['ref_id']}: sentences must be a list")
         for sentence in ref["sentences"]:
-            if not isinstance(sentence, dict) or "sent" not in sentence or "sent_id" not in sentence:
+            if not isinstance(sentence, dict) or "sent" not in sentence or not is_id(sentence.get("sent_id")):
                 raise DataError(f"{path}: ref {ref['ref_id']}: a sentence lacks 'sent' or 'sent_id'")
     return refs
 
@@ -81,17 +90,34 @@ def load_instances(path: str | os.PathLike) -> tuple[dict, dict, dict]:
     """(images by id, annotations by id, category names by id) from a COCO instances file."""
     path = Path(path)
     data = read_json(path)
-    try:
-        images = {img["id"]: img for img in data["images"]}
-        annotations = {ann["id"]: ann for ann in data["annotations"]}
-        categories = {cat["id"]: cat["name"] for cat in data["categories"]}
-        for img in images.values():
-            img["file_name"], img["width"], img["height"]  # noqa: B018 (presence check)
-        for ann in annotations.values():
-            ann["image_id"], ann["bbox"], ann["category_id"]  # noqa: B018
-    except (KeyError, TypeError) as error:
-        raise DataError(f"{path}: not a COCO instances file (missing {error})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in SECTIONS):
+        raise DataError(f"{path}: not a COCO instances file (needs lists {', '.join(SECTIONS)})")
+    for section, fields in SECTIONS.items():
+        for number, entry in enumerate(data[section]):
+            if not isinstance(entry, dict) or not all(k in entry for k in fields):
+                raise DataError(f"{path}: {section}[{number}]: needs {', '.join(fields)}")
+            if not all(is_id(entry[k]) for k in fields if k.endswith("id")):
+                raise DataError(f"{path}: {section}[{number}]: ids must be whole numbers or strings")
+    for number, image in enumerate(data["images"]):
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            raise DataError(f"{path}: images[{number}]: file_name must be a file name")
+        if not (is_size(image["width"]) and is_size(image["height"])):
+            raise DataError(f"{path}: images[{number}]: width and height must be whole numbers >= 1")
+    for number, category in enumerate(data["categories"]):
+        if not isinstance(category["name"], str):
+            raise DataError(f"{path}: categories[{number}]: name must be text")
+    images = {img["id"]: img for img in data["images"]}
+    annotations = {ann["id"]: ann for ann in data["annotations"]}
+    categories = {cat["id"]: cat["name"] for cat in data["categories"]}
     return images, annotations, categories
+
+
+# What a COCO instances file must hold for the reader, and the fields of each entry.
+SECTIONS = {
+    "images": ("id", "file_name", "width", "height"),
+    "annotations": ("id", "image_id", "bbox", "category_id"),
+    "categories": ("id", "name"),
+}
 
 
 def xywh_to_xyxy(bbox) -> list:
@@ -147,7 +173,7 @@ def read_refcoco(
                 f"{where}: ann {ann['id']} is on image {ann['image_id']}, not {ref['image_id']}",
             )
             continue
-        width, height = int(image["width"]), int(image["height"])
+        width, height = image["width"], image["height"]
         box = xywh_to_xyxy(ann["bbox"])
         if reason := box_problem(box):
             problems.bad(
