@@ -767,6 +767,10 @@ def _check_tar_member(archive: Path, member: tarfile.TarInfo) -> None:
         raise UnsafeArchiveError(f"{archive}: refusing member {member.name!r}: not a file, folder or link")
 
 
+# A member under a path another member made a file (or the reverse): the archive's fault, not the disk's.
+_MEMBER_CONFLICTS = (NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
 def _extract_zip(archive: Path, into: Path) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -777,6 +781,8 @@ def _extract_zip(archive: Path, into: Path) -> None:
             zf.extractall(into)
     except zipfile.BadZipFile as error:
         raise ArchiveError(f"{archive}: not a valid zip archive ({error})") from None
+    except _MEMBER_CONFLICTS as error:
+        raise ArchiveError(f"{archive}: members that contradict each other ({error})") from None
 
 
 def _extract_tar(archive: Path, into: Path) -> None:
@@ -796,6 +802,8 @@ def _extract_tar(archive: Path, into: Path) -> None:
         raise UnsafeArchiveError(f"{archive}: refusing member {name!r}: {error}") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise ArchiveError(f"{archive}: not a valid tar archive ({error})") from None
+    except _MEMBER_CONFLICTS as error:
+        raise ArchiveError(f"{archive}: members that contradict each other ({error})") from None
 
 
 def _archive_kind(archive: Path, declared: str) -> str:

@@ -86,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
             "--vocab": args.vocab,
         },
     )
-    if args.overlay is not None and args.overlay == args.output:
-        raise AmcError("--overlay and --output name the same file")
     config = ModelConfig.from_file(args.model_config)
     if args.image_res is not None:
         config = config.replace(image_res=args.image_res)

@@ -288,6 +288,11 @@ def check_outputs(
         if path.is_dir():
             raise AmcError(f"{label} {path}: is a folder; give a file name")
         _check_parents(label, path)
+    given = [(label, Path(path)) for label, path in outputs.items() if path is not None]
+    for number, (label, path) in enumerate(given):
+        for other_label, other in given[:number]:
+            if _same_file(path, other):
+                raise AmcError(f"{label} {path}: is also {other_label}; two outputs would be one file")
     for in_label, source in inputs.items():
         if source is None:
             continue

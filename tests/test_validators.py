@@ -430,4 +430,6 @@ def test_an_output_is_never_an_input_and_its_place_is_checked_first(tmp_path):
         check_outputs({"--out": tmp_path})
     with pytest.raises(AmcError, match="is a file, not a folder"):
         check_outputs({}, folders={"--out": blocker})
+    with pytest.raises(AmcError, match="two outputs would be one file"):
+        check_outputs({"--out": tmp_path / "x.json", "--heatmaps": tmp_path / "." / "x.json"})
     check_outputs({"--out": tmp_path / "new" / "x.json"}, {"--records": records})
