@@ -102,9 +102,7 @@ def test_evaluate_never_writes_over_its_input(tmp_path, ci_data, checkpoint, cap
     assert "is also --checkpoint" in caplog.text
 
 
-def test_an_output_under_a_file_is_refused_before_the_work(
-    tmp_path, ci_data, checkpoint, caplog, monkeypatch
-):  # noqa: F811
+def test_an_output_under_a_file_is_refused_first(tmp_path, ci_data, checkpoint, caplog, monkeypatch):  # noqa: F811
     blocker = tmp_path / "file"
     blocker.write_text("")
 
@@ -151,9 +149,7 @@ def test_an_evaluation_of_no_case_is_an_error_not_zero_accuracy(tmp_path, ci_dat
          b' "boxes": [[0, 0, 1, 1]]}\n', "field 'id' must be a non-empty string"),
     ],
 )  # fmt: skip
-def test_bad_records_are_one_line_messages_naming_the_file(
-    tmp_path, ci_data, checkpoint, content, message, caplog
-):  # noqa: F811
+def test_bad_records_are_one_line_messages(tmp_path, ci_data, checkpoint, content, message, caplog):  # noqa: F811
     records = tmp_path / "records.jsonl"
     records.write_bytes(content)
     assert evaluate(records, checkpoint, ci_data.vocab, tmp_path / "out.json") == 2

@@ -92,7 +92,7 @@ def test_a_refused_archive_is_moved_aside_and_not_locked(server, tmp_path, conte
     assert len(server.requests_for("/bad.tar.gz")) == 2
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(
     names=st.lists(
         st.sampled_from(

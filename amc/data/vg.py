@@ -70,6 +70,8 @@ def _text(value) -> str:
 
 def _name(obj: dict) -> str:
     """An object's name: VG writes either ``name`` or a list ``names``."""
+    if not isinstance(obj, dict):
+        raise TypeError(f"an object is {obj!r}, not a mapping")
     if "names" in obj and obj["names"]:
         return _text(obj["names"][0])
     return _text(obj.get("name", ""))
@@ -192,6 +194,8 @@ def _phrases(kind: str, entries: list[dict]) -> Iterable[tuple[str, list[float],
     A phrase with an empty part comes out empty, so the caller reports it as an empty phrase.
     """
     for entry in entries:
+        if not isinstance(entry, dict):
+            raise TypeError(f"an entry is {entry!r}, not a mapping")
         if kind == "region":
             yield _text(entry["phrase"]), _xyxy(entry, "width", "height"), None
         elif kind == "attribute":
