@@ -31,7 +31,7 @@ from amc.data.transforms import EVAL_RESIZES, EvalTransform
 from amc.io import AmcError, DataError, atomic_write_json, check_outputs, is_finite_number, sha256_file
 from amc.metrics import argmax_point, box_hit, classify_miss, upsample_heatmap
 from amc.records import Record, load_records, read_prepare_report
-from amc.results import CaseResult, EvaluationResult, read_result
+from amc.result_format import CaseResult, EvaluationResult, read_result, result_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +279,16 @@ def configure_parser(parser) -> None:
         nargs="+",
         help="ALBEF.pth, refcoco.pth, an AMC checkpoint, or ours; one for all splits or one per split",
     )
-    parser.add_argument("--model-config", required=True, help="model configuration YAML (config/models/)")
-    parser.add_argument("--vocab", required=True, help="folder with vocab.txt, or the file")
+    parser.add_argument(
+        "--model-config",
+        help="model configuration YAML (config/models/); default: the one saved in this project's "
+        "checkpoints (ALBEF.pth and the released checkpoints carry none: give it)",
+    )
+    parser.add_argument(
+        "--vocab",
+        help="folder with vocab.txt, or the file; default: the vocabulary saved in this project's "
+        "checkpoints (ALBEF.pth and the released checkpoints carry none: give it)",
+    )
     # Several splits in one process (the model is loaded once): --records, --split and --out take
     # one value per split, in the same order; --benchmark and --image-res one per split or one for all.
     parser.add_argument("--records", required=True, nargs="+", help="records JSONL from amc prepare")
@@ -370,8 +378,7 @@ def split_tasks(args) -> list[SplitTask]:
 
 
 def run(args) -> int:
-    from amc.models.config import ModelConfig
-    from amc.models.tokenizer import load_tokenizer
+    from amc.models.checkpoint import load_model_and_tokenizer
 
     tasks = split_tasks(args)
     # Where the results go first, then the inputs, then the (possibly long) work.
@@ -385,13 +392,6 @@ def run(args) -> int:
             "--proposals": args.proposals,
         },
     )
-    model_config = ModelConfig.from_file(args.model_config)
-    tokenizer = load_tokenizer(args.vocab)
-    if tokenizer.vocab_size != model_config.text.vocab_size:
-        raise AmcError(
-            f"{args.vocab}: {tokenizer.vocab_size} tokens, but {args.model_config} declares "
-            f"vocab_size {model_config.text.vocab_size}"
-        )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Check every split's records and checkpoint before the first (possibly long) evaluation starts.
     prepared = [(task, *_load_task_records(task, args)) for task in tasks]
@@ -401,14 +401,14 @@ def run(args) -> int:
             raise AmcError(f"{path}: checkpoint not found")
     sha256 = {path: sha256_file(path) for path in checkpoints}
     proposals = _load_proposals(args.proposals)
-    model, loaded = None, None
+    model, tokenizer, loaded = None, None, None
     for task, records, skipped in prepared:
-        config = model_config.replace(image_res=task.image_res) if task.image_res else model_config
-        if loaded != (task.checkpoint, config.image_res):
-            model, loaded = (
-                _load_eval_model(task.checkpoint, config, device),
-                (task.checkpoint, config.image_res),
+        if loaded != (task.checkpoint, task.image_res):  # the model loads once for the splits that share it
+            bundle = load_model_and_tokenizer(
+                task.checkpoint, args.model_config, args.vocab, image_res=task.image_res
             )
+            model, tokenizer = bundle.model.to(device).eval(), bundle.tokenizer
+            loaded = (task.checkpoint, task.image_res)
         _evaluate_split(
             model, tokenizer, task, records, skipped, args, device, sha256[task.checkpoint], proposals
         )
@@ -423,12 +423,6 @@ def _load_task_records(task: SplitTask, args) -> tuple[list[Record], Counter]:
     if not records:
         raise DataError(f"{task.records}: no case left to evaluate")
     return records, skipped
-
-
-def _load_eval_model(checkpoint: str, config, device: torch.device):
-    from amc.models.checkpoint import load_model
-
-    return load_model(checkpoint, config, purpose="eval").to(device).eval()
 
 
 def _evaluate_split(
@@ -501,5 +495,5 @@ def _evaluate_split(
 
 
 def load_result(path: str) -> EvaluationResult:
-    """Read a result file written by ``amc evaluate`` (validated: :func:`amc.results.read_result`)."""
-    return read_result(path)
+    """Read a result file written by ``amc evaluate`` (validated: :func:`amc.result_format.read_result`)."""
+    return result_from_dict(read_result(path))

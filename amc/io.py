@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import IO, Any
 
@@ -105,9 +106,10 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def read_text(path: str | os.PathLike, what: str = "file") -> str:
-    """The text of a UTF-8 file; a DataError names the file when it is missing, a folder or undecodable."""
-    path = Path(path)
+def read_text(path: str | os.PathLike | Traversable, what: str = "file") -> str:
+    """The text of a UTF-8 file (a path, or a shipped resource); a DataError names the file when it is
+    missing, a folder or undecodable."""
+    path = Path(path) if isinstance(path, str | os.PathLike) else path
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a {what}")
     if not path.is_file():
@@ -183,11 +185,10 @@ def read_json(path: str | os.PathLike) -> Any:
     return _json_loads(read_text(path), str(path))
 
 
-def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
+def read_yaml(path: str | os.PathLike | Traversable, what: str = "YAML file") -> Any:
     """A YAML file, safely loaded; malformed YAML is a DataError naming the file and line."""
     import yaml
 
-    path = Path(path)
     text = read_text(path, what)
     try:
         return yaml.safe_load(text)
@@ -221,7 +222,7 @@ def is_finite_number(value: Any) -> bool:
 # The one pattern of every name that becomes part of a path: methods (declared and
 # sweep-generated), runs, exports, download artifacts. A letter or digit first, no "..",
 # no "/": a name is one path component that stays where it is put. The workflow schema
-# (workflow/schemas/config.schema.yaml, $defs.name) carries the same text; a test keeps them equal.
+# (amc/resources/config.schema.yaml, $defs.name) carries the same text; a test keeps them equal.
 NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+-]*$(?!\n)"  # (?!\n): Python's $ also matches before one
 _NAME_RE = re.compile(NAME_PATTERN)
 

@@ -45,6 +45,7 @@ from torch import nn
 
 from amc.io import AmcError, append_jsonl, atomic_write_text, check_outputs, read_append_log, read_yaml
 from amc.selection import SELECTION_DIR, SELECTION_LOG, BestCheckpoints, best_checkpoint_name, parse_selection
+from amc.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -874,6 +875,8 @@ def train(
             folder.write_config(config)
     if selector is not None:
         selector.restore(step)
+    # TensorBoard event files beside metrics.jsonl when tensorboard is installed (amc.tensorboard_log)
+    board = TensorBoardLog(metrics_file.parent, resume_step=step or None) if procs.is_main else None
 
     def save_last(next_epoch: int, next_batch: int) -> None:
         if procs.is_main:
@@ -886,6 +889,7 @@ def train(
                 batch_in_epoch=next_batch,
                 images_replaced=images_replaced,
                 run_config=config,
+                vocab=tokenizer.ids_to_tokens,
             )
         if procs.world_size > 1:
             dist.barrier()
@@ -903,6 +907,7 @@ def train(
                     epoch=finished_epoch,
                     run_config=config,
                     method=config["method"]["name"],
+                    vocab=tokenizer.ids_to_tokens,
                 ),
             )
         if procs.world_size > 1:
@@ -958,6 +963,7 @@ def train(
                     "images_replaced": images_replaced,
                 }
                 append_jsonl(metrics_file, last_logs)
+                board.log(step, last_logs)
                 progress.set_postfix(
                     loss=f"{last_logs['loss']:.3f}", pairs_s=f"{last_logs['pairs_per_s']:.0f}"
                 )
@@ -975,6 +981,8 @@ def train(
             save_last(epoch, batch_in_epoch)  # one checkpoint per epoch (and at the very end)
 
     progress.close()
+    if board is not None:
+        board.close()
     if procs.world_size > 1:
         _check_replicas_identical(model, procs)
     if procs.is_main:
@@ -982,7 +990,13 @@ def train(
             selector.publish()  # before the final checkpoint, which marks the run complete
         last_epoch = epoch - 1 if batch_in_epoch == 0 and epoch > 0 else epoch  # the epoch of the last step
         save_checkpoint(
-            final_path, model, step=step, epoch=last_epoch, run_config=config, method=config["method"]["name"]
+            final_path,
+            model,
+            step=step,
+            epoch=last_epoch,
+            run_config=config,
+            method=config["method"]["name"],
+            vocab=tokenizer.ids_to_tokens,  # with model_config: amc evaluate/gradcam need no other file
         )
         log.info("finished %d steps: %s", step, final_path)
     if procs.world_size > 1:

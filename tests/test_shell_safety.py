@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SNAKEMAKE = shutil.which("snakemake", path=str(BIN)) or shutil.which("snakemake")
 CONFIGS = {
-    "config.yaml": "workflow/resources/manifest.yaml",
-    "demo.yaml": "workflow/resources/synthetic-manifest.yaml",
+    "config.yaml": "amc/resources/manifest.yaml",
+    "demo.yaml": "amc/resources/synthetic-manifest.yaml",
 }
 
 
@@ -210,7 +210,7 @@ def test_hostile_values_are_refused_or_quoted(tmp_path, name):
 
     # Everything accepted at once: the workflow renders every command with the hostile values quoted.
     workdir = tmp_path / "work"
-    for folder in ("config", "workflow/resources"):
+    for folder in ("config", "amc/resources"):
         shutil.copytree(REPO / folder, workdir / folder)
     shutil.copytree(REPO / "results/paper", workdir / "results/paper")
     manifest_file = workdir / config_h["data"]["manifest"]

@@ -34,7 +34,7 @@ from amc.io import (
 )
 from amc.records import load_records, record_from_dict, save_records
 from amc.report import grid
-from amc.results import read_result, validate_result
+from amc.result_format import RESULT_FORMAT, read_result, validate_result
 from amc.train import DEFAULTS, RUN_CONFIG_SCHEMA, load_run_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,15 +154,21 @@ def test_records_are_checked_before_they_are_written(tmp_path):
 
 
 def result(hits=(True, False, True)) -> dict:
+    """A result as amc evaluate writes it (every field the schema requires)."""
     cases = [
         {"id": f"c{i}", "point": [1, 2], "hit": h, "miss": None if h else "background", "category": None}
         for i, h in enumerate(hits)
     ]
     n_hits = sum(hits)
-    return {
-        "summary": {"accuracy": n_hits / len(hits), "n_cases": len(hits), "n_hits": n_hits, "skipped": {}},
-        "cases": cases,
-    }
+    summary = {
+        "benchmark": "flickr30k", "split": "test", "method": "amc", "seed": 0,
+        "accuracy": n_hits / len(hits), "n_cases": len(hits), "n_hits": n_hits, "skipped": {},
+        "skipped_in_prepare": None, "misses": {"background": len(hits) - n_hits}, "image_res": 384,
+        "resize": "pil-bicubic", "max_words": 30, "records": "r.jsonl", "checkpoint": "c.pt",
+        "checkpoint_sha256": "0" * 64, "model_config": {}, "code_version": "amc 0", "device": "cpu",
+        "created": "2024-01-01T00:00:00+00:00",
+    }  # fmt: skip
+    return {"format": RESULT_FORMAT, "summary": summary, "cases": cases}
 
 
 RESULT_PATHS = [("summary", k) for k in ("accuracy", "n_cases", "n_hits", "skipped")] + [
@@ -183,9 +189,14 @@ def test_a_result_is_consistent_or_refused(path, value):
     except DataError as error:
         assert str(error).startswith("r.json: ")
         return
-    hits = [c.hit for c in checked.cases]
+    hits = [c["hit"] for c in checked["cases"]]
     assert all(isinstance(h, bool) for h in hits)
-    summary = checked.summary
+    assert all(
+        c["miss"] is None if c["hit"] else c["miss"] in ("other_object", "background")
+        for c in checked["cases"]
+    )
+    assert len({c["id"] for c in checked["cases"]}) == len(hits)
+    summary = checked["summary"]
     assert summary["n_cases"] == len(hits) and summary["n_hits"] == sum(hits)
     assert finite(summary["accuracy"]) and summary["accuracy"] == pytest.approx(sum(hits) / len(hits))
 
@@ -193,12 +204,19 @@ def test_a_result_is_consistent_or_refused(path, value):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d["cases"][0].update(hit="false"), "'hit' must be true or false, got 'false'"),
-        (lambda d: d["cases"][1].update(hit=0), "'hit' must be true or false"),
-        (lambda d: d.update(cases=[]), "no cases"),
-        (lambda d: d["summary"].update(accuracy=float("nan")), "accuracy must be a number in"),
+        (lambda d: d["cases"][0].update(hit="false"), r"data.cases\[0\].hit must be boolean"),
+        (lambda d: d["cases"][1].update(hit=0), r"data.cases\[1\].hit must be boolean"),
+        (lambda d: d.update(cases=[]), r"data.cases must contain at least 1 items"),
+        (
+            lambda d: d["summary"].update(accuracy=float("nan")),
+            "result.summary.accuracy is not a finite number",
+        ),
         (lambda d: d["summary"].update(n_hits=3), "summary says 3 hits"),
-        (lambda d: d["cases"][0].update(point=[float("inf"), 1]), "'point'"),
+        (
+            lambda d: d["cases"][0].update(point=[float("inf"), 1]),
+            r"result.cases\[0\].point\[0\] is not a finite",
+        ),
+        (lambda d: d["cases"][0].update(point=[1.5, 1]), r"data.cases\[0\].point\[0\] must be integer"),
         (lambda d: d["cases"].append(dict(d["cases"][0])), "appears more than once"),
     ],
 )
@@ -321,7 +339,7 @@ def test_run_configuration_errors_name_the_file(tmp_path):
 
 
 def test_the_schema_and_the_code_share_one_name_pattern():
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "amc/resources/config.schema.yaml").read_text())
     assert schema["$defs"]["name"]["pattern"] == NAME_PATTERN
     assert schema["properties"]["run"]["$ref"] == "#/$defs/name"
 

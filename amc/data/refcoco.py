@@ -8,16 +8,20 @@ Layout under ``root``: ``refs(unc).p`` (a pickled list of refs: ``ref_id``, ``an
 One record per sentence; its box is the referred annotation's COCO box converted to xyxy, kept
 as annotated even where it reaches outside the image (the released evaluation tests points
 against it as is; only a box with a non-number or no area is dropped, and counted);
-``other_boxes`` are the image's other instance boxes. The phrase is the sentence's ``sent``
+``other_boxes`` are the image's other instance boxes. ``instances.json`` is indexed by
+pycocotools' ``COCO`` API, the field's reader of the format. The phrase is the sentence's ``sent``
 as stored (ALBEF's ``pre_caption`` cleans it when tokenising).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -25,6 +29,9 @@ from amc.data import Problems, box_problem, is_id, is_size
 from amc.data.images import ImageChecker
 from amc.io import DataError, read_json
 from amc.records import Record
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +93,19 @@ def load_refs(path: str | os.PathLike) -> list[dict]:
     return refs
 
 
-def load_instances(path: str | os.PathLike) -> tuple[dict, dict, dict]:
-    """(images by id, annotations by id, category names by id) from a COCO instances file."""
+# What a COCO instances file must hold for the reader, and the fields of each entry.
+SECTIONS = {
+    "images": ("id", "file_name", "width", "height"),
+    "annotations": ("id", "image_id", "bbox", "category_id"),
+    "categories": ("id", "name"),
+}
+
+
+def load_instances(path: str | os.PathLike) -> COCO:
+    """A COCO instances file, indexed by pycocotools' ``COCO`` API (``imgs``, ``anns``, ``cats``,
+    ``imgToAnns``); read and type-checked by us first, so that a bad file is an error naming it."""
+    from pycocotools.coco import COCO
+
     path = Path(path)
     data = read_json(path)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in SECTIONS):
@@ -106,18 +124,11 @@ def load_instances(path: str | os.PathLike) -> tuple[dict, dict, dict]:
     for number, category in enumerate(data["categories"]):
         if not isinstance(category["name"], str):
             raise DataError(f"{path}: categories[{number}]: name must be text")
-    images = {img["id"]: img for img in data["images"]}
-    annotations = {ann["id"]: ann for ann in data["annotations"]}
-    categories = {cat["id"]: cat["name"] for cat in data["categories"]}
-    return images, annotations, categories
-
-
-# What a COCO instances file must hold for the reader, and the fields of each entry.
-SECTIONS = {
-    "images": ("id", "file_name", "width", "height"),
-    "annotations": ("id", "image_id", "bbox", "category_id"),
-    "categories": ("id", "name"),
-}
+    coco = COCO()  # without a file name: it reads nothing itself
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints "creating index..."
+        coco.createIndex()
+    return coco
 
 
 def xywh_to_xyxy(bbox) -> list:
@@ -148,10 +159,7 @@ def read_refcoco(
         raise DataError(f"{dataset}: unknown split {split!r} (choose from {', '.join(SPLITS)})")
     refs_path = root / refs_file
     refs = load_refs(refs_path)
-    coco_images, annotations, categories = load_instances(root / "instances.json")
-    boxes_by_image: dict = {}
-    for ann in annotations.values():
-        boxes_by_image.setdefault(ann["image_id"], []).append(ann)
+    coco = load_instances(root / "instances.json")
 
     records: list[Record] = []
     checker = ImageChecker()
@@ -159,8 +167,8 @@ def read_refcoco(
         if split is not None and ref["split"] != split:
             continue
         where = f"{refs_path}: ref {ref['ref_id']}"
-        ann = annotations.get(ref["ann_id"])
-        image = coco_images.get(ref["image_id"])
+        ann = coco.anns.get(ref["ann_id"])
+        image = coco.imgs.get(ref["image_id"])
         if ann is None or image is None:
             problems.bad(
                 "referred annotation or image missing",
@@ -185,9 +193,9 @@ def read_refcoco(
         if check_images and (error := checker.problem(image_path)):
             problems.bad(error.reason, f"{where}: {error}")
             continue
-        others = [xywh_to_xyxy(a["bbox"]) for a in boxes_by_image[ann["image_id"]] if a["id"] != ann["id"]]
+        others = [xywh_to_xyxy(a["bbox"]) for a in coco.imgToAnns[ann["image_id"]] if a["id"] != ann["id"]]
         others = [[float(v) for v in b] for b in others if box_problem(b) is None]
-        category = categories.get(ref.get("category_id", ann["category_id"]))
+        category = coco.cats.get(ref.get("category_id", ann["category_id"]), {}).get("name")
         for sentence in ref["sentences"]:
             phrase = sentence["sent"]
             if not isinstance(phrase, str) or not phrase.strip():

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import pandas as pd
 from amc import stats
 from amc.io import DataError, atomic_write_text
 from amc.report.grid import UNTRAINED_KINDS
-from amc.results import read_result
+from amc.result_format import read_result
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +59,13 @@ class EvalRun:
 
 
 def load_eval(path: str | Path) -> EvalRun:
-    """One result file, validated (:func:`amc.results.read_result`)."""
+    """One result file, validated (:func:`amc.result_format.read_result`)."""
     path = Path(path)
-    result = read_result(path)
-    cases = pd.DataFrame(
-        [
-            {"id": c.id, "hit": c.hit, "miss": c.miss, "category": c.category, "point": c.point}
-            for c in result.cases
-        ],
-        columns=["id", "hit", "miss", "category", "point"],
-    )
+    data = read_result(path)
+    summary = data["summary"]
+    cases = pd.DataFrame(data["cases"])
+    if "category" not in cases:
+        cases["category"] = None
     cases["hit"] = cases["hit"].astype(bool)
     # The path is authoritative (results/<run>/eval/<method>/seed<k>/<benchmark>-<split>.json).
     method = path.parent.parent.name
@@ -74,7 +73,7 @@ def load_eval(path: str | Path) -> EvalRun:
     if not seed_text.isdigit():
         raise DataError(f"{path}: not under eval/<method>/seed<k>/")
     benchmark, _, split = path.stem.rpartition("-")
-    return EvalRun(method, int(seed_text), benchmark, split, path, result.summary, cases)
+    return EvalRun(method, int(seed_text), benchmark, split, path, summary, cases)
 
 
 def find_evals(run_dir: str | Path) -> list[Path]:
@@ -171,33 +170,74 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tex_escape(text: str) -> str:
-    replacements = {
-        "&": r"\&",
-        "%": r"\%",
-        "_": r"\_",
-        "#": r"\#",
-        "Δ": r"$\Delta$",
-        "–": "--",
-        "±": r"$\pm$",
-    }
-    for old, new in replacements.items():
-        text = text.replace(old, new)
-    return text
+# LaTeX's special characters, then the non-ASCII ones the tables use: the .tex files are plain
+# ASCII, so pdflatex compiles them with any input encoding and no package beyond the kernel.
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": "$<$",  # in text mode the OT1 font prints < as an inverted exclamation mark
+    ">": "$>$",
+    "|": "$|$",
+}
+_TEX_UNICODE = {
+    "Δ": r"$\Delta$",
+    "−": "$-$",  # U+2212, the minus sign
+    "–": "--",
+    "—": "---",
+    "±": r"$\pm$",
+    "×": r"$\times$",
+    "≤": r"$\leq$",
+    "≥": r"$\geq$",
+    "’": "'",
+    "“": "``",
+    "”": "''",
+}
+
+
+def tex_escape(text: str) -> str:
+    """Text as LaTeX source: specials escaped, `code` as \\texttt, the tables' Unicode symbols as
+    ASCII commands; any other non-ASCII character becomes its closest ASCII letters (é -> e)."""
+    parts = text.split("`")
+    out = []
+    for number, part in enumerate(parts):
+        escaped = "".join(_TEX_SPECIAL.get(char) or _TEX_UNICODE.get(char) or char for char in part)
+        if not escaped.isascii():
+            escaped = unicodedata.normalize("NFKD", escaped).encode("ascii", "ignore").decode("ascii")
+        # odd parts sat between backticks (an unpaired last backtick is kept as text)
+        if number % 2 and number < len(parts) - 1:
+            escaped = rf"\texttt{{{escaped}}}"
+        elif number % 2:
+            escaped = "`" + escaped
+        out.append(escaped)
+    return "".join(out)
+
+
+def _tex_cell(text: str) -> str:
+    cell = re.sub(r"(?<![\w.])-(?=\d)", "$-$", tex_escape(text))  # a negative number's minus, not a hyphen
+    return "{}" + cell if cell.startswith("[") else cell  # after \\ a [ would be read as a row skip
 
 
 def latex_table(header: list[str], rows: list[list[str]], caption: str, label: str) -> str:
+    """A ``table`` float with a plain ``tabular`` (\\hline rules): compiles with pdflatex and no package."""
     lines = [
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
         r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
-        r"\toprule",
-        " & ".join(_tex_escape(h) for h in header) + r" \\",
-        r"\midrule",
+        r"\hline",
+        " & ".join(_tex_cell(h) for h in header) + r" \\",
+        r"\hline",
     ]
-    lines += [" & ".join(_tex_escape(c) for c in row) + r" \\" for row in rows]
-    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex_escape(caption)}}}", rf"\label{{{label}}}"]
+    lines += [" & ".join(_tex_cell(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\hline", r"\end{tabular}", rf"\caption{{{tex_escape(caption)}}}", rf"\label{{{label}}}"]
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
