@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from amc.cli import nonnegative_int, positive_float, positive_int
-from amc.io import AmcError, atomic_write_json, atomic_write_text
+from amc.io import AmcError, atomic_write_json, atomic_write_text, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -1387,6 +1387,8 @@ def canonical_command(settings: BenchSettings) -> str:
 
 
 def run(args) -> int:
+    # Where the results go, before the (minutes long) measurement.
+    check_outputs({"--out": args.out, "--markdown": args.markdown}, {"--model-config": args.model_config})
     settings = settings_from_args(args)
     report = run_bench(settings, command=invoked_command())
     table = to_markdown(report)

@@ -53,7 +53,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.resources.abc import Traversable
@@ -63,6 +63,7 @@ from tqdm import tqdm
 
 from amc.cli import nonnegative_int, positive_float
 from amc.io import (
+    NAME_RULE,
     AmcError,
     DataError,
     atomic_write_json,
@@ -213,10 +214,7 @@ def _parse_artifact(raw: object, where: str) -> Artifact:
         raise ManifestError(f"{where}: expected a mapping, got {type(raw).__name__}")
     name = raw.get("name")
     if not is_name(name):
-        raise ManifestError(
-            f"{where}: 'name' must be a letter or digit, then letters, digits, '_', '.', '+', '-' "
-            f"(no '..'); got {name!r}"
-        )
+        raise ManifestError(f"{where}: 'name' {name!r} is not a name ({NAME_RULE})")
     where = f"{where} ({name})"
     unknown = sorted(set(raw) - _FIELDS)
     if unknown:
@@ -980,8 +978,12 @@ def unpack_archive(
     return entries
 
 
-def _unpack(artifact: Artifact, dest: Path, archive: Path, sha256: str) -> bool:
-    """Unpack unless the marker says this very archive was unpacked and its outputs exist."""
+def _unpack(
+    artifact: Artifact, dest: Path, archive: Path, sha256: str, others: Iterable[Artifact] = ()
+) -> bool:
+    """Unpack unless the marker says this very archive was unpacked and its outputs exist.
+
+    ``others``: the manifest's other artifacts, whose downloaded files no entry may replace."""
     if _marker_matches(artifact, dest, sha256) and _missing(artifact, dest) == []:
         log.info("%s: already unpacked into %s", artifact.name, dest / str(artifact.unpack_to))
         return False
@@ -993,7 +995,12 @@ def _unpack(artifact: Artifact, dest: Path, archive: Path, sha256: str) -> bool:
         into,
         kind=artifact.unpack,
         name=artifact.name,
-        protected=[dest / LOCK_FILENAME, dest / f".{LOCK_FILENAME}.flock", _marker(artifact, dest)],
+        protected=[
+            dest / LOCK_FILENAME,
+            dest / f".{LOCK_FILENAME}.flock",
+            _marker(artifact, dest),
+            *(dest / other.filename for other in others if other.name != artifact.name),
+        ],
     )
     atomic_write_json(
         _marker(artifact, dest),
@@ -1060,13 +1067,15 @@ def download(
     unpack: bool = True,
     backoff: float = 1.0,
     update_lock: bool = False,
+    others: Iterable[Artifact] = (),
 ) -> DownloadResult:
     """Make ``artifact`` present and verified under ``dest``, downloading only what is missing.
 
     ``retries`` counts retries per mirror; ``backoff`` is the first retry's delay in
     seconds (it doubles each time, up to a minute). ``update_lock`` ignores the lock
     file's record and replaces it with what is fetched now (for a source that changed on
-    purpose, e.g. a checkpoint the workflow itself re-exported). Raises
+    purpose, e.g. a checkpoint the workflow itself re-exported). ``others``: the manifest's other
+    artifacts, whose files unpacking never replaces. Raises
     :class:`DownloadError`, :class:`UnsafeArchiveError` or, for a missing manual artifact
     or a Google Drive file gdown cannot fetch, :class:`ManualDownloadRequired`.
     """
@@ -1099,7 +1108,7 @@ def download(
     if artifact.unpack != "none" and unpack:
         # Unpacked before its checksum is recorded: an archive that is refused is never trusted.
         try:
-            result.unpacked = _unpack(artifact, dest, target, str(result.sha256))
+            result.unpacked = _unpack(artifact, dest, target, str(result.sha256), others)
         except ArchiveError as error:
             raise _refuse(artifact, dest, target, str(result.sha256), error) from None
     if expected.sha256 is None:
@@ -1176,6 +1185,7 @@ def run(args) -> int:
                 progress=not args.no_progress,
                 unpack=not args.no_unpack,
                 update_lock=args.update_lock,
+                others=manifest.values(),
             )
         except ManualDownloadRequired as error:
             log.error("%s", error)

@@ -31,7 +31,7 @@ from amc.data.transforms import EVAL_RESIZES, EvalTransform
 from amc.io import AmcError, DataError, atomic_write_json, check_outputs, is_finite_number, sha256_file
 from amc.metrics import argmax_point, box_hit, classify_miss, upsample_heatmap
 from amc.records import Record, load_records, read_prepare_report
-from amc.result_format import CaseResult, EvaluationResult, read_result, result_from_dict
+from amc.result_format import CaseResult, EvaluationResult, read_result, result_from_dict, validate_result
 
 log = logging.getLogger(__name__)
 
@@ -393,42 +393,53 @@ def run(args) -> int:
         },
     )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # Check every split's records and checkpoint before the first (possibly long) evaluation starts.
-    prepared = [(task, *_load_task_records(task, args)) for task in tasks]
+    # Read every input before the first (possibly long) evaluation starts: each split's records and
+    # prepare report, the proposals, and every checkpoint with its model configuration and vocabulary.
+    splits = [_load_split(task, args) for task in tasks]
     checkpoints = dict.fromkeys(task.checkpoint for task in tasks)
     for path in checkpoints:
         if not Path(path).is_file():
             raise AmcError(f"{path}: checkpoint not found")
     sha256 = {path: sha256_file(path) for path in checkpoints}
     proposals = _load_proposals(args.proposals)
-    model, tokenizer, loaded = None, None, None
-    for task, records, skipped in prepared:
-        if loaded != (task.checkpoint, task.image_res):  # the model loads once for the splits that share it
-            bundle = load_model_and_tokenizer(
-                task.checkpoint, args.model_config, args.vocab, image_res=task.image_res
-            )
-            model, tokenizer = bundle.model.to(device).eval(), bundle.tokenizer
-            loaded = (task.checkpoint, task.image_res)
+    bundles = {  # the model loads once for the splits that share it
+        key: load_model_and_tokenizer(key[0], args.model_config, args.vocab, image_res=key[1])
+        for key in dict.fromkeys((task.checkpoint, task.image_res) for task in tasks)
+    }
+    for split in splits:
+        bundle = bundles[(split.task.checkpoint, split.task.image_res)]
+        model = bundle.model.to(device).eval()
         _evaluate_split(
-            model, tokenizer, task, records, skipped, args, device, sha256[task.checkpoint], proposals
+            model, bundle.tokenizer, split, args, device, sha256[split.task.checkpoint], proposals
         )
     return 0
 
 
-def _load_task_records(task: SplitTask, args) -> tuple[list[Record], Counter]:
+@dataclass
+class LoadedSplit:
+    """A split's inputs, read and checked before any evaluation runs."""
+
+    task: SplitTask
+    records: list[Record]
+    skipped: Counter  # cases left out so far, by reason
+    prepare_report: dict | None  # amc prepare's report of the records (None: absent or stale)
+
+
+def _load_split(task: SplitTask, args) -> LoadedSplit:
     records = load_records(task.records)
+    prepare_report = read_prepare_report(task.records)
     if args.limit:
         records = records[: args.limit]
     records, skipped = check_images(records, args.skip_missing_images)
     if not records:
         raise DataError(f"{task.records}: no case left to evaluate")
-    return records, skipped
+    return LoadedSplit(task, records, skipped, prepare_report)
 
 
-def _evaluate_split(
-    model, tokenizer, task, records, skipped, args, device, checkpoint_sha256, proposals
-) -> None:
+def _evaluate_split(model, tokenizer, split: LoadedSplit, args, device, checkpoint_sha256, proposals) -> None:
     import numpy as np
+
+    task, records = split.task, split.records
 
     inputs = EvalInputs.for_benchmark(
         task.benchmark, model.config.image_res, resize=task.resize, max_words=args.max_words
@@ -446,7 +457,7 @@ def _evaluate_split(
         proposals=proposals,
         on_heatmap=(lambda r, h: heatmaps.__setitem__(r.id, h.numpy())) if args.heatmaps else None,
     )
-    skipped = skipped + more_skipped
+    skipped = split.skipped + more_skipped
     if not cases:
         raise DataError(
             f"{task.records}: no case was evaluated (skipped: {dict(skipped)}); no result is written"
@@ -462,7 +473,7 @@ def _evaluate_split(
         "n_hits": hits,
         "skipped": dict(skipped),
         # what amc prepare left out of the records, by reason (None: unknown, see the log)
-        "skipped_in_prepare": read_prepare_report(task.records),
+        "skipped_in_prepare": split.prepare_report,
         "misses": dict(Counter(c.miss for c in cases if c.miss)),
         "image_res": inputs.image_res,
         "resize": inputs.resize,
@@ -482,7 +493,8 @@ def _evaluate_split(
 
         with atomic_write(args.heatmaps, "wb") as handle:
             np.savez_compressed(handle, **heatmaps)
-    atomic_write_json(task.out, EvaluationResult(summary, cases).to_dict(), indent=None)
+    result = validate_result(EvaluationResult(summary, cases).to_dict(), task.out)  # as its readers will
+    atomic_write_json(task.out, result, indent=None)
     log.info(
         "%s %s: pointing accuracy %.2f%% on %d cases (%d skipped) -> %s",
         task.benchmark,

@@ -225,6 +225,7 @@ def is_finite_number(value: Any) -> bool:
 # (amc/resources/config.schema.yaml, $defs.name) carries the same text; a test keeps them equal.
 NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+-]*$(?!\n)"  # (?!\n): Python's $ also matches before one
 _NAME_RE = re.compile(NAME_PATTERN)
+NAME_RULE = "a letter or digit, then letters, digits, '.', '_', '+', '-'; no '..', no '/'"  # in words
 
 
 def is_name(value: Any) -> bool:
@@ -234,10 +235,7 @@ def is_name(value: Any) -> bool:
 def check_name(value: Any, where: str) -> str:
     """``value`` if it is a name (:data:`NAME_PATTERN`), else an AmcError naming ``where``."""
     if not is_name(value):
-        raise AmcError(
-            f"{where}: {value!r} is not a name (a letter or digit, then letters, digits, '.', '_', '+', '-'; "
-            "no '..')"
-        )
+        raise AmcError(f"{where}: {value!r} is not a name ({NAME_RULE})")
     return value
 
 

@@ -32,6 +32,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from amc.io import (
     DataError,
@@ -196,4 +197,22 @@ def read_prepare_report(records_path: str | os.PathLike) -> dict | None:
     if not isinstance(report, dict) or report.get("records_sha256") != sha256_file(records_path):
         log.warning("%s: does not belong to the current %s (rerun amc prepare); ignored", path, records_path)
         return None
+    _check_prepare_report(report, path)
     return {k: v for k, v in report.items() if k != "records_sha256"}
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_prepare_report(report: dict, path: Path) -> None:
+    """The fields :func:`write_prepare_report` writes, with their types; a DataError names the field."""
+    for key in ("dataset", "split"):
+        if not isinstance(report.get(key), str):
+            raise DataError(f"{path}: field {key!r} must be a string, got {report.get(key)!r}")
+    if not _is_count(report.get("records")):
+        raise DataError(f"{path}: field 'records' must be a whole number >= 0, got {report.get('records')!r}")
+    for key in ("skipped", "left_out"):
+        counts = report.get(key)
+        if not isinstance(counts, dict) or not all(_is_count(n) for n in counts.values()):
+            raise DataError(f"{path}: field {key!r} must map reasons to whole numbers >= 0, got {counts!r}")

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -120,11 +121,71 @@ def test_an_output_under_a_file_is_refused_first(tmp_path, ci_data, checkpoint, 
     assert "DST" in caplog.text and "is also SRC" in caplog.text
     assert main(["synth", "--out", str(blocker), "--seed", "0"]) == 2
     assert main(["download", "x", "--dest", str(blocker)]) == 2
+    caplog.clear()
+    assert main(["bench", "--out", str(blocker / "bench.json"), "--device", "cpu"]) == 2  # not minutes later
+    assert "--out" in caplog.text and "is a file, not a folder" in caplog.text
+    assert main(["report", "table1", "--run", str(blocker)]) == 2
     image = tmp_path / "image.png"
     image.write_bytes(b"")
     assert main(["gradcam", "--model-config", str(TINY_MODEL), "--checkpoint", str(checkpoint), "--vocab",
                  str(ci_data.vocab), "--image", str(image), "--text", "a", "--output", str(image)]) == 2  # fmt: skip
     assert "--output" in caplog.text and "is also --image" in caplog.text
+
+
+def copy_records(source: Path, folder: Path, name: str) -> Path:
+    """``source`` copied to ``folder/name`` (images as absolute paths), without a prepare report."""
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    for row in rows:
+        row["image"] = str((source.parent / row["image"]).resolve())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder / name
+
+
+@pytest.mark.parametrize(
+    ("report", "message"),
+    [
+        (lambda sha: b'{"dataset": "flickr30k", \xff}', r"test.prepare.json:1: not UTF-8 text"),
+        (lambda sha: b'{"dataset": ', r"test.prepare.json: not valid JSON"),
+        (lambda sha: json.dumps({"dataset": "flickr30k", "split": "test", "records": -1, "skipped": {},
+                                 "left_out": {}, "records_sha256": sha}).encode(), "field 'records'"),
+        (lambda sha: json.dumps({"dataset": "flickr30k", "split": "test", "records": 3, "skipped": {"x": "2"},
+                                 "left_out": {}, "records_sha256": sha}).encode(), "field 'skipped'"),
+    ],
+)  # fmt: skip
+def test_every_input_is_read_before_the_first_evaluation(
+    tmp_path,
+    ci_data,  # noqa: F811
+    checkpoint,
+    caplog,
+    monkeypatch,
+    report,
+    message,
+):
+    from amc.io import sha256_file
+    from amc.records import prepare_report_path
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("an evaluation ran before every input was read")
+
+    monkeypatch.setattr("amc.evaluate.evaluate", no_work)
+    good = copy_records(Path(ci_data.flickr_test), tmp_path / "a", "test.jsonl")
+    bad = copy_records(Path(ci_data.flickr_test), tmp_path / "b", "test.jsonl")
+    prepare_report_path(bad).write_bytes(report(sha256_file(bad)))
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--model-config", str(TINY_MODEL), "--vocab",
+            str(ci_data.vocab), "--benchmark", "flickr30k", "--num-workers", "0", "--records", str(good),
+            str(bad), "--split", "test", "test", "--out", str(tmp_path / "a.json"), str(tmp_path / "b.json")]  # fmt: skip
+    assert main(argv) == 2
+    assert str(prepare_report_path(bad)) in caplog.text
+    assert re.search(message, caplog.text), caplog.text
+    # The second split's checkpoint is read before the first split is evaluated, too.
+    caplog.clear()
+    prepare_report_path(bad).unlink()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    argv[argv.index("--checkpoint") + 1 : argv.index("--checkpoint") + 2] = [str(checkpoint), str(broken)]
+    assert main(argv) == 2
+    assert str(broken) in caplog.text
 
 
 def test_an_evaluation_of_no_case_is_an_error_not_zero_accuracy(tmp_path, ci_data, checkpoint, caplog):  # noqa: F811

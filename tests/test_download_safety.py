@@ -75,6 +75,18 @@ def test_a_folder_holding_another_artifacts_marker_is_not_replaced(server, tmp_p
     assert_refused(tmp_path, second, "s.zip")
 
 
+def test_an_archive_entry_never_replaces_another_artifacts_file(server, tmp_path):  # noqa: F811
+    other = artifact(name="other", urls=[server.add("/o.bin", b"other")], filename="o.bin")
+    download(other, tmp_path, **FAST)
+    members = {"o.bin": b"replaced", "ok.txt": b"x"}
+    art = artifact(name="a", urls=[server.add("/a.zip", zip_bytes(members))], filename="a.zip",
+                   unpack="zip", unpack_to=".", produces=("ok.txt",))  # fmt: skip
+    with pytest.raises(UnsafeArchiveError, match=r"would replace .*o\.bin"):
+        download(art, tmp_path, **FAST, others=[other, art])
+    assert (tmp_path / "o.bin").read_bytes() == b"other"
+    assert_refused(tmp_path, art, "a.zip")
+
+
 @pytest.mark.parametrize("content", [b"neither zip nor tar", tar_bytes({"/etc/evil": b"x"})])
 def test_a_refused_archive_is_moved_aside_and_not_locked(server, tmp_path, content):  # noqa: F811
     art = artifact(name="bad", urls=[server.add("/bad.tar.gz", content)], filename="bad.tar.gz",

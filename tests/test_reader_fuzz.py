@@ -81,15 +81,33 @@ def mutated(draw, document, keep_root=True):
     return document
 
 
-def assert_records_or_named_error(read, where: str) -> None:
+def texts_in(node) -> list[str]:
+    """Every string of a JSON document, keys included."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [*node, *(t for value in node.values() for t in texts_in(value))]
+    if isinstance(node, list):
+        return [t for value in node for t in texts_in(value)]
+    return []
+
+
+def assert_records_or_named_error(read, where: str, source=None) -> None:
+    """``read()`` gives sound records or an AmcError naming ``where``; with ``source`` (the document
+    the files were written from), every word of a phrase was written in it as text: a null or a
+    number never becomes the phrase "None" or "3"."""
     try:
         records = read()
     except AmcError as error:
         assert where in str(error), str(error)
         return
+    texts = texts_in(source) if source is not None else None
     for record in records:
         assert isinstance(record, Record)
         record_from_dict(record.to_dict(), "reader output")  # what a reader makes is a sound record
+        if texts is not None:
+            for word in record.phrase.split():
+                assert any(word in text for text in texts), (record.phrase, word)
 
 
 def canonical_refcoco() -> dict:
@@ -108,7 +126,9 @@ def test_refcoco_reader(document):
         root.mkdir()
         (root / "instances.json").write_text(json.dumps(document.get("instances")))
         (root / "refs(unc).p").write_bytes(pickle.dumps(document.get("refs"), protocol=2))
-        assert_records_or_named_error(lambda: read_refcoco(root, problems=Problems()), str(root))
+        assert_records_or_named_error(
+            lambda: read_refcoco(root, problems=Problems()), str(root), document.get("refs")
+        )
 
 
 def canonical_vg() -> dict:
@@ -125,7 +145,50 @@ def test_visual_genome_reader(document):
         root = Path(folder)
         for name, data in document.items():
             (root / f"{name}.json").write_text(json.dumps(data))
-        assert_records_or_named_error(lambda: read_vg(root, problems=Problems()), str(root))
+        assert_records_or_named_error(lambda: read_vg(root, problems=Problems()), str(root), document)
+
+
+# (file, where in it, the part set to null): each is a phrase part of a VG annotation.
+VG_PHRASE_PARTS = [
+    ("region_descriptions", (0, "regions", 0, "phrase")),
+    ("attributes", (0, "attributes", 0, "attributes", 0)),
+    ("attributes", (0, "attributes", 0, "names", 0)),
+    ("relationships", (0, "relationships", 0, "predicate")),
+    ("relationships", (0, "relationships", 0, "subject", "name")),
+]
+
+
+@pytest.mark.parametrize(("name", "place"), VG_PHRASE_PARTS)
+@pytest.mark.parametrize("value", [None, 3, True])
+def test_a_null_phrase_part_is_an_empty_phrase_not_text(tmp_path, name, place, value):
+    write_vg(tmp_path)
+    expected = len(read_vg(tmp_path, problems=Problems()))
+    data = json.loads((tmp_path / f"{name}.json").read_text())
+    node = data
+    for part in place[:-1]:
+        node = node[part]
+    node[place[-1]] = value
+    (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    problems = Problems()
+    records = read_vg(tmp_path, problems=problems)
+    assert not [r.phrase for r in records if str(value) in r.phrase.split()]
+    lost = expected - len(records)
+    assert lost >= 1 and problems.skipped["empty phrase"] == 1 + lost  # 1: the file's blank region
+
+
+def test_a_null_refcoco_sentence_is_an_empty_phrase_not_text(tmp_path):
+    from tests.test_readers import write_refcoco
+
+    write_refcoco(tmp_path / "as-is", REFS)
+    before = Problems()
+    expected = len(read_refcoco(tmp_path / "as-is", problems=before))
+    refs = copy.deepcopy(REFS)
+    refs[0]["sentences"][0]["sent"] = None
+    write_refcoco(tmp_path / "null", refs)
+    problems = Problems()
+    records = read_refcoco(tmp_path / "null", problems=problems)
+    assert "None" not in {r.phrase for r in records} and len(records) == expected - 1
+    assert problems.skipped["empty phrase"] == before.skipped["empty phrase"] + 1
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +208,7 @@ def test_released_visual_genome_reader(vg_images, document):
             data = files[number] if isinstance(files, list) and number < len(files) else files
             (root / name).write_text(json.dumps(data))
         assert_records_or_named_error(
-            lambda: read_vg_released(root, vg_images, problems=Problems()), str(root)
+            lambda: read_vg_released(root, vg_images, problems=Problems()), str(root), files
         )
 
 
@@ -188,7 +251,9 @@ def test_flickr30k_reader(document, sentence):
                 "<height>100</height>", f"<height>{height}</height>"
             )
         )
-        assert_records_or_named_error(lambda: read_flickr30k(root, "test", problems=Problems()), str(root))
+        assert_records_or_named_error(
+            lambda: read_flickr30k(root, "test", problems=Problems()), str(root), sentences
+        )
 
 
 @SETTINGS

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,15 @@ def test_an_input_inside_the_run_is_not_overwritten(finished, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert amc("train", "--config", config, "--out", blocker) == 2
+
+
+def test_every_file_of_a_run_has_the_mode_the_umask_gives(finished_once):
+    """Checkpoints, metrics and config alike: 0o666 less the umask, not a temporary file's 0600."""
+    _, out = finished_once
+    umask = os.umask(0)
+    os.umask(umask)
+    if umask & 0o044:
+        pytest.skip(f"umask {umask:03o} hides the difference from 0600")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert {"checkpoint_final.pt", "metrics.jsonl", "config.resolved.yaml"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from amc import resources
-from amc.io import AmcError, DataError, confined, is_name, read_yaml
+from amc.io import NAME_PATTERN, NAME_RULE, AmcError, DataError, confined, is_name, read_yaml
 from amc.selection import best_checkpoint_name
 
 PLACEHOLDERS = ("run", "raw_dir", "records_dir")
@@ -48,10 +48,7 @@ class GridError(ValueError):
 def _check_name(value: Any, where: str) -> str:
     """A method, run or export name: one path component (amc.io.NAME_PATTERN, the schema's $defs.name)."""
     if not is_name(value):
-        raise GridError(
-            f"{where}: {value!r} is not a name (a letter or digit, then letters, digits, '.', '_', '+', '-'; "
-            "no '..', no '/')"
-        )
+        raise GridError(f"{where}: {value!r} is not a name ({NAME_RULE})")
     return value
 
 
@@ -444,6 +441,8 @@ def validate_config(config: dict) -> dict:
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         where = "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in best.absolute_path)
+        if best.validator == "pattern" and best.validator_value == NAME_PATTERN:
+            raise GridError(f"{where}: {best.instance!r} is not a name ({NAME_RULE})")
         raise GridError(f"{where}: {best.message}")
     _check_values(config, "config")
     return config

@@ -145,7 +145,7 @@ rule html_report:
         report="|".join(HTML_REPORTS),
     localrule: True
     params:
-        snakemake=f"{sys.executable} -m snakemake",
+        snakemake=f"{q(sys.executable)} -m snakemake",
         snakefile=workflow.main_snakefile,
         config=lambda wc: json.dumps(config, sort_keys=True),
         configfile=lambda wc: f"{LOGS}/report/{wc.report}-html.config.json",
