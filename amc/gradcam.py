@@ -1,4 +1,4 @@
-"""GradCAM on ALBEF's fusion cross-attention (reference/method.md, "GradCAM heatmap A").
+"""GradCAM on ALBEF's fusion cross-attention (the released ``grounding_eval_singlegpu*.py``; docs/model.md, "GradCAM").
 
 ``P``: the ``gradcam_layer`` cross-attention probabilities (after softmax, before dropout),
 [B, heads, L, 1+N]; ``s``: the ITM logit of class 1, pre-softmax; ``G = ds/dP``.

@@ -1,6 +1,6 @@
 """Pointing accuracy, the miss decomposition and ALBEF's box metric.
 
-The pointing protocol of method.md: the GradCAM map at grid resolution is
+The pointing protocol of the released evaluation (docs/model.md, "GradCAM"): the GradCAM map at grid resolution is
 upsampled to the ORIGINAL image size with bicubic interpolation
 (``align_corners=False``), the point is the first maximum in row-major order,
 and a case is a hit when the point lies STRICTLY inside any of its boxes.

@@ -1,4 +1,4 @@
-"""The pointing metric against a slow per-pixel reference written from method.md."""
+"""The pointing metric against a slow per-pixel reference written from the released evaluation."""
 
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """ALBEF (Li et al., 2021) as the AMC released code uses it: one module, any size.
 
 ``ALBEF(config).state_dict()`` has exactly the keys of ALBEF's pretraining checkpoint
-(``ALBEF.pth['model']``, see ``reference/albef_checkpoint_keys.txt``), so checkpoints load
+(``ALBEF.pth['model']``, listed in ``tests/golden/albef_checkpoint_keys_dtypes.txt``), so checkpoints load
 with an identity key map and :func:`amc.models.checkpoint.export_albef` writes ALBEF's
 layout. The engines (pretraining, fine-tuning, evaluation) call the public methods below;
 the model has no monolithic ``forward`` because every objective combines them differently.
