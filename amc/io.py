@@ -217,6 +217,38 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+Place = tuple[str | int, ...]  # keys and list indexes from the root of a JSON-like document
+
+
+def find_non_finite(node: Any, place: Place = ()) -> tuple[Place, float] | None:
+    """The place and value of the first NaN or infinite number in a JSON-like ``node`` (Python's
+    JSON and YAML readers accept both), or None."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return place, node
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in children:
+        if (found := find_non_finite(value, (*place, key))) is not None:
+            return found
+    return None
+
+
+def place_text(root: str, place: Place) -> str:
+    """``root.key[0].key``: a place in a document, as error messages name it."""
+    return root + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in place)
+
+
+def schema_validator(schema: dict, checks: Mapping[str, Any] | None = None) -> Any:
+    """A JSON Schema (draft 2020-12) validator of ``schema`` whose "integer" is a Python int: JSON
+    Schema also takes 2.0, which a batch size or a seed is not. ``checks``: keywords replaced
+    (e.g. ``properties``, to fill in defaults)."""
+    from jsonschema import Draft202012Validator, validators
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return validators.extend(Draft202012Validator, dict(checks or {}), type_checker=checker)(schema)
+
+
 # --------------------------------------------------------------------------- names and paths
 
 # The one pattern of every name that becomes part of a path: methods (declared and

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
-from amc.io import DataError, read_json
+from amc.io import DataError, find_non_finite, place_text, read_json
 from amc.resources import RESULT_SCHEMA, resource
 
 RESULT_FORMAT = "amc-bench-result/1"
@@ -57,18 +55,6 @@ def _validator():
     return fastjsonschema.compile(result_schema())
 
 
-def _non_finite(node: Any, where: str) -> str | None:
-    """The place of the first NaN or infinite number in ``node`` (JSON readers accept both)."""
-    if isinstance(node, float) and not math.isfinite(node):
-        return where
-    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in children:
-        found = _non_finite(value, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}")
-        if found is not None:
-            return found
-    return None
-
-
 def validate_result(data: object, source: str | os.PathLike) -> dict:
     """``data`` when it is a sound result of this version; a :class:`DataError` naming ``source`` and the place."""
     if isinstance(data, dict) and data.get("format") != RESULT_FORMAT and "summary" in data:
@@ -78,8 +64,8 @@ def validate_result(data: object, source: str | os.PathLike) -> dict:
         )
     from fastjsonschema import JsonSchemaValueException
 
-    if (place := _non_finite(data, "result")) is not None:
-        raise DataError(f"{source}: {place} is not a finite number")
+    if (found := find_non_finite(data)) is not None:
+        raise DataError(f"{source}: {place_text('result', found[0])} is {found[1]}, not a finite number")
     try:
         _validator()(data)
     except JsonSchemaValueException as error:

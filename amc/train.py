@@ -43,7 +43,16 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from amc.io import AmcError, append_jsonl, atomic_write_text, check_outputs, read_append_log, read_yaml
+from amc.io import (
+    AmcError,
+    append_jsonl,
+    atomic_write_text,
+    check_outputs,
+    find_non_finite,
+    read_append_log,
+    read_yaml,
+    schema_validator,
+)
 from amc.selection import SELECTION_DIR, SELECTION_LOG, BestCheckpoints, best_checkpoint_name, parse_selection
 from amc.tensorboard_log import TensorBoardLog
 
@@ -284,29 +293,12 @@ def _source_of(dotted: str, sources: dict[str, str]) -> str:
     return "run configuration defaults"
 
 
-def _non_finite(node: Any, dotted: str = "") -> str | None:
-    """The key of the first NaN or infinite number in ``node``, if any."""
-    if isinstance(node, float) and not math.isfinite(node):
-        return dotted
-    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in children:
-        found = _non_finite(value, f"{dotted}.{key}" if dotted else str(key))
-        if found is not None:
-            return found
-    return None
-
-
 def validate_run_config(config: dict, sources: dict[str, str] | None = None) -> None:
     """Check ``config`` against :data:`RUN_CONFIG_SCHEMA` (and every number finite); an AmcError
     names where the value came from (the file or the ``key=value`` override) and the key."""
-    from jsonschema import Draft202012Validator, validators
     from jsonschema.exceptions import best_match
 
-    # "integer" is a Python int: JSON Schema would also take 2.0, which a batch size is not.
-    checker = Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
-    )
-    validator = validators.extend(Draft202012Validator, type_checker=checker)(RUN_CONFIG_SCHEMA)
+    validator = schema_validator(RUN_CONFIG_SCHEMA)
     sources = sources or {}
     error = best_match(validator.iter_errors(config))
     if error is not None:
@@ -316,17 +308,9 @@ def validate_run_config(config: dict, sources: dict[str, str] | None = None) -> 
                 raise AmcError(f"{sources[dotted]}: {dotted}: a value is required, not null")
             raise AmcError(f"run configuration: {dotted!r} is required")
         raise AmcError(f"{_source_of(dotted, sources)}: {dotted or 'run configuration'}: {error.message}")
-    if (dotted := _non_finite(config)) is not None:
-        raise AmcError(
-            f"{_source_of(dotted, sources)}: {dotted}: {_get(config, dotted)} is not a finite number"
-        )
-
-
-def _get(config: dict, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    return node
+    if (found := find_non_finite(config)) is not None:
+        dotted = ".".join(map(str, found[0]))
+        raise AmcError(f"{_source_of(dotted, sources)}: {dotted}: {found[1]} is not a finite number")
 
 
 def load_run_config(path: str | None, overrides: list[str] = ()) -> dict:

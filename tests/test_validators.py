@@ -209,12 +209,12 @@ def test_a_result_is_consistent_or_refused(path, value):
         (lambda d: d.update(cases=[]), r"data.cases must contain at least 1 items"),
         (
             lambda d: d["summary"].update(accuracy=float("nan")),
-            "result.summary.accuracy is not a finite number",
+            "result.summary.accuracy is nan, not a finite number",
         ),
         (lambda d: d["summary"].update(n_hits=3), "summary says 3 hits"),
         (
             lambda d: d["cases"][0].update(point=[float("inf"), 1]),
-            r"result.cases\[0\].point\[0\] is not a finite",
+            r"result.cases\[0\].point\[0\] is inf, not a finite",
         ),
         (lambda d: d["cases"][0].update(point=[1.5, 1]), r"data.cases\[0\].point\[0\] must be integer"),
         (lambda d: d["cases"].append(dict(d["cases"][0])), "appears more than once"),
@@ -356,6 +356,75 @@ def demo_config() -> dict:
     return yaml.safe_load((REPO / "config/demo.yaml").read_text())
 
 
+def numeric_places(node, path=()):
+    """(path, value) of every number of a configuration, outside the free-form ``overrides`` and
+    ``objectives`` (values for ``amc train``, which checks them against its own schema,
+    RUN_CONFIG_SCHEMA above, before it writes anything)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key not in ("overrides", "objectives"):
+                yield from numeric_places(value, (*path, key))
+    elif isinstance(node, list):
+        for number, value in enumerate(node):
+            yield from numeric_places(value, (*path, number))
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        yield path, node
+
+
+def whole(minimum: int):
+    return lambda v: type(v) is int and v >= minimum
+
+
+# An independent statement of what the numbers of the workflow configuration take, by key.
+WORKFLOW_NUMBERS = {
+    "seed": whole(0), "seeds": whole(0), "workers": whole(1), "threads": whole(1), "gpus": whole(0),
+    "num_workers": whole(0), "mem_mb": whole(1), "runtime": whole(1), "image_res": whole(1),
+    "n_boot": whole(1), "examples": whole(1),
+}  # fmt: skip
+WORKFLOW_PLACES = [
+    (path, value)
+    for name in ("demo.yaml", "config.yaml")
+    for path, value in numeric_places(
+        grid.validate_config(yaml.safe_load((REPO / "config" / name).read_text()))
+    )
+]
+
+
+@SETTINGS
+@given(
+    config_name=st.sampled_from(["demo.yaml", "config.yaml"]),
+    place=st.sampled_from(sorted({path for path, _ in WORKFLOW_PLACES}, key=str)),
+    value=SCALARS,
+)
+def test_workflow_numbers_are_checked_at_start_up(config_name, place, value):
+    config = grid.validate_config(yaml.safe_load((REPO / "config" / config_name).read_text()))
+    node = config
+    for part in place[:-1]:
+        if not isinstance(node, dict | list) or (isinstance(node, dict) and part not in node):
+            return  # a place of the other configuration
+        if isinstance(node, list) and part >= len(node):
+            return
+        node = node[part]
+    if not isinstance(node, dict | list) or (isinstance(node, dict) and place[-1] not in node):
+        return
+    if isinstance(node, list) and place[-1] >= len(node):
+        return
+    node[place[-1]] = value
+    try:
+        grid.check_grid(grid.resolve_paths(grid.validate_config(config)))
+    except grid.GridError as error:
+        assert str(error).startswith(("config", "sweeps", "methods", "exports", "table1")), str(error)
+        return
+    key = next(str(p) for p in reversed(place) if isinstance(p, str))
+    if key in WORKFLOW_NUMBERS:
+        assert WORKFLOW_NUMBERS[key](value) or (value is None and key == "seed"), (place, value)
+    else:  # a sweep value: any hyperparameter value (amc train checks its type), never NaN or infinity
+        assert value is not None and not (isinstance(value, float) and not math.isfinite(value)), (
+            place,
+            value,
+        )
+
+
 @pytest.mark.parametrize("value", ["..", "0.2/../../x", "x/y", "a b", "$(id)"])
 def test_sweep_values_never_make_a_name_outside_results(value):
     config = grid.validate_config(demo_config())
@@ -419,6 +488,16 @@ def test_a_torn_last_line_of_a_log_is_dropped_with_a_warning(tmp_path, caplog):
     path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')  # not the last line: damage, not a crash
     with pytest.raises(DataError, match=rf"{path}:2: not valid JSON"):
         read_append_log(path)
+
+
+def test_the_training_curves_read_a_log_with_a_torn_last_line(tmp_path, caplog):
+    from amc.report.figures import load_metrics
+
+    path = tmp_path / "train" / "amc" / "seed0" / "metrics.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # a run killed (or still writing)
+    frame = load_metrics(tmp_path)
+    assert frame["step"].tolist() == [1] and "torn last line" in caplog.text
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])

@@ -11,13 +11,12 @@ accepted), and ``ModelConfig`` holds the rest of ALBEF's pretraining config
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amc.io import AmcError, read_text
+from amc.io import AmcError, read_json, read_yaml
 
 ATTENTION_MODES = ("fast", "reference")
 
@@ -151,16 +150,7 @@ class ModelConfig:
         path = Path(path)
         if not path.is_file():
             raise AmcError(f"{path}: model config not found")
-        text = read_text(path, "model config")
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except Exception as error:  # yaml and json raise different types; both are user errors
-            raise AmcError(f"{path}: cannot parse model config ({error})") from None
+        data = read_json(path) if path.suffix.lower() == ".json" else read_yaml(path, "model config")
         if data is None:
             raise AmcError(f"{path}: model config is empty")
         return cls.from_dict(data, source=str(path))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import math
 import posixpath
 import re
 from typing import Any
@@ -31,7 +30,18 @@ from typing import Any
 import yaml
 
 from amc import resources
-from amc.io import NAME_PATTERN, NAME_RULE, AmcError, DataError, confined, is_name, read_yaml
+from amc.io import (
+    NAME_PATTERN,
+    NAME_RULE,
+    AmcError,
+    DataError,
+    confined,
+    find_non_finite,
+    is_name,
+    place_text,
+    read_yaml,
+    schema_validator,
+)
 from amc.selection import best_checkpoint_name
 
 PLACEHOLDERS = ("run", "raw_dir", "records_dir")
@@ -424,7 +434,7 @@ def validate_config(config: dict) -> dict:
     """A copy of a workflow configuration, validated against :func:`config_schema`, with the defaults
     filled in (as Snakemake's ``validate`` does); a :class:`GridError` naming the key otherwise."""
     import jsonschema
-    from jsonschema import Draft202012Validator, validators
+    from jsonschema import Draft202012Validator
 
     schema = config_schema()
     validate_properties = Draft202012Validator.VALIDATORS["properties"]
@@ -435,9 +445,8 @@ def validate_config(config: dict) -> dict:
                 instance.setdefault(name, copy.deepcopy(subschema["default"]))
         yield from validate_properties(validator, properties, instance, schema)
 
-    validator_class = validators.extend(Draft202012Validator, {"properties": set_defaults})
     config = copy.deepcopy(config)
-    errors = list(validator_class(schema).iter_errors(config))
+    errors = list(schema_validator(schema, {"properties": set_defaults}).iter_errors(config))
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         where = "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in best.absolute_path)
@@ -452,19 +461,23 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _check_values(node: Any, where: str) -> None:
-    """What a JSON schema cannot say of every value: no control character (a newline in a path or
-    label reaches file names and shell lines) and no NaN or infinite number."""
+    """What a JSON schema cannot say of every value: no NaN or infinite number, and no control
+    character (a newline in a path or label reaches file names and shell lines)."""
+    if (found := find_non_finite(node)) is not None:
+        raise GridError(f"{place_text(where, found[0])}: {found[1]!r} is not a finite number")
+    _check_text(node, where)
+
+
+def _check_text(node: Any, where: str) -> None:
     if isinstance(node, str) and _CONTROL.search(node):
         raise GridError(f"{where}: {node!r} holds a control character (a line break, a tab, ...)")
-    if isinstance(node, float) and not math.isfinite(node):
-        raise GridError(f"{where}: {node!r} is not a finite number")
     if isinstance(node, dict):
         for key, value in node.items():
-            _check_values(key, f"{where} (key)")
-            _check_values(value, f"{where}.{key}")
+            _check_text(key, f"{where} (key)")
+            _check_text(value, f"{where}.{key}")
     elif isinstance(node, list):
         for number, value in enumerate(node):
-            _check_values(value, f"{where}[{number}]")
+            _check_text(value, f"{where}[{number}]")
 
 
 def load_config(path: str) -> dict:
