@@ -338,6 +338,22 @@ def test_ci_config_end_to_end(tmp_path):
         released = json.loads((run / f"eval/amc_released/seed0/{split}.json").read_text())["cases"]
         assert released == json.loads((run / f"eval/amc/seed0/{split}.json").read_text())["cases"]
     assert "AMC (released checkpoints)" in (run / "tables/table1.md").read_text()
+    # The explainer ablation: every explainer of each checkpoint in its own file; GradCAM at the
+    # model's layer is the main evaluation, case for case (the same pass).
+    for method in ("albef", "amc"):
+        for slug in ("gradcam-layer1", "attention-layer1", "gradcam-mean", "rollout", "gradcam-layer2"):
+            assert (run / f"eval_explainers/{method}/seed0/flickr30k-test-{slug}.json").is_file()
+        explained = json.loads(
+            (run / f"eval_explainers/{method}/seed0/flickr30k-test-gradcam-layer1.json").read_text()
+        )
+        assert (
+            explained["cases"]
+            == json.loads((run / f"eval/{method}/seed0/flickr30k-test.json").read_text())["cases"]
+        )
+    assert "| rollout | AMC | flickr30k test |" in (run / "tables/explainers.md").read_text()
+    assert (run / "figures/explainer_layers.png").is_file() and (
+        run / "figures/explainer_layers.pdf"
+    ).is_file()
     # Rerun after losing one result: only that evaluation and the reports that read it.
     (run / "eval/amc/seed0/refcoco+-testA.json").unlink()
     counts = job_counts(snakemake("-n", "--quiet", "rules", *args, cwd=tmp_path).stdout)
@@ -345,3 +361,4 @@ def test_ci_config_end_to_end(tmp_path):
     # The HTML report.
     snakemake("--report", str(run / "report.html"), *args, cwd=tmp_path)
     assert (run / "report.html").stat().st_size > 10_000
+    assert "explainer_layers.png" in (run / "report.html").read_text(errors="replace")
