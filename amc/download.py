@@ -1,7 +1,7 @@
 """``amc download``: fetch, verify and unpack the datasets and checkpoints of the manifest.
 
-The manifest (``workflow/resources/manifest.yaml``, or another one given with
-``--manifest``) lists every artifact: its mirrors, the file name under the
+The manifest (``amc/resources/manifest.yaml``, shipped with the package, or another one
+given with ``--manifest``) lists every artifact: its mirrors, the file name under the
 destination folder, the size and sha256 where they are published, how to unpack
 it and which paths it produces. One artifact goes through these steps:
 
@@ -47,6 +47,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -55,20 +56,25 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import yaml
 from tqdm import tqdm
 
 from amc.io import AmcError, DataError, atomic_write_json, read_json, sha256_file
+from amc.resources import MANIFEST, resource
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "workflow" / "resources" / "manifest.yaml"
+DEFAULT_MANIFEST = resource(MANIFEST)  # amc/resources/manifest.yaml, package data
 LOCK_FILENAME = "checksums.lock.json"
 UNPACK_KINDS = ("none", "zip", "tar", "tar.gz", "auto")
 USER_AGENT = "amc-bench-downloader/0.1 (Python urllib)"
 CHUNK_SIZE = 1 << 20
+# Without a progress bar (--no-progress, as the workflow runs it: its log is a file), a line with
+# the bytes so far, the rate and the time left is logged this often.
+PROGRESS_LOG_INTERVAL_S = 30.0
 MAX_BACKOFF_S = 60.0
 EXIT_MANUAL = 3  # exit status of `amc download` when a manual artifact is missing
 
@@ -281,9 +287,9 @@ def _parse_google_drive(raw: object, where: str) -> GoogleDriveFile | None:
     return GoogleDriveFile(folder, name)
 
 
-def load_manifest(path: str | os.PathLike = DEFAULT_MANIFEST) -> dict[str, Artifact]:
-    """Read and validate a manifest; returns the artifacts by name, in file order."""
-    path = Path(path)
+def load_manifest(path: str | os.PathLike | Traversable = DEFAULT_MANIFEST) -> dict[str, Artifact]:
+    """Read and validate a manifest (a path, or the shipped one); returns the artifacts by name, in file order."""
+    path = Path(path) if isinstance(path, str | os.PathLike) else path
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     try:
@@ -389,6 +395,74 @@ def _verify_file(path: Path, artifact: Artifact, expected: _Expected) -> tuple[i
     return size, sha256
 
 
+# --------------------------------------------------------------------------- progress lines
+
+
+def _format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class _ProgressLog:
+    """Logs ``NAME: 1.2 GiB of 13.0 GiB (9%), 12.3 MiB/s, about 17 min left`` at most once per
+    ``interval`` seconds: progress a person can follow in a log file, where no bar is drawn.
+    The rate is that of the last interval; without a known total there is no percentage or ETA."""
+
+    def __init__(
+        self, desc: str, total: int | None, done: int, interval: float | None = None, clock=time.monotonic
+    ) -> None:
+        self.desc, self.total, self.done, self.clock = desc, total, done, clock
+        self.interval = PROGRESS_LOG_INTERVAL_S if interval is None else interval
+        self._mark_time, self._mark_bytes = clock(), done
+
+    def update(self, received: int) -> None:
+        """``received`` more bytes arrived; log if the interval has passed."""
+        self.report(self.done + received)
+
+    def report(self, done: int) -> None:
+        """``done`` bytes so far; log if the interval has passed."""
+        self.done = done
+        now = self.clock()
+        elapsed = now - self._mark_time
+        if elapsed < self.interval:
+            return
+        rate = (done - self._mark_bytes) / elapsed if elapsed > 0 else 0.0
+        text = _format_size(done)
+        if self.total:
+            text += f" of {_format_size(self.total)} ({100 * done / self.total:.0f}%)"
+        text += f", {_format_size(int(rate))}/s"
+        if self.total and rate > 0:
+            text += f", about {_format_duration(max(self.total - done, 0) / rate)} left"
+        log.info("%s: %s", self.desc, text)
+        self._mark_time, self._mark_bytes = now, done
+
+
+def _size_of(folder: Path, pattern: str) -> int:
+    return sum(path.stat().st_size for path in folder.glob(pattern) if path.is_file())
+
+
+@contextlib.contextmanager
+def _log_growth(folder: Path, pattern: str, meter: _ProgressLog) -> Iterator[None]:
+    """While the body runs, report the size of the files ``folder/pattern`` to ``meter`` (a
+    download another library writes, gdown's ``.part`` file) from a background thread."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(min(meter.interval, 5.0)):
+            meter.report(_size_of(folder, pattern))
+
+    thread = threading.Thread(target=watch, name=f"progress-{meter.desc}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -477,6 +551,7 @@ def _attempt(
             raise _MirrorFailed(f"{url}: the server's file has {total} bytes, {expected_size} are expected")
 
         received = offset
+        lines = None if progress else _ProgressLog(desc, total, offset)  # no bar: a line every 30 s
         with (
             open(part, "ab" if offset else "wb") as out,
             tqdm(
@@ -503,6 +578,8 @@ def _attempt(
                     raise DownloadError(f"cannot write {part}: {error}") from None
                 received += len(chunk)
                 bar.update(len(chunk))
+                if lines is not None:
+                    lines.update(len(chunk))
         if total is not None and received < total:
             raise _Transient(f"connection closed after {received} of {total} bytes")
     return resumed
@@ -669,8 +746,14 @@ def _fetch_google_drive(
 
     url = f"https://drive.google.com/uc?id={file_id}"
     log.info("%s: downloading %s (%s)", artifact.name, source.file, url)
+    # gdown draws its bar unless quiet; quiet (--no-progress), its .part file is watched instead
+    part_files = f"{staging.name}*.part"
+    lines = (
+        None if progress else _ProgressLog(artifact.name, expected.size, _size_of(staging.parent, part_files))
+    )
     try:
-        written = gdown.download(id=file_id, output=str(staging), quiet=not progress, resume=True)
+        with _log_growth(staging.parent, part_files, lines) if lines else contextlib.nullcontext():
+            written = gdown.download(id=file_id, output=str(staging), quiet=not progress, resume=True)
     except Exception as error:
         raise manual(f"the download failed ({type(error).__name__}: {error})") from None
     if written is None or not staging.is_file():

@@ -37,6 +37,7 @@ from amc.explainers import GRADCAM, Explainer, explain, parse_explainers
 from amc.io import AmcError, DataError, atomic_write_json, sha256_file
 from amc.metrics import argmax_point, box_hit, classify_miss, energy_in_boxes, upsample_heatmap
 from amc.records import Record, load_records, read_prepare_report
+from amc.result_format import RESULT_FORMAT, read_result
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class EvaluationResult:
     cases: list[CaseResult] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"summary": self.summary, "cases": [vars(c) for c in self.cases]}
+        return {"format": RESULT_FORMAT, "summary": self.summary, "cases": [vars(c) for c in self.cases]}
 
 
 class _ImageSet(torch.utils.data.Dataset):
@@ -394,8 +395,16 @@ def configure_parser(parser) -> None:
         nargs="+",
         help="ALBEF.pth, refcoco.pth, an AMC checkpoint, or ours; one for all splits or one per split",
     )
-    parser.add_argument("--model-config", required=True, help="model configuration YAML (config/models/)")
-    parser.add_argument("--vocab", required=True, help="folder with vocab.txt, or the file")
+    parser.add_argument(
+        "--model-config",
+        help="model configuration YAML (config/models/); default: the one saved in this project's "
+        "checkpoints (ALBEF.pth and the released checkpoints carry none: give it)",
+    )
+    parser.add_argument(
+        "--vocab",
+        help="folder with vocab.txt, or the file; default: the vocabulary saved in this project's "
+        "checkpoints (ALBEF.pth and the released checkpoints carry none: give it)",
+    )
     # Several splits in one process (the model is loaded once): --records, --split and --out take
     # one value per split, in the same order; --benchmark and --image-res one per split or one for all.
     parser.add_argument("--records", required=True, nargs="+", help="records JSONL from amc prepare")
@@ -502,18 +511,12 @@ def split_tasks(args) -> list[SplitTask]:
 
 
 def run(args) -> int:
-    from amc.models.config import ModelConfig
-    from amc.models.tokenizer import load_tokenizer
+    from amc.models.checkpoint import load_model_and_tokenizer
 
     tasks = split_tasks(args)
-    model_config = ModelConfig.from_file(args.model_config)
-    tokenizer = load_tokenizer(args.vocab)
-    if tokenizer.vocab_size != model_config.text.vocab_size:
-        raise AmcError(
-            f"{args.vocab}: {tokenizer.vocab_size} tokens, but {args.model_config} declares "
-            f"vocab_size {model_config.text.vocab_size}"
-        )
-    explainers = parse_explainers(args.explainer, model_config) if args.explainer else None
+    # The explainers' syntax is checked before any work; their layers resolve on each model's configuration.
+    for text in args.explainer or []:
+        Explainer.parse(text)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Check every split's records and checkpoint before the first (possibly long) evaluation starts.
     prepared = [(task, *_load_task_records(task, args)) for task in tasks]
@@ -522,14 +525,15 @@ def run(args) -> int:
         if not Path(path).is_file():
             raise AmcError(f"{path}: checkpoint not found")
     sha256 = {path: sha256_file(path) for path in checkpoints}
-    model, loaded = None, None
+    model, tokenizer, loaded, explainers = None, None, None, None
     for task, records, skipped in prepared:
-        config = model_config.replace(image_res=task.image_res) if task.image_res else model_config
-        if loaded != (task.checkpoint, config.image_res):
-            model, loaded = (
-                _load_eval_model(task.checkpoint, config, device),
-                (task.checkpoint, config.image_res),
+        if loaded != (task.checkpoint, task.image_res):  # the model loads once for the splits that share it
+            bundle = load_model_and_tokenizer(
+                task.checkpoint, args.model_config, args.vocab, image_res=task.image_res
             )
+            model, tokenizer = bundle.model.to(device).eval(), bundle.tokenizer
+            loaded = (task.checkpoint, task.image_res)
+            explainers = parse_explainers(args.explainer, model.config) if args.explainer else None
         _evaluate_split(
             model, tokenizer, task, records, skipped, args, device, sha256[task.checkpoint], explainers
         )
@@ -544,12 +548,6 @@ def _load_task_records(task: SplitTask, args) -> tuple[list[Record], Counter]:
     if not records:
         raise DataError(f"{task.records}: no case left to evaluate")
     return records, skipped
-
-
-def _load_eval_model(checkpoint: str, config, device: torch.device):
-    from amc.models.checkpoint import load_model
-
-    return load_model(checkpoint, config, purpose="eval").to(device).eval()
 
 
 def _evaluate_split(
@@ -662,10 +660,6 @@ def explainer_out(out: str, explainer: Explainer) -> str:
 
 
 def load_result(path: str) -> EvaluationResult:
-    """Read a result file written by ``amc evaluate``."""
-    from amc.io import read_json
-
-    data = read_json(path)
-    if not isinstance(data, dict) or "summary" not in data or "cases" not in data:
-        raise DataError(f"{path}: not an amc evaluate result (needs 'summary' and 'cases')")
+    """Read a result file written by ``amc evaluate`` (validated: amc/resources/result.schema.json)."""
+    data = read_result(path)
     return EvaluationResult(data["summary"], [CaseResult(**c) for c in data["cases"]])

@@ -5,7 +5,8 @@ The image and the text go in as ``amc evaluate`` takes them for ``--benchmark``
 Writes the map at grid resolution (float32 [h, w], ``.npy``); with ``--overlay`` also the
 image with the map upsampled bicubically to the original size and the predicted point (the
 first maximum in row-major order) drawn on it. ALBEF-layout checkpoints (ALBEF.pth,
-refcoco.pth, AMC's) load directly.
+refcoco.pth, AMC's) load directly, with ``--model-config`` and ``--vocab``; this project's own
+checkpoints carry both.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     from amc.evaluate import AUTO
 
     parser.add_argument(
-        "--model-config", required=True, help="model config (YAML/JSON), e.g. config/models/albef-base.yaml"
+        "--model-config",
+        help="model config (YAML/JSON), e.g. config/models/albef-base.yaml; default: the one saved in "
+        "this project's checkpoints (ALBEF.pth and the released checkpoints carry none: give it)",
     )
     parser.add_argument(
         "--checkpoint", required=True, help="ALBEF.pth, refcoco.pth, an AMC or amc-bench checkpoint"
     )
-    parser.add_argument("--vocab", required=True, help="vocab.txt or a folder holding it")
+    parser.add_argument(
+        "--vocab",
+        help="vocab.txt or a folder holding it; default: the vocabulary saved in this project's checkpoints",
+    )
     parser.add_argument("--image", required=True, help="image file")
     parser.add_argument(
         "--text",
@@ -72,18 +78,12 @@ def run(args: argparse.Namespace) -> int:
     from amc.evaluate import EvalInputs
     from amc.gradcam import gradcam_eval
     from amc.metrics import argmax_point, upsample_heatmap
-    from amc.models.checkpoint import load_model
-    from amc.models.config import ModelConfig
-    from amc.models.tokenizer import load_tokenizer
+    from amc.models.checkpoint import load_model_and_tokenizer
 
-    config = ModelConfig.from_file(args.model_config)
-    if args.image_res is not None:
-        config = config.replace(image_res=args.image_res)
-    tokenizer = load_tokenizer(args.vocab)
-    if tokenizer.vocab_size != config.text.vocab_size:
-        raise AmcError(
-            f"{args.vocab}: {tokenizer.vocab_size} tokens, but the model config expects {config.text.vocab_size}"
-        )
+    bundle = load_model_and_tokenizer(
+        args.checkpoint, args.model_config, args.vocab, image_res=args.image_res
+    )
+    model, tokenizer, config = bundle.model, bundle.tokenizer, bundle.model.config
     inputs = EvalInputs.for_benchmark(args.benchmark, config.image_res, resize=args.resize)
     text = inputs.text(args.text)
     if not text:
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     original, pixels = load_image(args.image, inputs)
 
     device = torch.device(args.device)
-    model = load_model(args.checkpoint, config, purpose="eval").to(device).eval()
+    model = model.to(device).eval()
     tokens = tokens.to(device)
     with torch.no_grad():
         image_embeds = model.encode_image(pixels[None].to(device))

@@ -89,11 +89,13 @@ def energy_in_boxes(upsampled: torch.Tensor, boxes: Sequence[Box]) -> float | No
 
 
 def box_iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    """Intersection over union of two xyxy boxes, by pycocotools (COCO's box IoU; 0 without overlap)."""
+    from pycocotools import mask as coco_mask
+
+    def xywh(box: Box) -> list[float]:
+        return [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]
+
+    return float(coco_mask.iou([xywh(a)], [xywh(b)], [0])[0][0])
 
 
 def best_proposal(

@@ -45,6 +45,7 @@ from torch import nn
 
 from amc.io import AmcError, atomic_write_text
 from amc.selection import BestCheckpoints, parse_selection
+from amc.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -632,6 +633,8 @@ def train(
             selector.reset()
     if selector is not None:
         selector.restore(step)
+    # TensorBoard event files beside metrics.jsonl when tensorboard is installed (amc.tensorboard_log)
+    board = TensorBoardLog(metrics_file.parent, resume_step=step or None) if procs.is_main else None
 
     def save_last(next_epoch: int, next_batch: int) -> None:
         if procs.is_main:
@@ -644,6 +647,7 @@ def train(
                 batch_in_epoch=next_batch,
                 images_replaced=images_replaced,
                 run_config=config,
+                vocab=tokenizer.ids_to_tokens,
             )
         if procs.world_size > 1:
             dist.barrier()
@@ -661,6 +665,7 @@ def train(
                     epoch=finished_epoch,
                     run_config=config,
                     method=config["method"]["name"],
+                    vocab=tokenizer.ids_to_tokens,
                 ),
             )
         if procs.world_size > 1:
@@ -717,6 +722,7 @@ def train(
                 }
                 with open(metrics_file, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(last_logs) + "\n")
+                board.log(step, last_logs)
                 progress.set_postfix(
                     loss=f"{last_logs['loss']:.3f}", pairs_s=f"{last_logs['pairs_per_s']:.0f}"
                 )
@@ -734,6 +740,8 @@ def train(
             save_last(epoch, batch_in_epoch)  # one checkpoint per epoch (and at the very end)
 
     progress.close()
+    if board is not None:
+        board.close()
     if procs.world_size > 1:
         _check_replicas_identical(model, procs)
     if procs.is_main:
@@ -741,7 +749,13 @@ def train(
             selector.publish()  # before the final checkpoint, which marks the run complete
         last_epoch = epoch - 1 if batch_in_epoch == 0 and epoch > 0 else epoch  # the epoch of the last step
         save_checkpoint(
-            final_path, model, step=step, epoch=last_epoch, run_config=config, method=config["method"]["name"]
+            final_path,
+            model,
+            step=step,
+            epoch=last_epoch,
+            run_config=config,
+            method=config["method"]["name"],
+            vocab=tokenizer.ids_to_tokens,  # with model_config: amc evaluate/gradcam need no other file
         )
         log.info("finished %d steps: %s", step, final_path)
     if procs.world_size > 1:

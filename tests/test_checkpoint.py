@@ -35,6 +35,7 @@ from amc.models.checkpoint import (
     export_amc_released,
     load_converted,
     load_model,
+    load_model_and_tokenizer,
     load_state_dict_file,
     read_checkpoint,
     save_checkpoint,
@@ -200,6 +201,62 @@ def test_export_albef_round_trip(tmp_path):
     with pytest.raises(AmcError, match="carries no model config"):
         load_model(path)
     _tiny_state_equal(model, load_model(path, tiny_config(), purpose="train"))
+
+
+def _tiny_vocab(path, size=512, first="red") -> list[str]:
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", first] + [f"w{i}" for i in range(size - 6)]
+    path.write_text("\n".join(tokens) + "\n")
+    return tokens
+
+
+def test_own_checkpoints_carry_config_and_vocabulary_and_flags_override(tmp_path, caplog):
+    model = tiny_model()
+    tokens = _tiny_vocab(tmp_path / "vocab.txt")
+    path = tmp_path / "ours.pt"
+    save_checkpoint(path, model, vocab=tokens)
+    assert read_checkpoint(path).vocab == tokens
+    bundle = load_model_and_tokenizer(path, image_res=128)  # nothing but the checkpoint
+    assert bundle.tokenizer.ids_to_tokens == tokens and bundle.model.image_grid == (16, 16)
+    _tiny_state_equal(model, load_model_and_tokenizer(path).model)
+    # the flags win: another vocabulary file (a warning says it differs), another config file
+    other = _tiny_vocab(tmp_path / "other.txt", first="blue")
+    with caplog.at_level(logging.WARNING):
+        bundle = load_model_and_tokenizer(
+            path, model_config=BASE_YAML.parent / "tiny.yaml", vocab=tmp_path / "other.txt"
+        )
+    assert bundle.tokenizer.ids_to_tokens == other and "differs from the one saved" in caplog.text
+    _tiny_vocab(tmp_path / "small.txt", size=100)
+    with pytest.raises(
+        AmcError, match=r"small.txt: 100 tokens, but the model configuration declares vocab_size 512"
+    ):
+        load_model_and_tokenizer(path, vocab=tmp_path / "small.txt")
+
+
+def test_checkpoints_without_config_or_vocabulary_need_the_flags(tmp_path):
+    model = tiny_model()
+    older = tmp_path / "older.pt"
+    save_checkpoint(older, model)  # written before checkpoints carried their vocabulary
+    with pytest.raises(
+        AmcError,
+        match=r"older.pt: an older checkpoint of this project carries no vocabulary: give one \(--vocab",
+    ):
+        load_model_and_tokenizer(older)
+    albef = tmp_path / "ALBEF.pth"
+    torch.save(export_albef(model), albef)
+    with pytest.raises(
+        AmcError,
+        match=r"ALBEF.pth: a checkpoint in the albef layout .* no model configuration: give one \(--model-config",
+    ):
+        load_model_and_tokenizer(albef, vocab=tmp_path / "v.txt")
+    with pytest.raises(AmcError, match=r"ALBEF.pth: a checkpoint in the albef layout carries no vocabulary"):
+        load_model_and_tokenizer(albef, model_config=BASE_YAML.parent / "tiny.yaml")
+    _tiny_vocab(tmp_path / "v.txt")
+    bundle = load_model_and_tokenizer(albef, BASE_YAML.parent / "tiny.yaml", tmp_path / "v.txt")
+    _tiny_state_equal(model, bundle.model)
+    code = amc_main(
+        ["gradcam", "--checkpoint", str(albef), "--image", "x.png", "--text", "a", "--output", "h.npy"]
+    )
+    assert code == 2
 
 
 def test_refcoco_style_tiny_checkpoint_gives_the_same_gradcam(tmp_path):

@@ -12,8 +12,10 @@ import io
 import json
 import logging
 import random
+import re
 import shutil
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -137,6 +139,39 @@ def test_partial_file_left_by_an_earlier_run_is_resumed(server, tmp_path):
 
     assert (tmp_path / "files/blob.bin").read_bytes() == DATA
     assert [r.range for r in server.requests_for("/blob.bin")] == ["bytes=12345-"]
+
+
+def test_progress_lines_give_bytes_rate_and_time_left(caplog):
+    now = [0.0]
+    lines = dl._ProgressLog("coco", total=10 * 2**30, done=2**30, interval=30, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="amc.download"):
+        now[0] = 29.0
+        lines.update(2**20)  # within the interval: nothing
+        assert caplog.messages == []
+        now[0] = 60.0
+        lines.update(600 * 2**20 - 2**20)  # 600 MiB in the last 60 s: 10 MiB/s, 9.4 GiB to go
+        lines.report(lines.done)  # the interval starts again: nothing
+    assert caplog.messages == ["coco: 1.6 GiB of 10.0 GiB (16%), 10.0 MiB/s, about 14 min left"]
+    unknown = dl._ProgressLog("vg", total=None, done=0, interval=0, clock=lambda: now[0])
+    now[0] += 4
+    with caplog.at_level(logging.INFO, logger="amc.download"):
+        unknown.update(2**21)
+    assert caplog.messages[-1] == "vg: 2.0 MiB, 512.0 KiB/s"  # no total: no percentage, no time left
+
+
+def test_without_a_bar_a_download_logs_progress_lines(server, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(dl, "PROGRESS_LOG_INTERVAL_S", 0.0)  # a line per chunk instead of every 30 s
+    url = server.add("/blob.bin", DATA)
+    with caplog.at_level(logging.INFO, logger="amc.download"):
+        download(artifact(urls=[url]), tmp_path, **FAST)  # progress=False: no bar
+    lines = [
+        m for m in caplog.messages if re.fullmatch(r"blob: .* of 195\.3 KiB \(\d+%\), .*/s, about .* left", m)
+    ]
+    assert lines and lines[-1].startswith("blob: 195.3 KiB of 195.3 KiB (100%)")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="amc.download"):
+        download(artifact(urls=[url], filename="again.bin"), tmp_path, **{**FAST, "progress": True})
+    assert not [m for m in caplog.messages if "KiB/s" in m]  # the bar shows it instead
 
 
 def test_server_without_range_support_restarts_cleanly(server, tmp_path, sleeps):
@@ -694,6 +729,27 @@ def test_google_drive_file_is_found_in_the_folder_downloaded_and_locked(drive, t
 
     again = download(drive_artifact(), tmp_path, **FAST)  # present and verified: gdown is not called
     assert not again.downloaded and len(drive.calls) == 2
+
+
+def test_google_drive_download_without_a_bar_logs_progress_lines(drive, tmp_path, monkeypatch, caplog):
+    import gdown
+
+    monkeypatch.setattr(dl, "PROGRESS_LOG_INTERVAL_S", 0.01)
+
+    def slow_download(id=None, output=None, quiet=False, resume=False, **kwargs):
+        part = Path(output + "XYZ.part")  # gdown's partial file, growing
+        for start in range(0, len(DATA), 50_000):
+            with part.open("ab") as handle:
+                handle.write(DATA[start : start + 50_000])
+            time.sleep(0.05)
+        part.replace(output)
+        return output
+
+    monkeypatch.setattr(gdown, "download", slow_download)
+    with caplog.at_level(logging.INFO, logger="amc.download"):
+        download(drive_artifact(), tmp_path, **FAST)
+    sizes = [m for m in caplog.messages if re.fullmatch(r"best: [\d.]+ KiB, [\d.]+ [KM]i?B/s", m)]
+    assert len(sizes) >= 2, caplog.messages  # the .part file watched while gdown writes it
 
 
 def test_google_drive_download_is_checked_against_the_lock(drive, tmp_path):

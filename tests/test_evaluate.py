@@ -356,22 +356,30 @@ def test_gradcam_cli_uses_the_benchmarks_transform_and_uncapped_tokens(
     assert torch.equal(seen[0][1][0], expected_pixels(image, other))
 
 
-def test_report_qualitative_figure_runs_gradcam_with_the_benchmark(monkeypatch, tmp_path):
-    import subprocess
-
+def test_report_qualitative_heatmaps_are_the_evaluated_ones(pieces_case, monkeypatch, tmp_path):
+    """The qualitative figure's maps: in process, one model load per method, amc evaluate's inputs and maps."""
+    from amc.models import checkpoint as checkpoint_module
     from amc.report import figures
 
-    calls = []
-
-    def fake_run(cmd, **kwargs):
-        calls.append(cmd)
-        np.save(cmd[cmd.index("--output") + 1], np.zeros((2, 2), dtype=np.float32))
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(figures.subprocess, "run", fake_run)
-    common = dict(model_config="m.yaml", checkpoint="c.pt", vocab="v", image="i.png", text="t", image_res=256)
-    figures.run_gradcam(**common, benchmark="flickr30k", out=tmp_path / "a.npy")
-    figures.run_gradcam(**common, benchmark="refcoco+", out=tmp_path / "b.npy", resize="cv2-linear")
-    assert calls[0][calls[0].index("--benchmark") + 1] == "flickr30k" and "--resize" not in calls[0]
-    assert calls[1][calls[1].index("--benchmark") + 1] == "refcoco+"
-    assert calls[1][calls[1].index("--resize") + 1] == "cv2-linear"
+    model, vocab, image, records = pieces_case
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, model, vocab=load_tokenizer(vocab).ids_to_tokens)
+    loads, read = [], checkpoint_module.read_checkpoint
+    monkeypatch.setattr(checkpoint_module, "read_checkpoint", lambda path: loads.append(path) or read(path))
+    seen = spy_on_model_inputs(monkeypatch)
+    maps = {}
+    for benchmark, resize in (("flickr30k", "cv2-linear"), ("refcoco+", "pil-bicubic")):
+        loads.clear(), seen.clear()
+        first = load_records(records[benchmark])[0]
+        cases = [first, Record(**{**vars(first), "id": f"{benchmark}/1"})]  # two examples, one model load
+        maps[benchmark] = figures.method_heatmaps(str(checkpoint), cases, benchmark=benchmark, image_res=96)
+        assert len(loads) == 1 and set(maps[benchmark]) == {f"{benchmark}/0", f"{benchmark}/1"}
+        (_, images), (_, tokens) = seen
+        assert torch.equal(images[0], expected_pixels(image, resize)) and tokens.shape == (2, 57)
+    monkeypatch.undo()
+    for benchmark in ("flickr30k", "refcoco+"):
+        out, heatmaps = tmp_path / f"{benchmark}.json", tmp_path / f"{benchmark}.npz"
+        args = ["--records", records[benchmark], "--benchmark", benchmark, "--split", "val", "--out", out]
+        assert _evaluate_args(checkpoint, vocab, *args, "--heatmaps", heatmaps) == 0
+        evaluated = np.load(heatmaps)[f"{benchmark}/0"]
+        np.testing.assert_allclose(maps[benchmark][f"{benchmark}/0"], evaluated, rtol=1e-5, atol=1e-7)

@@ -81,6 +81,34 @@ def test_box_metric_ranks_by_mass_over_sqrt_area():
     assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
 
 
+def _reference_iou(a, b) -> float:
+    """The IoU written out (the suite's own before it used pycocotools)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_box_iou_by_pycocotools_equals_the_written_out_formula():
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(3000):
+        corners = rng.uniform(0, 100, size=(2, 2, 2))
+        if rng.random() < 0.3:
+            corners = np.round(corners)  # integer pixels: shared edges and corners happen
+        a, b = (np.concatenate([c.min(0), c.max(0) + 0.5]).tolist() for c in corners)
+        pairs.append((a, b))
+    pairs += [
+        ([0, 0, 10, 10], [10, 0, 20, 10]),
+        ([0, 0, 10, 10], [2, 2, 8, 8]),
+        ([0, 0, 10, 10], [0, 0, 10, 10]),
+    ]
+    for a, b in pairs:
+        assert box_iou(a, b) == pytest.approx(_reference_iou(a, b), abs=1e-12), (a, b)
+    assert sum(box_iou(a, b) == 0 for a, b in pairs) > 100 and sum(box_iou(a, b) > 0.5 for a, b in pairs) > 10
+
+
 def test_upsample_heatmap_single_and_batched():
     cam = torch.arange(12.0).reshape(3, 4)
     up = upsample_heatmap(cam, 30, 40)

@@ -35,6 +35,18 @@ def test_notebook_runs_on_a_fabricated_run(tmp_path):
     )
     assert "evaluation results" in text
     assert "gradcam-layer2" in text and "no explainer results" not in text  # the explainer section ran
+    # Every figure shows: the plt.show() plots too (Table 1, the forest plot, a heatmap per split),
+    # which a backend forced to Agg on import would swallow; and the saved figures displayed
+    images = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
+    assert (
+        len(images) == 8
+    )  # table 1, forest, Δ sweep, 2 category heatmaps, errors, curves, explainer layers (no qualitative)
     assert not any(
         output.get("output_type") == "error" for cell in notebook.cells for output in cell.get("outputs", [])
     )

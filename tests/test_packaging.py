@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
+
+from tests.engine_fixtures import ci_data  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +92,95 @@ def test_the_licence_file_named_by_pyproject_exists(pyproject, repo_root):
     assert pyproject["project"]["license"] == "BSD-3-Clause"
     for name in pyproject["project"]["license-files"]:
         assert "BSD 3-Clause" in (repo_root / name).read_text()
+
+
+# --------------------------------------------------------------------------- a non-editable install
+
+SHIPPED = ("manifest.yaml", "synthetic-manifest.yaml", "config.schema.yaml", "result.schema.json")
+
+
+def _source_tree(repo_root: Path, into: Path) -> Path:
+    """The files of the checkout (tracked, and new ones git does not ignore), without build leftovers."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo_root, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        if (repo_root / name).is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo_root / name, into / name)
+    return into
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_package_works_from_a_wheel(tmp_path, repo_root, ci_data):  # noqa: F811
+    """Built as a wheel, installed elsewhere, run from a folder outside the checkout: the commands
+    find their manifest and schemas as package data, and a checkpoint of the suite is evaluated
+    with nothing but the records."""
+    if shutil.which("git") is None:
+        pytest.skip("git lists the checkout's files")
+    source = _source_tree(repo_root, tmp_path / "source")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", str(source), "-w", str(tmp_path / "dist")],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("amc_bench-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert {f"amc/resources/{name}" for name in SHIPPED} <= set(archive.namelist())
+    site = tmp_path / "site"
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"  # neither the checkout nor its configs are here
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site), OMP_NUM_THREADS="1")
+
+    def installed(*argv: str) -> str:
+        result = subprocess.run(
+            [sys.executable, *argv], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, f"{argv}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        return result.stdout
+
+    assert installed("-c", "import amc; print(amc.__file__)").startswith(str(site))
+    listing = installed("-m", "amc", "download", "--list")
+    assert "albef_14m" in listing and "amc_best_refcoco" in listing and "flickr30k_images" in listing
+    # The workflow's validation (amc.report.grid.validate_config) with the shipped schema; a real-data
+    # run that names no manifest gets the shipped one.
+    check = f"""
+import yaml
+from amc.report import grid
+for name in ("config.yaml", "demo.yaml", "ci.yaml"):
+    config = grid.validate_config(yaml.safe_load(open({str(repo_root / "config")!r} + "/" + name)))
+    grid.check_grid(grid.resolve_paths(config))
+config["data"].update(source="real", manifest=None)
+manifest = grid.resolve_paths(config)["data"]["manifest"]
+assert manifest.startswith({str(site)!r}) and manifest.endswith("amc/resources/manifest.yaml"), manifest
+try:
+    grid.validate_config({{**config, "seedz": [0]}})
+except grid.GridError as error:
+    print(error)
+"""
+    assert "Additional properties are not allowed ('seedz' was unexpected)" in installed("-c", check)
+    # A checkpoint written by the installed package carries its config and vocabulary: amc evaluate
+    # needs only the records, and its result validates against the shipped schema.
+    make = f"""
+from amc.models import ALBEF, ModelConfig
+from amc.models.checkpoint import save_checkpoint
+from amc.models.tokenizer import load_tokenizer
+model = ALBEF(ModelConfig.from_file({str(repo_root / "config/models/tiny.yaml")!r}))
+model.copy_params()
+save_checkpoint("model.pt", model, vocab=load_tokenizer({str(ci_data.vocab)!r}).ids_to_tokens)
+"""
+    installed("-c", make)
+    installed(
+        "-m", "amc", "evaluate", "--checkpoint", "model.pt", "--records", str(ci_data.flickr_test),
+        "--benchmark", "flickr30k", "--split", "test", "--out", "result.json", "--num-workers", "0",
+    )  # fmt: skip
+    validated = installed(
+        "-c", "from amc.result_format import read_result; print(read_result('result.json')['format'])"
+    )
+    assert validated.strip() == "amc-bench-result/1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ import pytest
 
 from amc.cli import main as amc_main
 from amc.report import figures, grid, tables
+from amc.result_format import RESULT_FORMAT
+from tests.system_tools import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,6 +99,34 @@ def run_config(paper: Path) -> dict:
     }
 
 
+def result_document(benchmark: str, split: str, method: str, seed: int, cases: list[dict]) -> dict:
+    """An ``amc evaluate`` result of these cases, every summary field filled in (result.schema.json)."""
+    hits = sum(case["hit"] for case in cases)
+    summary = {
+        "benchmark": benchmark,
+        "split": split,
+        "method": method,
+        "seed": seed,
+        "accuracy": hits / len(cases),
+        "n_cases": len(cases),
+        "n_hits": hits,
+        "skipped": {},
+        "skipped_in_prepare": None,
+        "misses": {},
+        "image_res": 96,
+        "resize": "pil-bicubic",
+        "max_words": 30,
+        "records": f"data/fab/records/{benchmark}-{split}.jsonl",
+        "checkpoint": "fabricated.pt",
+        "checkpoint_sha256": "0" * 64,
+        "model_config": {},
+        "code_version": "fabricated",
+        "device": "cpu",
+        "created": "2026-01-01T00:00:00+00:00",
+    }
+    return {"format": RESULT_FORMAT, "summary": summary, "cases": cases}
+
+
 def fabricate_run(root: Path, with_metrics: bool = True) -> tuple[Path, dict]:
     """results/fab/ under ``root``: eval JSONs, metrics.jsonl, workflow-config.json."""
     run_dir = root / "results" / "fab"
@@ -110,24 +141,15 @@ def fabricate_run(root: Path, with_metrics: bool = True) -> tuple[Path, dict]:
             cases.append(
                 {
                     "id": f"{benchmark}/{split}/{i}",
-                    "point": [10.0 + i, 20.0],
+                    "point": [10 + i, 20],
                     "hit": bool(hit),
                     "miss": miss,
                     "category": CATEGORIES[i % 2],
                 }
             )
-        summary = {
-            "benchmark": benchmark,
-            "split": split,
-            "method": method,
-            "seed": seed,
-            "accuracy": sum(hits) / len(hits),
-            "n_cases": len(hits),
-            "n_hits": sum(hits),
-        }
         path = run_dir / "eval" / method / f"seed{seed}" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"summary": summary, "cases": cases}))
+        path.write_text(json.dumps(result_document(benchmark, split, method, seed, cases)))
     if with_metrics:
         for method, seeds in (("amc", [0, 1]), ("vmrm_style", [0, 1]), ("amc_dmean0.05", [0])):
             for seed in seeds:
@@ -261,6 +283,65 @@ def test_ablation_and_figure_files(fabricated):
     for name in ("ablation_delta", "training_curves", "error_decomposition"):
         for ext in ("png", "pdf"):
             assert (run_dir / "figures" / f"{name}.{ext}").stat().st_size > 1000
+
+
+def test_tex_escape_writes_ascii_latex():
+    assert tables.tex_escape("Δ = reproduced − paper, p <0.001, 95% CI, run `demo_1` & ±1 (é)") == (
+        r"$\Delta$ = reproduced $-$ paper, p $<$0.001, 95\% CI, run \texttt{demo\_1} \& $\pm$1 (e)"
+    )
+    assert (
+        tables.tex_escape("a_b {x} #1 ~ ^ \\")
+        == r"a\_b \{x\} \#1 \textasciitilde{} \textasciicircum{} \textbackslash{}"
+    )
+    assert tables.latex_table(["[x]"], [["[95% CI]"]], "c", "tab:x").count(r"{}[") == 2
+    row = tables.latex_table(["m"], [["VMRM-style", "-2.38 [-3.00, +1.00]"]], "c", "tab:x").splitlines()[7]
+    assert row == r"VMRM-style & $-$2.38 [$-$3.00, +1.00] \\"
+
+
+def test_latex_tables_compile_with_pdflatex(fabricated, tmp_path):
+    """table1.tex, table1_released.tex and ablation.tex compile with pdflatex alone (texlive-latex-base)."""
+    pdflatex = require_tool("pdflatex", "texlive-latex-base")
+    run_dir, _ = fabricated
+    assert report("table1", "--run", str(run_dir), "--n-boot", "200") == 0
+    released = ["--methods", "albef", "amc_released", "--name", "table1_released"]
+    assert report("table1", "--run", str(run_dir), "--n-boot", "200", *released) == 0
+    assert report("ablation", "--run", str(run_dir), "--n-boot", "200") == 0
+    for stem in ("table1", "table1_released", "ablation"):
+        table = run_dir / "tables" / f"{stem}.tex"
+        text = table.read_text()
+        assert text.isascii(), stem
+        assert r"$\Delta$" in text and "%)" not in text.replace(r"\%)", "")  # every % escaped
+        document = tmp_path / f"{stem}-document.tex"
+        document.write_text(
+            "\\documentclass{article}\n\\begin{document}\n\\input{"
+            + table.as_posix()
+            + "}\n\\end{document}\n"
+        )
+        result = subprocess.run(
+            [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "-output-directory", str(tmp_path), str(document)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        log = (tmp_path / f"{stem}-document.log").read_text(errors="replace")
+        assert result.returncode == 0, f"{stem}.tex does not compile:\n{result.stdout[-2000:]}"
+        assert "Missing character" not in log and (tmp_path / f"{stem}-document.pdf").stat().st_size > 1000
+    assert r"reproduced $-$ paper" in (run_dir / "tables/table1.tex").read_text()
+
+
+def test_reports_refuse_results_that_do_not_validate(fabricated, caplog):
+    run_dir, _ = fabricated
+    path = run_dir / "eval/amc/seed1/flickr30k-test.json"
+    good = json.loads(path.read_text())
+    bad = json.loads(path.read_text())
+    bad["cases"][8]["miss"] = None  # case 8 is a miss: it must say where its point fell
+    path.write_text(json.dumps(bad))
+    assert report("table1", "--run", str(run_dir), "--n-boot", "100") == 2
+    assert f"{path}: not an amc evaluate result: data.cases[8].miss must be one of" in caplog.text
+    older = {key: value for key, value in good.items() if key != "format"}  # written before the format field
+    path.write_text(json.dumps(older))
+    with pytest.raises(Exception, match=r"result format None, this version reads 'amc-bench-result/1'"):
+        tables.load_all(run_dir)
+    path.write_text(json.dumps(good))
+    assert report("table1", "--run", str(run_dir), "--n-boot", "100") == 0
 
 
 def test_misaligned_cases_are_an_error(fabricated):

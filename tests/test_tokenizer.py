@@ -97,14 +97,16 @@ def test_wordpiece_and_basic_tokenization(tmp_path):
     assert tokenizer.tokenize("a" * 101) == ["[UNK]"]
 
 
-def test_matches_transformers_bert_tokenizer(tmp_path):
+@pytest.mark.parametrize(("make_vocab", "size"), [(demo_like_vocab, 512), (bert_like_vocab, 30522)])
+def test_matches_transformers_bert_tokenizer(tmp_path, make_vocab, size):
+    # transformers is a dev dependency for this comparison only (docs/architecture.md)
     transformers = pytest.importorskip("transformers")
-    lines = demo_like_vocab(tmp_path / "vocab.txt")
+    lines = make_vocab(tmp_path / "vocab.txt")
     try:
         reference = transformers.BertTokenizer(vocab={t: i for i, t in enumerate(lines)}, do_lower_case=True)
     except TypeError:
         pytest.skip("this transformers release has no BertTokenizer(vocab=...)")
-    assert len(reference) == 512
+    assert len(reference) == size
     ours = load_tokenizer(tmp_path)
     texts = ["Red circles left of the blue squares", "unaffable café", "a man on top, zzz", "the  square-ed"]
     for text in texts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -280,6 +281,69 @@ def test_amc_finetuning_logs_its_terms(tmp_path, ci_data):  # noqa: F811
     assert all(r["l_max"] >= 0 for r in rows)
     resolved = yaml.safe_load((tmp_path / "out" / "config.resolved.yaml").read_text())
     assert resolved["method"]["objectives"]["amc"]["per_sample_mean"] is True
+    # TensorBoard event files beside metrics.jsonl exactly when tensorboard is installed
+    events = list((tmp_path / "out").glob("events.out.tfevents.*"))
+    assert len(events) == (1 if importlib.util.find_spec("tensorboard") else 0)
+
+
+def test_tensorboard_log_writes_scalars_when_installed_and_nothing_otherwise(tmp_path, monkeypatch, caplog):
+    """The guard: without tensorboard one line says so; with it (a stand-in SummaryWriter here), the
+    numbers of each logged step become scalars, and a resumed run drops the later events."""
+    import types
+
+    from amc.tensorboard_log import TensorBoardLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were absent
+    with caplog.at_level("INFO", logger="amc.tensorboard_log"):
+        board = TensorBoardLog(tmp_path)
+    board.log(1, {"loss": 1.0})
+    board.close()
+    assert board.writer is None and "tensorboard is not installed" in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+    written: list = []
+
+    class Writer:
+        def __init__(self, log_dir, purge_step=None):
+            written.append(("open", log_dir, purge_step))
+
+        def add_scalar(self, name, value, step):
+            written.append((name, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            written.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    (tmp_path / "events.out.tfevents.old").write_text("an earlier run")
+    board = TensorBoardLog(tmp_path)  # a fresh start: the earlier run's events go
+    assert not (tmp_path / "events.out.tfevents.old").exists()
+    board.log(3, {"step": 3, "epoch": 0, "loss": 2.5, "lr": 1e-4, "flag": True, "note": "x"})
+    board.close()
+    assert written == [("open", str(tmp_path), None), ("loss", 2.5, 3), ("lr", 1e-4, 3), ("close",)]
+    written.clear()
+    TensorBoardLog(tmp_path, resume_step=40)  # resumed after step 40: events from step 41 on are dropped
+    assert written == [("open", str(tmp_path), 41)]
+
+
+def test_a_finished_checkpoint_carries_its_config_and_vocabulary(tmp_path, ci_data):  # noqa: F811
+    """amc evaluate needs neither --model-config nor --vocab for the suite's own checkpoints."""
+    from amc.models.tokenizer import load_tokenizer
+
+    config = _write_config(tmp_path / "amc.yaml", ci_data, optim__max_steps=1, method={"name": "albef_vg"})
+    run_amc("train", "--config", config, "--out", tmp_path / "out")
+    final = tmp_path / "out" / "checkpoint_final.pt"
+    saved = torch.load(final, map_location="cpu", weights_only=True)
+    assert saved["vocab"] == load_tokenizer(ci_data.vocab).ids_to_tokens and saved["model_config"]
+    common = ["--records", ci_data.flickr_test, "--benchmark", "flickr30k", "--split", "test"]
+    common += ["--num-workers", "0", "--limit", "6"]
+    run_amc("evaluate", "--checkpoint", final, *common, "--out", tmp_path / "bare.json")
+    flags = ["--model-config", TINY_MODEL, "--vocab", ci_data.vocab]
+    run_amc("evaluate", "--checkpoint", final, *flags, *common, "--out", tmp_path / "flags.json")
+    bare, given = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("bare", "flags"))
+    assert bare["cases"] == given["cases"] and len(bare["cases"]) == 6
 
 
 def test_pretrain_refuses_amc_objectives(tmp_path, ci_data):  # noqa: F811

@@ -17,6 +17,9 @@ import pytest
 import yaml
 
 from amc.report import grid
+from amc.result_format import RESULT_FORMAT, read_result
+from tests.browser import open_page
+from tests.system_tools import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -115,6 +118,21 @@ def test_paper_grid_names(paper_dry_run):
         assert f"{run}/tables/{name}" in outputs
     for name in ("qualitative", "ablation_delta", "training_curves", "error_decomposition"):
         assert f"{run}/figures/{name}.png" in outputs and f"{run}/figures/{name}.pdf" in outputs
+    assert f"{run}/report.html" in outputs  # `all` ends with the HTML report
+
+
+def test_the_html_report_rule_runs_snakemake_report_on_the_same_configuration():
+    text = snakemake("-n", "--forceall", "--printshellcmds", "all").stdout
+    command = next(line for line in text.splitlines() if "--report" in line)
+    assert (
+        "amc report config --json" in command
+        and "--out results/reproduction/logs/report/report-html.config.json" in command
+    )
+    assert "-m snakemake --snakefile" in command and f"{REPO / 'Snakefile'}" in command
+    assert "--configfile results/reproduction/logs/report/report-html.config.json --nolock" in command
+    assert command.rstrip().endswith(
+        "--report results/reproduction/report.html all_results >> results/reproduction/logs/report/report-html.log 2>&1"
+    )
 
 
 def test_paper_runs_select_the_best_epoch_per_benchmark():
@@ -177,17 +195,20 @@ def test_released_target_downloads_and_evaluates_only():
     }  # fmt: skip
     assert counts["prepare_eval"] == 5 and counts["evaluate"] == 2
     assert counts["table1_released"] == 1 and counts["run_config"] == 1 and counts["released"] == 1
+    assert counts["html_report"] == 1  # results/reproduction/released.html
     assert set(counts) - {f"download_{d}" for d in downloads} == {
         "prepare_eval",
         "evaluate",
         "table1_released",
         "run_config",
+        "html_report",
         "released",
     }  # no train, prepare_vg, pretrain, table1, ablation, figures
     outputs = planned_outputs(text)
     run = "results/reproduction"
     for method in ("albef", "amc_released"):
         assert f"{run}/eval/{method}/seed0/refcoco+-testA.json" in outputs
+    assert f"{run}/released.html" in outputs and f"{run}/report.html" not in outputs
     for ext in ("csv", "md", "tex"):
         assert f"{run}/tables/table1_released.{ext}" in outputs
         assert f"{run}/tables/table1.{ext}" not in outputs  # all's Table 1 is not touched
@@ -212,7 +233,7 @@ def test_demo_released_path_commands():
     )
     assert (
         "amc download amc_demo_released --dest data/demo/synth "
-        "--manifest workflow/resources/synthetic-manifest.yaml --no-progress --update-lock" in text
+        "--manifest amc/resources/synthetic-manifest.yaml --no-progress --update-lock" in text
     )
     evaluate = next(line for line in text.splitlines() if "amc evaluate" in line and "/amc_released/" in line)
     assert (
@@ -311,25 +332,41 @@ NEEDED = ("amc.synth", "amc.data.prepare", "amc.train", "amc.evaluate", "amc.gra
 MISSING = [name for name in NEEDED if importlib.util.find_spec(name) is None]
 
 
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory) -> Path:
+    """config/ci.yaml run by `snakemake all` in a scratch folder (its results/ci/ is the tests' to read)."""
+    if MISSING:
+        pytest.skip(f"commands not written yet: {', '.join(MISSING)}")
+    root = tmp_path_factory.mktemp("ci-run")
+    for name in ("config", "results/paper", "amc/resources"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(REPO / name)
+    snakemake("all", "--cores", "2", "--resources", "gpu=0", *ci_args(root), cwd=root, timeout=1100)
+    return root
+
+
+def ci_args(root: Path) -> tuple[str, ...]:
+    return ("--configfile", "config/ci.yaml", "--directory", str(root))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-@pytest.mark.skipif(bool(MISSING), reason=f"commands not written yet: {', '.join(MISSING)}")
-def test_ci_config_end_to_end(tmp_path):
-    """config/ci.yaml in a scratch folder: every stage, then an interrupted-and-rerun check."""
-    for name in ("config", "results/paper", "workflow/resources"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).symlink_to(REPO / name)
-    args = ("--configfile", "config/ci.yaml", "--directory", str(tmp_path))
-    snakemake("all", "--cores", "2", "--resources", "gpu=0", *args, cwd=tmp_path, timeout=1100)
-    run = tmp_path / "results/ci"
+def test_ci_config_end_to_end(ci_run):
+    """config/ci.yaml: every stage, the HTML report, then an interrupted-and-rerun check."""
+    run = ci_run / "results/ci"
     for name in ("table1.csv", "table1.md", "table1.tex", "ablation.csv", "ablation.md", "ablation.tex"):
         assert (run / "tables" / name).stat().st_size > 0
     for name in ("qualitative", "ablation_delta", "training_curves", "error_decomposition"):
         assert (run / "figures" / f"{name}.png").is_file() and (run / "figures" / f"{name}.pdf").is_file()
     assert (run / "eval/albef/seed0/flickr30k-test.json").is_file()
+    # Every result the run wrote is a valid result of this version (amc/resources/result.schema.json).
+    results = sorted(run.glob("eval/*/seed*/*.json"))
+    assert len(results) == 9 and all(read_result(path)["format"] == RESULT_FORMAT for path in results)
+    # `snakemake all` wrote the HTML report itself (rule html_report).
+    assert (run / "report.html").stat().st_size > 10_000
     # The released-checkpoint path: AMC exported in the released layout, copied in by amc download
     # (checksum locked), loaded through the released key map: the same model, so the same cases.
-    lock = json.loads((tmp_path / "data/ci/synth/checksums.lock.json").read_text())["artifacts"]
+    lock = json.loads((ci_run / "data/ci/synth/checksums.lock.json").read_text())["artifacts"]
     assert (
         lock["amc_ci_released"]["sha256"]
         == hashlib.sha256((run / "exports/amc_seed0.pth").read_bytes()).hexdigest()
@@ -355,10 +392,68 @@ def test_ci_config_end_to_end(tmp_path):
         run / "figures/explainer_layers.pdf"
     ).is_file()
     # Rerun after losing one result: only that evaluation and the reports that read it.
-    (run / "eval/amc/seed0/refcoco+-testA.json").unlink()
-    counts = job_counts(snakemake("-n", "--quiet", "rules", *args, cwd=tmp_path).stdout)
+    lost = run / "eval/amc/seed0/refcoco+-testA.json"
+    kept = lost.read_bytes()
+    lost.unlink()
+    try:
+        counts = job_counts(snakemake("-n", "--quiet", "rules", *ci_args(ci_run), cwd=ci_run).stdout)
+    finally:
+        lost.write_bytes(kept)  # the run stays whole for the other tests of this module
     assert counts["evaluate"] == 1 and counts.get("train", 0) == 0 and counts.get("pretrain", 0) == 0
-    # The HTML report.
-    snakemake("--report", str(run / "report.html"), *args, cwd=tmp_path)
-    assert (run / "report.html").stat().st_size > 10_000
     assert "explainer_layers.png" in (run / "report.html").read_text(errors="replace")
+    assert counts["html_report"] == 1
+
+
+OFFLINE_TEMPLATE = """{%- extends "lab/index.html.j2" -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
+def notebook_html(run: Path, cwd: Path, out: Path) -> Path:
+    """notebooks/analysis.ipynb executed on ``run`` and exported to HTML (nbconvert's lab template
+    without its CDN scripts, require.js, MathJax and mermaid, which the notebook does not use)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    notebook = nbformat.read(REPO / "notebooks/analysis.ipynb", as_version=4)
+    notebook.cells[1].source = notebook.cells[1].source.replace('RUN = "results/demo"', f'RUN = "{run}"')
+    NotebookClient(
+        notebook, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    ).execute()
+    template = out.with_suffix(".html.j2")
+    template.write_text(OFFLINE_TEMPLATE)
+    body, _ = HTMLExporter(template_file=str(template)).from_notebook_node(notebook)
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_html_report_and_notebook_render_in_chromium(ci_run):
+    """The ci run's report.html and the notebook's HTML export in headless Chromium: every figure
+    loads, nothing is logged as an error. Screenshots stay beside them (under the pytest tmp dir)."""
+    pytest.importorskip("websocket", reason="websocket-client (the dev extra) speaks the DevTools protocol")
+    pytest.importorskip("nbconvert", reason="nbconvert exports the notebook")
+    chromium = require_tool("chromium", "chromium")
+    run = ci_run / "results/ci"
+    report = open_page(chromium, run / "report.html", run / "screenshots/report.png", embedded=True)
+    assert report.errors == []
+    embedded = {image["src"].rsplit("filename=", 1)[-1]: image["width"] for image in report.images}
+    figures = ("ablation_delta", "training_curves", "error_decomposition", "qualitative")
+    assert all(embedded.get(f"{name}.png", 0) > 0 for name in figures), embedded
+    assert all(image["width"] > 0 for image in report.images)
+    assert "The AMC benchmark workflow (run ci)" in report.text
+
+    page = notebook_html(run, ci_run, run / "analysis.html")
+    notebook = open_page(chromium, page, run / "screenshots/notebook.png")
+    assert notebook.errors == []
+    # Table 1's plot, the forest plot, 3 per-category heatmaps (plt.show), the error decomposition,
+    # the training curves and the workflow's qualitative figure (display(Image)); no sweep in ci
+    assert len(notebook.images) == 8 and all(image["width"] > 0 for image in notebook.images)
+    assert "Table 1 against the paper" in notebook.text
+    for shot in (report.screenshot, notebook.screenshot):
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")

@@ -8,16 +8,20 @@ Layout under ``root``: ``refs(unc).p`` (a pickled list of refs: ``ref_id``, ``an
 One record per sentence; its box is the referred annotation's COCO box converted to xyxy, kept
 as annotated even where it reaches outside the image (the released evaluation tests points
 against it as is; only a box with a non-number or no area is dropped, and counted);
-``other_boxes`` are the image's other instance boxes. The phrase is the sentence's ``sent``
+``other_boxes`` are the image's other instance boxes. ``instances.json`` is indexed by
+pycocotools' ``COCO`` API, the field's reader of the format. The phrase is the sentence's ``sent``
 as stored (ALBEF's ``pre_caption`` cleans it when tokenising).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -25,6 +29,9 @@ from amc.data import Problems, box_problem
 from amc.data.images import ImageChecker
 from amc.io import DataError, read_json
 from amc.records import Record
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +84,30 @@ def load_refs(path: str | os.PathLike) -> list[dict]:
     return refs
 
 
-def load_instances(path: str | os.PathLike) -> tuple[dict, dict, dict]:
-    """(images by id, annotations by id, category names by id) from a COCO instances file."""
+def load_instances(path: str | os.PathLike) -> COCO:
+    """A COCO instances file, indexed by pycocotools' ``COCO`` API (``imgs``, ``anns``, ``cats``,
+    ``imgToAnns``); read by us first, so that an unreadable file is an error naming it."""
+    from pycocotools.coco import COCO
+
     path = Path(path)
     data = read_json(path)
+    coco = COCO()  # without a file name: it reads nothing itself
     try:
-        images = {img["id"]: img for img in data["images"]}
-        annotations = {ann["id"]: ann for ann in data["annotations"]}
-        categories = {cat["id"]: cat["name"] for cat in data["categories"]}
-        for img in images.values():
+        missing = [key for key in ("images", "annotations", "categories") if key not in data]
+        if missing:
+            raise KeyError(", ".join(missing))
+        coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints "creating index..."
+            coco.createIndex()
+        for img in coco.imgs.values():
             img["file_name"], img["width"], img["height"]  # noqa: B018 (presence check)
-        for ann in annotations.values():
+        for ann in coco.anns.values():
             ann["image_id"], ann["bbox"], ann["category_id"]  # noqa: B018
+        for cat in coco.cats.values():
+            cat["name"]  # noqa: B018
     except (KeyError, TypeError) as error:
         raise DataError(f"{path}: not a COCO instances file (missing {error})") from None
-    return images, annotations, categories
+    return coco
 
 
 def xywh_to_xyxy(bbox) -> list:
@@ -122,10 +138,7 @@ def read_refcoco(
         raise DataError(f"{dataset}: unknown split {split!r} (choose from {', '.join(SPLITS)})")
     refs_path = root / refs_file
     refs = load_refs(refs_path)
-    coco_images, annotations, categories = load_instances(root / "instances.json")
-    boxes_by_image: dict = {}
-    for ann in annotations.values():
-        boxes_by_image.setdefault(ann["image_id"], []).append(ann)
+    coco = load_instances(root / "instances.json")
 
     records: list[Record] = []
     checker = ImageChecker()
@@ -133,8 +146,8 @@ def read_refcoco(
         if split is not None and ref["split"] != split:
             continue
         where = f"{refs_path}: ref {ref['ref_id']}"
-        ann = annotations.get(ref["ann_id"])
-        image = coco_images.get(ref["image_id"])
+        ann = coco.anns.get(ref["ann_id"])
+        image = coco.imgs.get(ref["image_id"])
         if ann is None or image is None:
             problems.bad(
                 "referred annotation or image missing",
@@ -159,9 +172,9 @@ def read_refcoco(
         if check_images and (error := checker.problem(image_path)):
             problems.bad(error.reason, f"{where}: {error}")
             continue
-        others = [xywh_to_xyxy(a["bbox"]) for a in boxes_by_image[ann["image_id"]] if a["id"] != ann["id"]]
+        others = [xywh_to_xyxy(a["bbox"]) for a in coco.imgToAnns[ann["image_id"]] if a["id"] != ann["id"]]
         others = [[float(v) for v in b] for b in others if box_problem(b) is None]
-        category = categories.get(ref.get("category_id", ann["category_id"]))
+        category = coco.cats.get(ref.get("category_id", ann["category_id"]), {}).get("name")
         for sentence in ref["sentences"]:
             phrase = sentence["sent"]
             if not isinstance(phrase, str) or not phrase.strip():

@@ -10,8 +10,14 @@ AMC-grounding checkpoints   the same (released ``Pretrain.py``: ``model``, ``opt
                             ``queue_ptr_txt`` for ``queue_ptr``; only ``model`` is used
 ``refcoco.pth`` (ALBEF)     a bare state_dict of the retrieval/grounding class: ``text_encoder.*``
                             without ``.bert``, no MLM head (``cls``), an ``idx_queue``
-this project's              ``{'format': 'amc-bench/1', 'model_config': {...}, 'model': state_dict, ...}``
+this project's              ``{'format': 'amc-bench/1', 'model_config': {...}, 'model': state_dict,
+                            'vocab': [token, ...], ...}``
 ==========================  ===============================================================
+
+This project's checkpoints carry what it takes to use them: the model configuration and the
+vocabulary (the ``vocab.txt`` lines, 30,522 short strings, a few hundred kB beside the weights),
+so :func:`load_model_and_tokenizer` needs nothing else. The other layouts carry neither: the
+model configuration and the vocabulary are given (``--model-config``, ``--vocab``).
 
 Files are read with ``torch.load(weights_only=True)``: tensors and plain containers only, no
 code runs. A file the safe loader refuses is converted once, by a person who trusts it, with
@@ -46,6 +52,7 @@ from torch import Tensor
 from amc.io import AmcError, atomic_write
 from amc.models.albef import ALBEF, interpolate_pos_embed
 from amc.models.config import ModelConfig
+from amc.models.tokenizer import AlbefTokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +181,16 @@ class LoadedCheckpoint:
     state_dict: dict[str, Tensor]
     model_config: dict[str, Any] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def vocab(self) -> list[str] | None:
+        """The vocabulary saved with the model (this project's checkpoints), else None."""
+        vocab = self.extra.get("vocab") if self.layout == "amc-bench" else None
+        if vocab is None:
+            return None
+        if not isinstance(vocab, list) or not vocab or not all(isinstance(t, str) for t in vocab):
+            raise AmcError(f"{self.path}: 'vocab' must be the vocabulary's tokens (a list of strings)")
+        return vocab
 
 
 def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
@@ -367,19 +384,23 @@ def load_converted(model: ALBEF, report: ConversionReport) -> None:
 
 
 def load_model(
-    checkpoint_path: str | Path,
+    checkpoint_path: str | Path | LoadedCheckpoint,
     model_config: ModelConfig | None = None,
     purpose: str = "eval",
     attention: str | None = None,
     allow_missing: Iterable[str] = (),
 ) -> ALBEF:
-    """Build ALBEF(model_config) and load a checkpoint of any supported layout into it.
+    """Build ALBEF(model_config) and load a checkpoint of any supported layout (a path, or a file
+    already read) into it.
 
     A project checkpoint carries its model_config: without ``model_config`` it is used; with
     one, the architectures must match (image_res, gradcam_layer, queue_size, momentum, temp
     and attention may differ; pos_embed is resized to ``model_config.image_res``).
     """
-    checkpoint = read_checkpoint(checkpoint_path)
+    if isinstance(checkpoint_path, LoadedCheckpoint):
+        checkpoint, checkpoint_path = checkpoint_path, checkpoint_path.path
+    else:
+        checkpoint = read_checkpoint(checkpoint_path)
     if checkpoint.model_config is not None:
         own = ModelConfig.from_dict(checkpoint.model_config, source=f"{checkpoint_path} (model_config)")
         if model_config is None:
@@ -395,6 +416,67 @@ def load_model(
     load_converted(model, report)
     log.info("%s (%s layout): %s", checkpoint_path, checkpoint.layout, report.summary())
     return model
+
+
+@dataclasses.dataclass
+class ModelAndTokenizer:
+    model: ALBEF
+    tokenizer: AlbefTokenizer
+
+
+def load_model_and_tokenizer(
+    checkpoint_path: str | Path,
+    model_config: str | Path | None = None,
+    vocab: str | Path | None = None,
+    *,
+    image_res: int | None = None,
+    purpose: str = "eval",
+) -> ModelAndTokenizer:
+    """A checkpoint's model and the tokenizer of its vocabulary, as ``amc evaluate`` and ``amc
+    gradcam`` use them.
+
+    ``model_config`` (a YAML/JSON file) and ``vocab`` (``vocab.txt`` or its folder) override
+    what this project's checkpoints carry; the other layouts (ALBEF.pth, the authors' released
+    checkpoints, exports) carry neither, so both must be given. ``image_res`` replaces the
+    configuration's input resolution.
+    """
+    checkpoint = read_checkpoint(checkpoint_path)
+    if model_config is not None:
+        config = ModelConfig.from_file(model_config)
+    elif checkpoint.model_config is not None:
+        config = ModelConfig.from_dict(checkpoint.model_config, source=f"{checkpoint_path} (model_config)")
+    else:
+        raise AmcError(
+            f"{checkpoint_path}: a checkpoint in the {checkpoint.layout} layout (ALBEF.pth, the authors' "
+            "released checkpoints, an export) carries no model configuration: give one (--model-config, "
+            "e.g. config/models/albef-base.yaml)"
+        )
+    if image_res is not None:
+        config = config.replace(image_res=image_res)
+    if vocab is not None:
+        tokenizer = load_tokenizer(vocab)
+        if checkpoint.vocab is not None and checkpoint.vocab != tokenizer.ids_to_tokens:
+            log.warning(
+                "%s: the vocabulary %s differs from the one saved with the model", checkpoint_path, vocab
+            )
+    elif checkpoint.vocab is not None:
+        tokenizer = AlbefTokenizer(checkpoint.vocab, source=f"{checkpoint_path} (vocab)")
+    else:
+        what = (
+            "an older checkpoint of this project"
+            if checkpoint.layout == "amc-bench"
+            else (f"a checkpoint in the {checkpoint.layout} layout")
+        )
+        raise AmcError(
+            f"{checkpoint_path}: {what} carries no vocabulary: give one (--vocab, the BERT vocab.txt "
+            "the model was trained with)"
+        )
+    if tokenizer.vocab_size != config.text.vocab_size:
+        raise AmcError(
+            f"{tokenizer.source}: {tokenizer.vocab_size} tokens, but the model configuration declares "
+            f"vocab_size {config.text.vocab_size}"
+        )
+    return ModelAndTokenizer(load_model(checkpoint, config, purpose=purpose), tokenizer)
 
 
 def check_same_architecture(stored: ModelConfig, wanted: ModelConfig, source: str) -> None:
@@ -423,7 +505,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # -------------------------------------------------------------------- writing
 def save_checkpoint(path: str | Path, model: ALBEF, /, **extra: Any) -> None:
-    """Write ``{'format', 'model_config', 'model', **extra}`` atomically (the trainer adds its state)."""
+    """Write ``{'format', 'model_config', 'model', **extra}`` atomically (the trainer adds its state
+    and ``vocab``, the tokenizer's tokens, which :attr:`LoadedCheckpoint.vocab` reads back)."""
     reserved = {"format", "model_config", "model"} & set(extra)
     if reserved:
         raise ValueError(f"save_checkpoint: {sorted(reserved)} are reserved names")

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import re
-import tempfile
 from pathlib import Path
 
 from amc.io import AmcError, atomic_write_json
@@ -127,7 +126,8 @@ def qualitative_setup(config: dict) -> tuple[str, str, list[str]]:
 
 
 def make_qualitative(run_dir: Path, config: dict, results) -> list[Path]:
-    """Choose examples where the methods disagree, run ``amc gradcam`` for each method, draw the grid."""
+    """Choose examples where the methods disagree, compute each method's heatmaps of them (one model
+    load per method, amc evaluate's loop and inputs), draw the grid."""
     benchmark, split, methods = qualitative_setup(config)
     spec = config.get("qualitative") or {}
     method_grid = config["grid"]
@@ -140,39 +140,40 @@ def make_qualitative(run_dir: Path, config: dict, results) -> list[Path]:
     reference = (config.get("ablation") or {}).get("reference")
     ids = figures.choose_examples(runs, spec.get("examples", 6), prefer=reference)
     records_path = Path(config["data"]["records_dir"]) / f"{benchmark}-{split}.jsonl"
-    records = {r.id: r for r in load_records(records_path)}
-    image_res = config["benchmarks"][benchmark]["image_res"]
+    by_id = {r.id: r for r in load_records(records_path)}
+    missing = [case_id for case_id in ids if case_id not in by_id]
+    if missing:
+        raise AmcError(f"{records_path}: case {missing[0]!r} of the evaluation is not in the records")
+    records = [by_id[case_id] for case_id in ids]
+    bench = config["benchmarks"][benchmark]
+    heatmaps = {
+        method: figures.method_heatmaps(
+            grid.checkpoint_path(config, method, runs[method].seed, benchmark),
+            records,
+            benchmark=benchmark,
+            image_res=bench["image_res"],
+            resize=bench.get("resize"),
+            # as the evaluate rule passes them: ALBEF.pth and the released checkpoints carry neither
+            model_config=config["model_config"],
+            vocab=config["vocab"],
+        )
+        for method in methods
+    }
     examples = []
-    with tempfile.TemporaryDirectory(prefix="amc-qualitative-") as tmp:
-        for number, case_id in enumerate(ids):
-            record = records.get(case_id)
-            if record is None:
-                raise AmcError(f"{records_path}: case {case_id!r} of the evaluation is not in the records")
-            example = {
-                "id": case_id,
+    for record in records:
+        points = {}
+        for method in methods:
+            case = runs[method].cases.set_index("id").loc[record.id]
+            points[method] = (tuple(case["point"]), bool(case["hit"]))
+        examples.append(
+            {
+                "id": record.id,
                 "image": record.image,
                 "phrase": record.phrase,
                 "boxes": record.boxes,
-                "heatmaps": {},
-                "points": {},
+                "heatmaps": {method: heatmaps[method].get(record.id) for method in methods},
+                "points": points,
             }
-            for method in methods:
-                run = runs[method]
-                checkpoint = grid.checkpoint_path(config, method, run.seed, benchmark)
-                example["heatmaps"][method] = figures.run_gradcam(
-                    model_config=config["model_config"],
-                    checkpoint=checkpoint,
-                    vocab=config["vocab"],
-                    image=record.image,
-                    text=record.phrase,
-                    benchmark=benchmark,
-                    image_res=image_res,
-                    resize=config["benchmarks"][benchmark].get("resize"),
-                    out=Path(tmp) / f"{number}-{method}.npy",
-                )
-                case = run.cases.set_index("id").loc[case_id]
-                point = case["point"]
-                example["points"][method] = (tuple(point), bool(case["hit"])) if point is not None else None
-            examples.append(example)
+        )
     labels = [(m, method_grid.get(m, {}).get("label", m)) for m in methods]
     return figures.qualitative_grid(examples, labels, run_dir / "figures" / "qualitative")

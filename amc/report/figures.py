@@ -10,22 +10,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # in a notebook its inline backend stays, so plt.show() draws
+    matplotlib.use("Agg")  # files only, also on machines without a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from amc.io import AmcError, atomic_write_bytes, read_jsonl  # noqa: E402
+from amc.io import atomic_write_bytes, read_jsonl  # noqa: E402
+from amc.records import Record  # noqa: E402
 from amc.report.tables import EvalRun  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -225,41 +225,37 @@ def choose_examples(runs: dict[str, EvalRun], count: int, prefer: str | None = N
     return sorted(ids, key=key)[:count]
 
 
-def run_gradcam(
-    *,
-    model_config: str,
+def method_heatmaps(
     checkpoint: str,
-    vocab: str,
-    image: str,
-    text: str,
+    records: list[Record],
+    *,
     benchmark: str,
-    image_res: int | None,
-    out: Path,
+    image_res: int,
     resize: str | None = None,
-) -> np.ndarray:
-    """One heatmap through ``amc gradcam`` (the documented CLI), with ``benchmark``'s image
-    transform and text handling as ``amc evaluate`` uses them (``resize`` overrides); returns the [h, w] map."""
-    device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() not in ("", "-1") else "cpu"
-    cmd = [
-        sys.executable, "-m", "amc", "gradcam",
-        "--model-config", model_config, "--checkpoint", checkpoint, "--vocab", vocab,
-        "--image", image, "--text", text, "--benchmark", benchmark, "--output", str(out), "--device", device,
-    ]  # fmt: skip
-    if image_res:
-        cmd += ["--image-res", str(image_res)]
-    if resize:
-        cmd += ["--resize", resize]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise AmcError(f"amc gradcam failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
-    return np.load(out)
+    model_config: str | None = None,
+    vocab: str | None = None,
+) -> dict[str, np.ndarray]:
+    """The grid-resolution GradCAM map of each record (by id), in this process: the model loads once
+    and the maps come from ``amc evaluate``'s own loop with ``benchmark``'s inputs
+    (:class:`amc.evaluate.EvalInputs`; ``resize`` overrides), so they are the maps it scored."""
+    import torch
 
+    from amc.evaluate import EvalInputs, evaluate
+    from amc.models.checkpoint import load_model_and_tokenizer
 
-def _upsample(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
-    from PIL import Image
-
-    image = Image.fromarray(heatmap.astype(np.float32), mode="F")
-    return np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bundle = load_model_and_tokenizer(checkpoint, model_config, vocab, image_res=image_res)
+    heatmaps: dict[str, np.ndarray] = {}
+    evaluate(
+        bundle.model.to(device),
+        bundle.tokenizer,
+        records,
+        inputs=EvalInputs.for_benchmark(benchmark, image_res, resize=resize),
+        device=device,
+        num_workers=0,
+        on_heatmap=lambda record, heatmap: heatmaps.__setitem__(record.id, heatmap.numpy()),
+    )
+    return heatmaps
 
 
 def qualitative_grid(examples: list[dict], methods: list[tuple[str, str]], stem: str | Path) -> list[Path]:
@@ -268,7 +264,10 @@ def qualitative_grid(examples: list[dict], methods: list[tuple[str, str]], stem:
     ``examples``: dicts with image, phrase, boxes, width, height and per method
     ``heatmaps[method]`` (array or None) and ``points[method]`` ((x, y), hit).
     """
+    import torch
     from PIL import Image
+
+    from amc.metrics import upsample_heatmap
 
     sns.set_theme(style="white", context="paper")
     if not examples:
@@ -297,9 +296,8 @@ def qualitative_grid(examples: list[dict], methods: list[tuple[str, str]], stem:
             method, label = methods[c - 1]
             heatmap = example["heatmaps"].get(method)
             if heatmap is not None:
-                ax.imshow(
-                    _upsample(heatmap, width, height), cmap="jet", alpha=0.45, extent=(0, width, height, 0)
-                )
+                full = upsample_heatmap(torch.as_tensor(heatmap), height, width).numpy()  # as evaluated
+                ax.imshow(full, cmap="jet", alpha=0.45, extent=(0, width, height, 0))
             point = example["points"].get(method)
             if point is not None:
                 (x, y), hit = point

@@ -3,7 +3,7 @@
 Used by the Snakemake workflow (``workflow/rules/common.smk``) to know which
 jobs exist, and by ``amc report`` and the notebook to know what the jobs were.
 The configuration (``config/*.yaml``, validated against
-``workflow/schemas/config.schema.yaml``) declares
+``amc/resources/config.schema.yaml``) declares
 
 * ``methods``: name -> {label, kind: none|finetune|released, objectives, optim, data, overrides,
   seeds, checkpoints};
@@ -27,12 +27,14 @@ from typing import Any
 
 import yaml
 
+from amc import resources
 from amc.selection import best_checkpoint_name
 
 PLACEHOLDERS = ("run", "raw_dir", "records_dir")
 # Kinds evaluated as they are: no training, no seeds (one evaluation, under the first seed).
 UNTRAINED_KINDS = ("none", "released")
-DEFAULT_MANIFEST = "workflow/resources/manifest.yaml"
+# data.manifest of a real-data run that names none: the manifest shipped with the package
+DEFAULT_MANIFEST = str(resources.resource(resources.MANIFEST))
 
 
 class GridError(ValueError):
@@ -466,24 +468,18 @@ def resolved_config(config: dict) -> dict:
     return config
 
 
-SCHEMA_PATH = "workflow/schemas/config.schema.yaml"
+def config_schema() -> dict:
+    """The workflow configuration's JSON Schema (``amc/resources/config.schema.yaml``, package data)."""
+    return yaml.safe_load(resources.resource(resources.CONFIG_SCHEMA).read_text(encoding="utf-8"))
 
 
-def _schema_path() -> Path:
-    """The schema of the checkout this package runs from (editable install), else under the cwd."""
-    beside = Path(__file__).resolve().parents[2] / SCHEMA_PATH
-    return beside if beside.is_file() else Path(SCHEMA_PATH)
-
-
-def validate_config(config: dict, schema_path: str | Path | None = None) -> dict:
-    """Validate a workflow configuration and fill in defaults, as Snakemake's ``validate`` does."""
+def validate_config(config: dict) -> dict:
+    """A copy of a workflow configuration, validated against :func:`config_schema`, with the defaults
+    filled in (as Snakemake's ``validate`` does); a :class:`GridError` naming the key otherwise."""
     import jsonschema
     from jsonschema import Draft202012Validator, validators
 
-    schema_path = schema_path or _schema_path()
-
-    with open(schema_path, encoding="utf-8") as handle:
-        schema = yaml.safe_load(handle)
+    schema = config_schema()
     validate_properties = Draft202012Validator.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +30,9 @@ import numpy as np
 import pandas as pd
 
 from amc import stats
-from amc.io import DataError, atomic_write_text, read_json
+from amc.io import DataError, atomic_write_text
 from amc.report.grid import UNTRAINED_KINDS
+from amc.result_format import read_result
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +58,10 @@ class EvalRun:
     cases: pd.DataFrame  # id, hit, miss, category, point
 
 
-def read_result(path: Path) -> tuple[dict, pd.DataFrame]:
-    """The summary and the cases (id, hit, miss, category, point, energy) of a result file."""
-    data = read_json(path)
-    if not isinstance(data, dict) or "summary" not in data or "cases" not in data:
-        raise DataError(f"{path}: not an evaluation result (needs 'summary' and 'cases')")
+def read_cases(path: Path) -> tuple[dict, pd.DataFrame]:
+    """The summary and the cases (id, hit, miss, category, point, energy) of a result file,
+    validated against its schema (amc/resources/result.schema.json)."""
+    data = read_result(path)
     summary = data["summary"]
     cases = pd.DataFrame(data["cases"])
     if cases.empty:
@@ -67,8 +69,6 @@ def read_result(path: Path) -> tuple[dict, pd.DataFrame]:
     for column in ("miss", "category", "point", "energy"):
         if column not in cases:
             cases[column] = None
-    if "id" not in cases or "hit" not in cases:
-        raise DataError(f"{path}: cases need 'id' and 'hit'")
     cases["id"] = cases["id"].astype(str)
     cases["hit"] = cases["hit"].astype(bool)
     if cases["id"].duplicated().any():
@@ -78,7 +78,7 @@ def read_result(path: Path) -> tuple[dict, pd.DataFrame]:
 
 def load_eval(path: str | Path) -> EvalRun:
     path = Path(path)
-    summary, cases = read_result(path)
+    summary, cases = read_cases(path)
     # The path is authoritative (results/<run>/eval/<method>/seed<k>/<benchmark>-<split>.json).
     method = path.parent.parent.name
     seed = int(path.parent.name.removeprefix("seed"))
@@ -190,33 +190,74 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tex_escape(text: str) -> str:
-    replacements = {
-        "&": r"\&",
-        "%": r"\%",
-        "_": r"\_",
-        "#": r"\#",
-        "Δ": r"$\Delta$",
-        "–": "--",
-        "±": r"$\pm$",
-    }
-    for old, new in replacements.items():
-        text = text.replace(old, new)
-    return text
+# LaTeX's special characters, then the non-ASCII ones the tables use: the .tex files are plain
+# ASCII, so pdflatex compiles them with any input encoding and no package beyond the kernel.
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": "$<$",  # in text mode the OT1 font prints < as an inverted exclamation mark
+    ">": "$>$",
+    "|": "$|$",
+}
+_TEX_UNICODE = {
+    "Δ": r"$\Delta$",
+    "−": "$-$",  # U+2212, the minus sign
+    "–": "--",
+    "—": "---",
+    "±": r"$\pm$",
+    "×": r"$\times$",
+    "≤": r"$\leq$",
+    "≥": r"$\geq$",
+    "’": "'",
+    "“": "``",
+    "”": "''",
+}
+
+
+def tex_escape(text: str) -> str:
+    """Text as LaTeX source: specials escaped, `code` as \\texttt, the tables' Unicode symbols as
+    ASCII commands; any other non-ASCII character becomes its closest ASCII letters (é -> e)."""
+    parts = text.split("`")
+    out = []
+    for number, part in enumerate(parts):
+        escaped = "".join(_TEX_SPECIAL.get(char) or _TEX_UNICODE.get(char) or char for char in part)
+        if not escaped.isascii():
+            escaped = unicodedata.normalize("NFKD", escaped).encode("ascii", "ignore").decode("ascii")
+        # odd parts sat between backticks (an unpaired last backtick is kept as text)
+        if number % 2 and number < len(parts) - 1:
+            escaped = rf"\texttt{{{escaped}}}"
+        elif number % 2:
+            escaped = "`" + escaped
+        out.append(escaped)
+    return "".join(out)
+
+
+def _tex_cell(text: str) -> str:
+    cell = re.sub(r"(?<![\w.])-(?=\d)", "$-$", tex_escape(text))  # a negative number's minus, not a hyphen
+    return "{}" + cell if cell.startswith("[") else cell  # after \\ a [ would be read as a row skip
 
 
 def latex_table(header: list[str], rows: list[list[str]], caption: str, label: str) -> str:
+    """A ``table`` float with a plain ``tabular`` (\\hline rules): compiles with pdflatex and no package."""
     lines = [
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
         r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
-        r"\toprule",
-        " & ".join(_tex_escape(h) for h in header) + r" \\",
-        r"\midrule",
+        r"\hline",
+        " & ".join(_tex_cell(h) for h in header) + r" \\",
+        r"\hline",
     ]
-    lines += [" & ".join(_tex_escape(c) for c in row) + r" \\" for row in rows]
-    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex_escape(caption)}}}", rf"\label{{{label}}}"]
+    lines += [" & ".join(_tex_cell(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\hline", r"\end{tabular}", rf"\caption{{{tex_escape(caption)}}}", rf"\label{{{label}}}"]
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
@@ -493,7 +534,7 @@ def load_explainer_evals(run_dir: str | Path) -> dict[tuple[str, str, str, str],
     results: dict[tuple[str, str, str, str], dict[int, EvalRun]] = {}
     for path in sorted(Path(run_dir).glob(f"{EXPLAINER_EVAL_DIR}/*/seed*/*.json")):
         method, seed, benchmark, split, slug = parse_explainer_eval_path(path)
-        summary, cases = read_result(path)
+        summary, cases = read_cases(path)
         run = EvalRun(method, seed, benchmark, split, path, summary, cases)
         results.setdefault((method, benchmark, split, slug), {})[seed] = run
     return results

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write(f"  Report:    {report}\n")
     else:
         out.write(
-            f"  Report:    {report}  (make it with: snakemake --configfile {args.config} --report {report})\n"
+            f"  Report:    {report}  (not made yet: snakemake all --configfile {args.config} writes it)\n"
         )
     out.write("  Notebook:  jupyter lab notebooks/analysis.ipynb  (set RUN at its top)\n")
     return 0

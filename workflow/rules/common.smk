@@ -1,33 +1,29 @@
 # Configuration, the method grid, and the small helpers the rules use for inputs and params.
 #
-# The configuration is validated against workflow/schemas/config.schema.yaml (defaults
-# filled in), then its paths are resolved ({run}, {raw_dir}, {records_dir}) and the grid
-# is expanded by amc.report.grid, the same code `amc report` and the notebook use.
+# The configuration is validated against the package's amc/resources/config.schema.yaml
+# (defaults filled in), then its paths are resolved ({run}, {raw_dir}, {records_dir}) and the
+# grid is expanded by amc.report.grid, the same code `amc report` and the notebook use.
 
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from amc.report import grid as amc_grid
 
-SCHEMA = "../schemas/config.schema.yaml"
 
-
-# First our own pass over the schema, for a one-line error that says where and what
-# (e.g. "config.data: Additional properties are not allowed ('scal' was unexpected)"),
-# then Snakemake's validate(), which fills in the defaults.
+# Validated with the defaults filled in, in place; the error is one line that says where and
+# what (e.g. "config.data: Additional properties are not allowed ('scal' was unexpected)").
 try:
-    amc_grid.validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+    config.update(amc_grid.validate_config(config))
 except amc_grid.GridError as error:
     raise WorkflowError(
-        f"Invalid workflow configuration (see workflow/schemas/config.schema.yaml): {error}"
+        f"Invalid workflow configuration (see amc/resources/config.schema.yaml): {error}"
     ) from None
-validate(config, SCHEMA)
 config.update(amc_grid.resolve_paths(config))
 try:
     amc_grid.check_grid(config)

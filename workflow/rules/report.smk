@@ -1,6 +1,7 @@
 # Reports: Table 1 against the paper, the ablation table, figures (PNG + PDF), all
-# regenerated from results/<run>/ by `amc report`. Outputs marked report(...) appear
-# in `snakemake --report results/<run>/report.html`.
+# regenerated from results/<run>/ by `amc report`. Outputs marked report(...) appear in the
+# HTML report, which `all` writes as results/<run>/report.html and `released` as
+# results/<run>/released.html (rule html_report).
 #
 # run_config writes results/<run>/workflow-config.json: the validated configuration
 # with defaults, resolved paths and the expanded grid. The report commands and the
@@ -124,10 +125,45 @@ rule figures:
         "amc report figures --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"
 
 
+# The HTML report is Snakemake's own (`snakemake --report`): it needs the finished jobs' records
+# under .snakemake/, so this rule runs it as a second Snakemake process on the same Snakefile and
+# configuration (written to a file: the --configfile of the command line and any --config), for
+# the target that holds the reported outputs (all_results, released_results in the Snakefile).
+# --nolock: the running workflow holds the lock, and the report only reads.
+HTML_REPORTS = {"report": "all_results", "released": "released_results"}
+
+
+rule html_report:
+    """The HTML report of `all` (report.html) or of `released` (released.html): tables, figures, provenance."""
+    input:
+        lambda wc: all_outputs() if wc.report == "report" else released_outputs(),
+    output:
+        f"{RESULTS}/{{report}}.html",
+    log:
+        f"{LOGS}/report/{{report}}-html.log",
+    wildcard_constraints:
+        report="|".join(HTML_REPORTS),
+    localrule: True
+    params:
+        snakemake=f"{sys.executable} -m snakemake",
+        snakefile=workflow.main_snakefile,
+        config=lambda wc: json.dumps(config, sort_keys=True),
+        configfile=lambda wc: f"{LOGS}/report/{wc.report}-html.config.json",
+        target=lambda wc: HTML_REPORTS[wc.report],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "amc report config --json {params.config:q} --out {params.configfile:q} > {log:q} 2>&1"
+        " && {params.snakemake} --snakefile {params.snakefile:q} --configfile {params.configfile:q}"
+        " --nolock --cores 1 --report {output:q} {params.target} >> {log:q} 2>&1"
+
+
 if QUALITATIVE["enabled"]:
 
     rule qualitative:
-        """Image, phrase, ground-truth box, heatmap and point of each method side by side (amc gradcam)."""
+        """Image, phrase, ground-truth box, heatmap and point of each method side by side (heatmaps as amc evaluate computes them)."""
         input:
             config=REPORT_CONFIG,
             evals=all_evals(QUALITATIVE_METHODS, [QUALITATIVE_SPLIT]),
