@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from test_report import result_document
 
 from amc.cli import main as amc_main
 from amc.report import grid, tables
@@ -61,10 +62,10 @@ def fabricate_explainer_results(run_dir: Path, config: dict) -> None:
              "category": None, "energy": energy}
             for i, (hit, energy) in enumerate(cases)
         ]  # fmt: skip
-        summary = {"benchmark": "flickr30k", "split": "test", "method": method, "seed": seed,
-                   "explainer": EXPLAINERS[slug], "model_config": {"gradcam_layer": 1}}  # fmt: skip
+        document = result_document("flickr30k", "test", method, seed, rows)
+        document["summary"].update(explainer=EXPLAINERS[slug], model_config={"gradcam_layer": 1})
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"summary": summary, "cases": rows}))
+        path.write_text(json.dumps(document))
 
 
 @pytest.fixture()
