@@ -140,7 +140,11 @@ def test_paper_runs_select_the_best_epoch_per_benchmark():
     train = next(line for line in text.splitlines() if "amc train" in line and "method.name=amc " in line)
     assert '"name": "flickr30k", "records": "data/records/flickr30k-val.jsonl", "image_res": 256' in train
     assert '"name": "refcoco+", "records": "data/records/refcoco+-val.jsonl", "image_res": 384' in train
-    evaluate = next(line for line in text.splitlines() if "amc evaluate" in line and "/amc/seed0/" in line)
+    evaluate = next(
+        line
+        for line in text.splitlines()
+        if "amc evaluate" in line and "/amc/seed0/" in line and "--explainer" not in line
+    )
     folder = "results/reproduction/checkpoints/amc/seed0"
     checkpoints = evaluate.split("--checkpoint ", 1)[1].split(" --", 1)[0].split()
     assert (
@@ -442,7 +446,7 @@ def test_html_report_and_notebook_render_in_chromium(ci_run):
     report = open_page(chromium, run / "report.html", run / "screenshots/report.png", embedded=True)
     assert report.errors == []
     embedded = {image["src"].rsplit("filename=", 1)[-1]: image["width"] for image in report.images}
-    figures = ("ablation_delta", "training_curves", "error_decomposition", "qualitative")
+    figures = ("ablation_delta", "training_curves", "error_decomposition", "qualitative", "explainer_layers")
     assert all(embedded.get(f"{name}.png", 0) > 0 for name in figures), embedded
     assert all(image["width"] > 0 for image in report.images)
     assert "The AMC benchmark workflow (run ci)" in report.text
@@ -451,8 +455,9 @@ def test_html_report_and_notebook_render_in_chromium(ci_run):
     notebook = open_page(chromium, page, run / "screenshots/notebook.png")
     assert notebook.errors == []
     # Table 1's plot, the forest plot, 3 per-category heatmaps (plt.show), the error decomposition,
-    # the training curves and the workflow's qualitative figure (display(Image)); no sweep in ci
-    assert len(notebook.images) == 8 and all(image["width"] > 0 for image in notebook.images)
+    # the training curves, the workflow's qualitative figure (display(Image)) and the explainer
+    # ablation's accuracy against the fusion layer; no sweep in ci
+    assert len(notebook.images) == 9 and all(image["width"] > 0 for image in notebook.images)
     assert "Table 1 against the paper" in notebook.text
     for shot in (report.screenshot, notebook.screenshot):
         assert shot.stat().st_size > 10_000
