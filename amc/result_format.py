@@ -30,6 +30,8 @@ class CaseResult:
     miss: str | None
     category: str | None = None
     box_hit: bool | None = None
+    # share of the map's positive mass inside the union of the boxes; None: the map has none
+    energy: float | None = None
 
 
 @dataclass

@@ -97,7 +97,7 @@ def test_evaluate_never_writes_over_its_input(tmp_path, ci_data, checkpoint, cap
     records.write_bytes(Path(ci_data.flickr_test).read_bytes())
     before = records.read_bytes()
     assert evaluate(records, checkpoint, ci_data.vocab, records) == 2
-    assert "--out (test) " in caplog.text and "is also --records (test)" in caplog.text
+    assert "--out (flickr30k test) " in caplog.text and "is also --records (flickr30k test)" in caplog.text
     assert records.read_bytes() == before
     assert evaluate(records, checkpoint, ci_data.vocab, checkpoint) == 2
     assert "is also --checkpoint" in caplog.text

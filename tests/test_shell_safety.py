@@ -228,7 +228,7 @@ def test_hostile_values_are_refused_or_quoted(tmp_path, name):
     output = dry_run(workdir, configfile)
     commands = shell_commands(output)
     assert len(commands) > 20
-    reached = set()
+    reached, reached_rules = set(), set()
     for rule, command in commands:
         assert unquoted_syntax(command) == [], (rule, command)
         words = shlex.split(command)
@@ -238,6 +238,8 @@ def test_hostile_values_are_refused_or_quoted(tmp_path, name):
             assert all(text in w or json.dumps(text)[1:-1] in w for w in carriers), (rule, text, carriers)
             if carriers:
                 reached.add(rule.split("_")[0])
+                reached_rules.add(rule)
     # The hostile values did reach the commands of every stage (the check above is not vacuous).
     stages = {"prepare", "train", "evaluate", "run"} | ({"download"} if name == "config.yaml" else set())
     assert stages <= reached, reached
+    assert {"evaluate", "evaluate_explainers", "html_report"} <= reached_rules, reached_rules
