@@ -101,6 +101,18 @@ def test_evaluate_never_writes_over_its_input(tmp_path, ci_data, checkpoint, cap
     assert records.read_bytes() == before
     assert evaluate(records, checkpoint, ci_data.vocab, checkpoint) == 2
     assert "is also --checkpoint" in caplog.text
+    # With several explainers the files are named once the explainers resolve: checked then, still first.
+    named = copy_records(Path(ci_data.flickr_test), tmp_path, "r-rollout.json")
+    before = named.read_bytes()
+    template = tmp_path / "r-{explainer}.json"
+    assert (
+        evaluate(
+            named, checkpoint, ci_data.vocab, template, "--explainer", "rollout", "--explainer", "attention"
+        )
+        == 2
+    )
+    assert "--out (flickr30k test, rollout)" in caplog.text and named.read_bytes() == before
+    assert not (tmp_path / "r-attention-layer1.json").exists()
 
 
 def test_an_output_under_a_file_is_refused_first(tmp_path, ci_data, checkpoint, caplog, monkeypatch):  # noqa: F811
