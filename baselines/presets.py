@@ -51,6 +51,7 @@ METHODS: dict[str, dict[str, Any]] = {
             **copy.deepcopy(ALBEF_OBJECTIVES),
             # Defaults of baselines/vmrm_style.py written out, so the resolved config shows them.
             "vmrm_contrastive": {
+                "class": "baselines.vmrm_style:VmrmContrastive",
                 "weight": 1.0,
                 "temperature": 0.07,
                 "target": "topk",
@@ -59,6 +60,7 @@ METHODS: dict[str, dict[str, Any]] = {
                 "token_source": "fused",
             },
             "vmrm_consistency": {
+                "class": "baselines.vmrm_style:VmrmConsistency",
                 "weight": 1.0,
                 "temperature": 0.07,
                 "target_temperature": None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,9 @@ class StepContext:
         self.alpha = alpha
         self.generator = generator  # hard-negative sampling and MLM masking, reproducible per step
         self.needs_gradcam = needs_gradcam
+        self._momentum: Momentum | None = None  # computed by the first objective that asks
+        # Per-step values that objectives outside amc share (e.g. a baseline's maps), by key.
+        self.shared: dict[str, Any] = {}
 
     @cached_property
     def image_embeds(self) -> torch.Tensor:
@@ -80,23 +84,26 @@ class StepContext:
     def text_feat(self) -> torch.Tensor:
         return self.model.text_feat(self.text_embeds)
 
-    @cached_property
+    @property
     def momentum(self) -> Momentum:
-        with torch.no_grad():
-            image_embeds_m = self.model.encode_image_m(self.batch.image)
-            text_embeds_m = self.model.encode_text(
-                self.batch.input_ids, self.batch.attention_mask, momentum=True
-            )
-            return Momentum(
-                image_embeds=image_embeds_m,
-                image_feat=self.model.image_feat(image_embeds_m, momentum=True),
-                text_feat=self.model.text_feat(text_embeds_m, momentum=True),
-            )
+        """The momentum encoders' outputs, computed once, on first use (no gradient)."""
+        if self._momentum is None:
+            with torch.no_grad():
+                image_embeds_m = self.model.encode_image_m(self.batch.image)
+                text_embeds_m = self.model.encode_text(
+                    self.batch.input_ids, self.batch.attention_mask, momentum=True
+                )
+                self._momentum = Momentum(
+                    image_embeds=image_embeds_m,
+                    image_feat=self.model.image_feat(image_embeds_m, momentum=True),
+                    text_feat=self.model.text_feat(text_embeds_m, momentum=True),
+                )
+        return self._momentum
 
     @property
     def momentum_used(self) -> bool:
         """Whether an objective ran the momentum encoders (the trainer then enqueues their features)."""
-        return "momentum" in self.__dict__  # where cached_property keeps a computed value
+        return self._momentum is not None
 
     def clamp_temperature(self) -> None:
         """As released: the learnable temperature is clamped to [0.001, 0.5] before it is used."""
