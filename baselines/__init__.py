@@ -15,6 +15,3 @@ themselves are configurations (the ``methods`` of ``config/config.yaml``, docs/b
 """
 
 from baselines import vmrm_style  # noqa: F401  (registers vmrm_contrastive, vmrm_consistency)
-from baselines.presets import METHODS, method_preset, train_overrides
-
-__all__ = ["METHODS", "method_preset", "train_overrides"]
