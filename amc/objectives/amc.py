@@ -6,7 +6,7 @@ import torch
 
 from amc.gradcam import gradcam_train
 from amc.io import AmcError
-from amc.losses import amc_loss
+from amc.losses import DELTA_MAX, DELTA_MEAN, PER_SAMPLE_MEAN, WEIGHT_MAX, WEIGHT_MEAN, amc_loss
 from amc.objectives.context import StepContext
 from amc.objectives.registry import Objective, ObjectiveOutput, register_objective
 
@@ -21,11 +21,11 @@ class AttentionMapConsistency(Objective):
     def __init__(
         self,
         weight: float = 1.0,
-        delta_mean: float = 0.1,
-        delta_max: float = 0.5,
-        weight_mean: float = 0.2,
-        weight_max: float = 0.8,
-        per_sample_mean: bool = False,
+        delta_mean: float = DELTA_MEAN,
+        delta_max: float = DELTA_MAX,
+        weight_mean: float = WEIGHT_MEAN,
+        weight_max: float = WEIGHT_MAX,
+        per_sample_mean: bool = PER_SAMPLE_MEAN,
     ):
         super().__init__(weight)
         self.params = dict(
