@@ -12,6 +12,11 @@ Fast by design: each image is encoded once, under ``torch.no_grad``, for all of
 its phrases; the backward pass that makes GradCAM runs through the fusion layers
 only; a batch of phrases mixes phrases of several images (``image_index`` maps
 each phrase to its image).
+
+Every case also records the energy in its boxes (:func:`amc.metrics.energy_in_boxes`).
+With ``--explainer`` (repeatable) the same protocol scores other maps of the model
+(:mod:`amc.explainers`): one result per explainer and split, all from one pass over the
+images and, for the gradient explainers, one backward pass per batch.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import datetime
 import logging
 import subprocess
 from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +33,9 @@ import torch
 
 from amc.data.images import ImageChecker, load_image
 from amc.data.transforms import EVAL_RESIZES, EvalTransform
+from amc.explainers import GRADCAM, Explainer, explain, parse_explainers
 from amc.io import AmcError, DataError, atomic_write_json, sha256_file
-from amc.metrics import argmax_point, box_hit, classify_miss, upsample_heatmap
+from amc.metrics import argmax_point, box_hit, classify_miss, energy_in_boxes, upsample_heatmap
 from amc.records import Record, load_records, read_prepare_report
 from amc.result_format import RESULT_FORMAT, read_result
 
@@ -112,6 +119,8 @@ class CaseResult:
     miss: str | None
     category: str | None = None
     box_hit: bool | None = None
+    # share of the map's positive mass inside the union of the boxes; None: the map has none
+    energy: float | None = None
 
 
 @dataclass
@@ -170,27 +179,34 @@ def _encode_images(model, images: torch.Tensor) -> torch.Tensor:
     return model.encode_image(images).detach()
 
 
-def evaluate(
+@dataclass
+class _PhraseBatch:
+    """Phrases of several images with their images' embeddings, ready for a map function."""
+
+    records: list[Record]
+    image_embeds: torch.Tensor  # one row per image of the batch
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    image_index: torch.Tensor  # each phrase's row of image_embeds
+
+
+def _phrase_batches(
     model,
     tokenizer,
     records: list[Record],
     *,
     inputs: EvalInputs,
     device: torch.device,
-    images_per_batch: int = 16,
-    phrases_per_batch: int = 64,
-    num_workers: int = 2,
-    proposals: dict[str, list] | None = None,
-    on_heatmap=None,
-) -> tuple[list[CaseResult], Counter]:
-    """Evaluate ``records`` with ``inputs`` (the benchmark's image transform and text handling);
-    returns the per-case results and the skipped counts by reason.
+    images_per_batch: int,
+    phrases_per_batch: int,
+    num_workers: int,
+    skipped: Counter,
+) -> Iterator[_PhraseBatch]:
+    """Every record in batches of phrases; each image is loaded and encoded once for all its phrases.
 
-    ``on_heatmap(record, heatmap)`` is called with each grid-resolution map (for figures).
+    A phrase empty after clean-up is counted in ``skipped`` and left out.
     """
     from tqdm import tqdm
-
-    from amc.gradcam import gradcam_eval
 
     if inputs.image_res != model.config.image_res:
         raise AmcError(
@@ -207,8 +223,6 @@ def evaluate(
         pin_memory=device.type == "cuda",
     )
     model.eval()
-    cases: list[CaseResult] = []
-    skipped: Counter = Counter()
     progress = tqdm(total=len(records), desc="evaluate", unit="case", mininterval=5.0)
     for batch_number, images in enumerate(loader):
         batch_paths = paths[batch_number * images_per_batch : (batch_number + 1) * images_per_batch]
@@ -227,24 +241,111 @@ def evaluate(
                 if not chunk:
                     continue
             tokens = inputs.tokens(tokenizer, texts, model.config.text.max_position_embeddings)
-            image_index = torch.tensor([i for i, _ in chunk], device=device)
-            heatmaps = (
-                gradcam_eval(
-                    model,
-                    image_embeds,
-                    tokens.input_ids.to(device),
-                    tokens.attention_mask.to(device),
-                    image_index=image_index,
-                )
-                .float()
-                .cpu()
+            yield _PhraseBatch(
+                records=[r for _, r in chunk],
+                image_embeds=image_embeds,
+                input_ids=tokens.input_ids.to(device),
+                attention_mask=tokens.attention_mask.to(device),
+                image_index=torch.tensor([i for i, _ in chunk], device=device),
             )
-            for (_, record), heatmap in zip(chunk, heatmaps, strict=True):
-                cases.append(_score(record, heatmap, proposals))
-                if on_heatmap is not None:
-                    on_heatmap(record, heatmap)
             progress.update(len(chunk))
     progress.close()
+
+
+def evaluate(
+    model,
+    tokenizer,
+    records: list[Record],
+    *,
+    inputs: EvalInputs,
+    device: torch.device,
+    images_per_batch: int = 16,
+    phrases_per_batch: int = 64,
+    num_workers: int = 2,
+    proposals: dict[str, list] | None = None,
+    on_heatmap=None,
+) -> tuple[list[CaseResult], Counter]:
+    """Evaluate ``records`` with ``inputs`` (the benchmark's image transform and text handling);
+    returns the per-case results and the skipped counts by reason.
+
+    The paper's map: GradCAM at the model's ``gradcam_layer`` (:func:`amc.gradcam.gradcam_eval`).
+    ``on_heatmap(record, heatmap)`` is called with each grid-resolution map (for figures).
+    """
+    from amc.gradcam import gradcam_eval
+
+    cases: list[CaseResult] = []
+    skipped: Counter = Counter()
+    batches = _phrase_batches(
+        model,
+        tokenizer,
+        records,
+        inputs=inputs,
+        device=device,
+        images_per_batch=images_per_batch,
+        phrases_per_batch=phrases_per_batch,
+        num_workers=num_workers,
+        skipped=skipped,
+    )
+    for batch in batches:
+        heatmaps = (
+            gradcam_eval(
+                model,
+                batch.image_embeds,
+                batch.input_ids,
+                batch.attention_mask,
+                image_index=batch.image_index,
+            )
+            .float()
+            .cpu()
+        )
+        for record, heatmap in zip(batch.records, heatmaps, strict=True):
+            cases.append(_score(record, heatmap, proposals))
+            if on_heatmap is not None:
+                on_heatmap(record, heatmap)
+    return cases, skipped
+
+
+def evaluate_explainers(
+    model,
+    tokenizer,
+    records: list[Record],
+    explainers: Sequence[Explainer],
+    *,
+    inputs: EvalInputs,
+    device: torch.device,
+    images_per_batch: int = 16,
+    phrases_per_batch: int = 64,
+    num_workers: int = 2,
+    proposals: dict[str, list] | None = None,
+) -> tuple[dict[Explainer, list[CaseResult]], Counter]:
+    """As :func:`evaluate`, for several explainers (:class:`amc.explainers.Explainer`, resolved) at once:
+    the images are encoded once and each batch of phrases makes every explainer's maps in one fusion
+    pass (:func:`amc.explainers.explain`). Returns {explainer: per-case results} and the skipped counts."""
+    cases: dict[Explainer, list[CaseResult]] = {explainer: [] for explainer in explainers}
+    skipped: Counter = Counter()
+    batches = _phrase_batches(
+        model,
+        tokenizer,
+        records,
+        inputs=inputs,
+        device=device,
+        images_per_batch=images_per_batch,
+        phrases_per_batch=phrases_per_batch,
+        num_workers=num_workers,
+        skipped=skipped,
+    )
+    for batch in batches:
+        maps = explain(
+            model,
+            batch.image_embeds,
+            batch.input_ids,
+            batch.attention_mask,
+            explainers,
+            image_index=batch.image_index,
+        )
+        for explainer, heatmaps in maps.items():
+            for record, heatmap in zip(batch.records, heatmaps.float().cpu(), strict=True):
+                cases[explainer].append(_score(record, heatmap, proposals))
     return cases, skipped
 
 
@@ -252,8 +353,14 @@ def _score(record: Record, heatmap: torch.Tensor, proposals: dict[str, list] | N
     upsampled = upsample_heatmap(heatmap, record.height, record.width)
     point = argmax_point(upsampled)
     miss = classify_miss(point, record.boxes, record.other_boxes)
+    energy = energy_in_boxes(upsampled, record.boxes)
     result = CaseResult(
-        id=record.id, point=list(point), hit=miss is None, miss=miss, category=record.category
+        id=record.id,
+        point=list(point),
+        hit=miss is None,
+        miss=miss,
+        category=record.category,
+        energy=None if energy is None else round(energy, 6),
     )
     if proposals:
         image_proposals = proposals.get(str(record.image_id), [])
@@ -323,6 +430,17 @@ def configure_parser(parser) -> None:
     parser.add_argument("--max-words", type=int, help="words kept by pre_caption (default: per benchmark)")
     parser.add_argument("--method", default=None, help="method name recorded in the summary")
     parser.add_argument("--seed", type=int, default=None, help="training seed recorded in the summary")
+    parser.add_argument(
+        "--explainer",
+        action="append",
+        metavar="NAME[:layer=K]",
+        help="score this map instead of the paper's GradCAM (repeatable; all in one pass): gradcam, "
+        "attention (raw cross-attention, no gradient), gradcam-mean (GradCAM averaged over the fusion "
+        "layers), rollout (attention rollout through the fusion layers); gradcam and attention take "
+        "layer=K, a fusion layer (default: the model config's gradcam_layer). One result per explainer "
+        "and split: with several, each --out names the explainer as {explainer} (e.g. "
+        "flickr30k-test-{explainer}.json -> flickr30k-test-gradcam-layer8.json)",
+    )
     parser.add_argument("--proposals", help="detector proposals JSON for the optional box metric")
     parser.add_argument("--heatmaps", help="also save every grid-resolution heatmap to this .npz")
     parser.add_argument("--images-per-batch", type=int, default=16)
@@ -372,6 +490,16 @@ def split_tasks(args) -> list[SplitTask]:
         raise AmcError("--out: two splits would write the same file")
     if args.heatmaps and count > 1:
         raise AmcError("--heatmaps needs a single split")
+    explainers = args.explainer or []
+    if explainers and args.heatmaps:
+        raise AmcError("--heatmaps saves the default GradCAM maps; it does not go with --explainer")
+    if len(explainers) > 1:
+        unnamed = [out for out in args.out if EXPLAINER_PLACEHOLDER not in out]
+        if unnamed:
+            raise AmcError(
+                f"--out {unnamed[0]}: with several --explainer each --out names the explainer as "
+                f"{EXPLAINER_PLACEHOLDER} (one result per explainer and split)"
+            )
     benchmarks, resolutions = per_split("benchmark", args.benchmark), per_split("image-res", args.image_res)
     checkpoints, resizes = per_split("checkpoint", args.checkpoint), per_split("resize", args.resize)
     return [
@@ -386,6 +514,9 @@ def run(args) -> int:
     from amc.models.checkpoint import load_model_and_tokenizer
 
     tasks = split_tasks(args)
+    # The explainers' syntax is checked before any work; their layers resolve on each model's configuration.
+    for text in args.explainer or []:
+        Explainer.parse(text)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Check every split's records and checkpoint before the first (possibly long) evaluation starts.
     prepared = [(task, *_load_task_records(task, args)) for task in tasks]
@@ -394,7 +525,7 @@ def run(args) -> int:
         if not Path(path).is_file():
             raise AmcError(f"{path}: checkpoint not found")
     sha256 = {path: sha256_file(path) for path in checkpoints}
-    model, tokenizer, loaded = None, None, None
+    model, tokenizer, loaded, explainers = None, None, None, None
     for task, records, skipped in prepared:
         if loaded != (task.checkpoint, task.image_res):  # the model loads once for the splits that share it
             bundle = load_model_and_tokenizer(
@@ -402,7 +533,10 @@ def run(args) -> int:
             )
             model, tokenizer = bundle.model.to(device).eval(), bundle.tokenizer
             loaded = (task.checkpoint, task.image_res)
-        _evaluate_split(model, tokenizer, task, records, skipped, args, device, sha256[task.checkpoint])
+            explainers = parse_explainers(args.explainer, model.config) if args.explainer else None
+        _evaluate_split(
+            model, tokenizer, task, records, skipped, args, device, sha256[task.checkpoint], explainers
+        )
     return 0
 
 
@@ -416,26 +550,69 @@ def _load_task_records(task: SplitTask, args) -> tuple[list[Record], Counter]:
     return records, skipped
 
 
-def _evaluate_split(model, tokenizer, task, records, skipped, args, device, checkpoint_sha256) -> None:
+def _evaluate_split(
+    model,
+    tokenizer,
+    task,
+    records,
+    skipped,
+    args,
+    device,
+    checkpoint_sha256,
+    explainers: list[Explainer] | None = None,
+) -> None:
+    """One split: the paper's GradCAM map (``explainers`` None, the default), or one result per
+    explainer (each written to ``task.out`` with ``{explainer}`` replaced by its slug)."""
     import numpy as np
 
     inputs = EvalInputs.for_benchmark(
         task.benchmark, model.config.image_res, resize=task.resize, max_words=args.max_words
     )
-    heatmaps: dict[str, np.ndarray] = {}
-    cases, more_skipped = evaluate(
-        model,
-        tokenizer,
-        records,
+    settings = dict(
         inputs=inputs,
         device=device,
         images_per_batch=args.images_per_batch,
         phrases_per_batch=args.phrases_per_batch,
         num_workers=args.num_workers,
         proposals=_load_proposals(args.proposals),
-        on_heatmap=(lambda r, h: heatmaps.__setitem__(r.id, h.numpy())) if args.heatmaps else None,
     )
+    if explainers is None:
+        heatmaps: dict[str, np.ndarray] = {}
+        cases, more_skipped = evaluate(
+            model,
+            tokenizer,
+            records,
+            **settings,
+            on_heatmap=(lambda r, h: heatmaps.__setitem__(r.id, h.numpy())) if args.heatmaps else None,
+        )
+        if args.heatmaps:
+            from amc.io import atomic_write
+
+            with atomic_write(args.heatmaps, "wb") as handle:
+                np.savez_compressed(handle, **heatmaps)
+        results = {Explainer(GRADCAM, model.gradcam_layer): cases}
+    else:
+        results, more_skipped = evaluate_explainers(model, tokenizer, records, explainers, **settings)
+    outs = {explainer: explainer_out(task.out, explainer) for explainer in results}
     skipped = skipped + more_skipped
+    for explainer, cases in results.items():
+        summary = _summary(task, cases, skipped, inputs, model, args, device, checkpoint_sha256)
+        summary["explainer"] = explainer.to_dict()
+        atomic_write_json(outs[explainer], EvaluationResult(summary, cases).to_dict(), indent=None)
+        log.info(
+            "%s %s, %s: pointing accuracy %.2f%%, energy in the boxes %.3f, on %d cases (%d skipped) -> %s",
+            task.benchmark,
+            task.split,
+            explainer,
+            100 * summary["accuracy"],
+            summary["energy"],
+            len(cases),
+            sum(skipped.values()),
+            outs[explainer],
+        )
+
+
+def _summary(task, cases, skipped, inputs, model, args, device, checkpoint_sha256) -> dict:
     hits = sum(c.hit for c in cases)
     summary = {
         "benchmark": task.benchmark,
@@ -462,21 +639,24 @@ def _evaluate_split(model, tokenizer, task, records, skipped, args, device, chec
     }
     if args.proposals:
         summary["box_accuracy"] = sum(bool(c.box_hit) for c in cases) / len(cases)
-    if args.heatmaps:
-        from amc.io import atomic_write
+    summary.update(energy_summary(cases))
+    return summary
 
-        with atomic_write(args.heatmaps, "wb") as handle:
-            np.savez_compressed(handle, **heatmaps)
-    atomic_write_json(task.out, EvaluationResult(summary, cases).to_dict(), indent=None)
-    log.info(
-        "%s %s: pointing accuracy %.2f%% on %d cases (%d skipped) -> %s",
-        task.benchmark,
-        task.split,
-        100 * summary["accuracy"],
-        len(cases),
-        sum(skipped.values()),
-        task.out,
-    )
+
+def energy_summary(cases: list[CaseResult]) -> dict:
+    """``energy``: the mean energy in the boxes over all cases, a map without positive mass
+    counting 0 (none of it is in the boxes); ``energy_undefined``: how many such maps."""
+    undefined = sum(c.energy is None for c in cases)
+    total = sum(c.energy for c in cases if c.energy is not None)
+    return {"energy": total / len(cases) if cases else 0.0, "energy_undefined": undefined}
+
+
+EXPLAINER_PLACEHOLDER = "{explainer}"
+
+
+def explainer_out(out: str, explainer: Explainer) -> str:
+    """``out`` with ``{explainer}`` replaced by the explainer's slug (``gradcam-layer8``, ``rollout``)."""
+    return out.replace(EXPLAINER_PLACEHOLDER, explainer.slug)
 
 
 def load_result(path: str) -> EvaluationResult:

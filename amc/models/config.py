@@ -213,6 +213,11 @@ class ModelConfig:
             raise AmcError(f"{where}: attention {self.attention!r} is not one of {ATTENTION_MODES}")
 
     @property
+    def fusion_layers(self) -> range:
+        """Absolute indices of the text layers with cross-attention (fusion_layer .. last)."""
+        return range(self.text.fusion_layer, self.text.num_hidden_layers)
+
+    @property
     def image_grid(self) -> tuple[int, int]:
         side = self.image_res // self.vision.patch_size
         return side, side

@@ -5,6 +5,7 @@
     amc report ablation    --run results/<run> --config CONFIG
     amc report figures     --run results/<run> --config CONFIG
     amc report qualitative --run results/<run> --config CONFIG
+    amc report explainers  --run results/<run> --config CONFIG
 
 CONFIG is the run's ``workflow-config.json`` (written by the workflow's run_config
 rule) or a workflow configuration YAML (``config/demo.yaml``). Outputs go to
@@ -25,7 +26,7 @@ from amc.report import figures, grid, tables
 
 log = logging.getLogger("amc.report")
 
-ACTIONS = ("config", "table1", "ablation", "figures", "qualitative")
+ACTIONS = ("config", "table1", "ablation", "figures", "qualitative", "explainers")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
         raise AmcError(f"amc report {args.action} needs --run results/<run>")
     config = _load(args)
     n_boot = args.n_boot or (config.get("ablation") or {}).get("n_boot") or 10000
+    if args.action == "explainers":
+        for path in make_explainers(args.run, config, n_boot):
+            log.info("wrote %s", path)
+        return 0
     results = tables.load_all(args.run)
     if not results:
         raise AmcError(f"{args.run}: no evaluation results under eval/")
@@ -96,6 +101,19 @@ def make_figures(run_dir: Path, config: dict, results, n_boot: int) -> list[Path
     paths += figures.training_curves(figures.load_metrics(run_dir), labels, out / "training_curves")
     paths += figures.error_decomposition(ablation, out / "error_decomposition")
     return paths
+
+
+def make_explainers(run_dir: Path, config: dict, n_boot: int) -> list[Path]:
+    """tables/explainers.{csv,md,tex} and figures/explainer_layers.{png,pdf} from eval_explainers/."""
+    results = tables.load_explainer_evals(run_dir)
+    if not results:
+        raise AmcError(f"{run_dir}: no explainer results under {grid.EXPLAINER_EVAL_DIR}/")
+    frame = tables.explainer_frame(results, config, n_boot=n_boot)
+    reference = (config.get("explainers") or {}).get("reference")
+    paths = tables.write_explainers(frame, run_dir / "tables", config.get("run", run_dir.name), reference)
+    first = next(iter(next(iter(results.values())).values()))
+    trained = (first.summary.get("model_config") or {}).get("gradcam_layer")
+    return paths + figures.explainer_layers(frame, run_dir / "figures" / "explainer_layers", trained)
 
 
 def qualitative_setup(config: dict) -> tuple[str, str, list[str]]:

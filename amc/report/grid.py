@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -313,6 +314,97 @@ def eval_targets(config: dict) -> list[dict]:
     return targets
 
 
+# ------------------------------------------------------------------ the explainer ablation
+
+EXPLAINER_EVAL_DIR = "eval_explainers"
+
+
+def explainers_enabled(config: dict) -> bool:
+    return bool((config.get("explainers") or {}).get("enabled"))
+
+
+def explainer_list(config: dict) -> list:
+    """The explainers of the ablation (:class:`amc.explainers.Explainer`, resolved on the run's model
+    config): ``explainers.explainers``, then GradCAM at ``explainers.layers`` (``all``: every fusion
+    layer), duplicates dropped (``gradcam`` is GradCAM at the model's ``gradcam_layer``)."""
+    from amc.explainers import parse_explainers
+    from amc.io import AmcError
+    from amc.models.config import ModelConfig
+
+    spec = config["explainers"]
+    try:
+        model = ModelConfig.from_file(config["model_config"])
+        layers = model.fusion_layers if spec["layers"] == "all" else spec["layers"]
+        return parse_explainers([*spec["explainers"], *(f"gradcam:layer={k}" for k in layers)], model)
+    except AmcError as error:
+        raise GridError(f"explainers: {error}") from None
+
+
+def explainer_splits(config: dict) -> list[tuple[str, str]]:
+    """(benchmark, split) of the explainer ablation: ``explainers.splits``, by default every split but val."""
+    splits = config["explainers"].get("splits")
+    if splits:
+        return [(entry["benchmark"], entry["split"]) for entry in splits]
+    return [(b, s) for b, spec in config["benchmarks"].items() for s in spec["splits"] if s != "val"]
+
+
+def explainer_eval_path(config: dict, method: str, seed, benchmark: str, split: str, slug: str) -> str:
+    """``results/<run>/eval_explainers/<method>/seed<k>/<benchmark>-<split>-<explainer slug>.json``."""
+    return f"results/{config['run']}/{EXPLAINER_EVAL_DIR}/{method}/seed{seed}/{benchmark}-{split}-{slug}.json"
+
+
+def parse_explainer_eval_path(path: str | Path) -> tuple[str, int, str, str, str]:
+    """(method, seed, benchmark, split, explainer slug) of an :func:`explainer_eval_path`
+    (benchmark and split names hold no ``-``; the slug may)."""
+    path = Path(path)
+    parts = path.stem.split("-", 2)
+    if len(parts) != 3 or not path.parent.name.startswith("seed"):
+        raise GridError(f"{path}: not <method>/seed<k>/<benchmark>-<split>-<explainer>.json")
+    benchmark, split, slug = parts
+    return path.parent.parent.name, int(path.parent.name.removeprefix("seed")), benchmark, split, slug
+
+
+def explainer_targets(config: dict) -> list[dict]:
+    """Every evaluation of the explainer ablation: {method, seed, benchmark, split, explainer, path};
+    [] when ``explainers.enabled`` is off."""
+    if not explainers_enabled(config):
+        return []
+    methods = expand_methods(config)
+    explainers = explainer_list(config)
+    return [
+        {
+            "method": method,
+            "seed": seed,
+            "benchmark": benchmark,
+            "split": split,
+            "explainer": explainer,
+            "path": explainer_eval_path(config, method, seed, benchmark, split, explainer.slug),
+        }
+        for method in config["explainers"]["methods"]
+        for seed in methods[method]["seeds"]
+        for benchmark, split in explainer_splits(config)
+        for explainer in explainers
+    ]
+
+
+def _check_explainers(config: dict, methods: dict) -> None:
+    spec = config.get("explainers") or {}
+    if not spec.get("enabled"):
+        return
+    for name in spec["methods"]:
+        if name not in methods:
+            raise GridError(f"explainers.methods: method {name!r} is not in methods ({', '.join(methods)})")
+    reference = spec.get("reference")
+    if reference and reference not in spec["methods"]:
+        raise GridError(f"explainers.reference: {reference!r} is not among explainers.methods")
+    for benchmark, split in explainer_splits(config):
+        if split not in (config["benchmarks"].get(benchmark) or {}).get("splits", []):
+            raise GridError(
+                f"explainers.splits: {benchmark} {split} is not among the evaluated benchmarks/splits"
+            )
+    explainer_list(config)  # names, options and layers against the model config
+
+
 def check_grid(config: dict) -> None:
     """Cross-field checks the JSON schema cannot express; raises GridError with a clear message."""
     methods = expand_methods(config)
@@ -351,6 +443,7 @@ def check_grid(config: dict) -> None:
                 )
         elif spec["checkpoints"]:
             raise GridError(f"methods.{name}.checkpoints: only a method of kind released takes checkpoints")
+    _check_explainers(config, methods)
     for name, spec in (config.get("exports") or {}).items():
         method = methods.get(spec["method"])
         if method is None or method["kind"] != "finetune":
@@ -368,6 +461,10 @@ def resolved_config(config: dict) -> dict:
     config = resolve_paths(config)
     config["grid"] = expand_methods(config)
     config["sweep_axes"] = sweep_axes(config)
+    if explainers_enabled(config):  # the explainers in order, for the reports
+        config["explainer_list"] = [
+            {"slug": e.slug, "text": str(e), **e.to_dict()} for e in explainer_list(config)
+        ]
     return config
 
 

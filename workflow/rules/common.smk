@@ -219,8 +219,30 @@ def figure_paths(name: str) -> list[str]:
     return [f"{RESULTS}/figures/{name}.png", f"{RESULTS}/figures/{name}.pdf"]
 
 
+# ------------------------------------------------------------------ the explainer ablation
+
+EXPLAINERS_ON = amc_grid.explainers_enabled(config)
+EXPLAINER_METHODS = config["explainers"]["methods"] if EXPLAINERS_ON else []
+EXPLAINER_LIST = amc_grid.explainer_list(config) if EXPLAINERS_ON else []
+EXPLAINER_SPLITS = amc_grid.explainer_splits(config) if EXPLAINERS_ON else []
+
+
+def explainer_evals() -> list[str]:
+    return [target["path"] for target in amc_grid.explainer_targets(config)]
+
+
+def explainer_report_outputs() -> list[str]:
+    """The explainer table and figure (none when explainers.enabled is off)."""
+    if not EXPLAINERS_ON:
+        return []
+    return [f"{RESULTS}/tables/explainers.{ext}" for ext in ("csv", "md", "tex")] + figure_paths(
+        "explainer_layers"
+    )
+
+
 def all_outputs() -> list[str]:
     outputs = [f"{RESULTS}/tables/{t}.{ext}" for t in ("table1", "ablation") for ext in ("csv", "md", "tex")]
+    outputs += explainer_report_outputs()
     for name in FIGURES:
         outputs += figure_paths(name)
     if QUALITATIVE["enabled"]:
