@@ -53,6 +53,7 @@ from amc.io import (
     read_yaml,
     schema_validator,
 )
+from amc.losses import DELTA_MAX, DELTA_MEAN, WEIGHT_MAX, WEIGHT_MEAN
 from amc.selection import SELECTION_DIR, SELECTION_LOG, BestCheckpoints, best_checkpoint_name, parse_selection
 from amc.tensorboard_log import TensorBoardLog
 
@@ -86,7 +87,13 @@ DEFAULTS: dict[str, Any] = {
             "itc": {"weight": 1.0},
             "itm": {"weight": 1.0},
             "mlm": {"weight": 1.0, "probability": 0.15},
-            "amc": {"delta_mean": 0.1, "delta_max": 0.5, "weight_mean": 0.2, "weight_max": 0.8},
+            # amc.losses owns these values (the released ones)
+            "amc": {
+                "delta_mean": DELTA_MEAN,
+                "delta_max": DELTA_MAX,
+                "weight_mean": WEIGHT_MEAN,
+                "weight_max": WEIGHT_MAX,
+            },
         },
     },
     "optim": {
