@@ -26,18 +26,19 @@ import logging
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from amc.cli import nonnegative_int, positive_int
 from amc.data.images import ImageChecker, load_image
 from amc.data.transforms import EVAL_RESIZES, EvalTransform
 from amc.explainers import GRADCAM, Explainer, explain, parse_explainers
-from amc.io import AmcError, DataError, atomic_write_json, sha256_file
+from amc.io import AmcError, DataError, atomic_write_json, check_outputs, is_finite_number, sha256_file
 from amc.metrics import argmax_point, box_hit, classify_miss, energy_in_boxes, upsample_heatmap
 from amc.records import Record, load_records, read_prepare_report
-from amc.result_format import RESULT_FORMAT, read_result
+from amc.result_format import CaseResult, EvaluationResult, read_result, result_from_dict, validate_result
 
 log = logging.getLogger(__name__)
 
@@ -111,27 +112,6 @@ class EvalInputs:
         return tokens
 
 
-@dataclass
-class CaseResult:
-    id: str
-    point: list[int]
-    hit: bool
-    miss: str | None
-    category: str | None = None
-    box_hit: bool | None = None
-    # share of the map's positive mass inside the union of the boxes; None: the map has none
-    energy: float | None = None
-
-
-@dataclass
-class EvaluationResult:
-    summary: dict
-    cases: list[CaseResult] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"format": RESULT_FORMAT, "summary": self.summary, "cases": [vars(c) for c in self.cases]}
-
-
 class _ImageSet(torch.utils.data.Dataset):
     """Unique images of the records, each loaded and transformed once."""
 
@@ -171,7 +151,16 @@ def _load_proposals(path: str | None) -> dict[str, list]:
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a mapping image_id -> list of [x, y, w, h] boxes")
-    return {str(k): [list(map(float, b[:4])) for b in v] for k, v in data.items()}
+    proposals = {}
+    for key, boxes in data.items():
+        if not isinstance(boxes, list) or not all(
+            isinstance(b, list) and len(b) >= 4 and all(is_finite_number(v) for v in b[:4]) for b in boxes
+        ):
+            raise DataError(
+                f"{path}: image {key!r}: expected a list of [x, y, w, h, ...] boxes of finite numbers"
+            )
+        proposals[str(key)] = [[float(v) for v in b[:4]] for b in boxes]
+    return proposals
 
 
 @torch.no_grad()
@@ -415,7 +404,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--out", required=True, nargs="+", help="result JSON (summary + every case)")
     parser.add_argument(
         "--image-res",
-        type=int,
+        type=positive_int,
         nargs="+",
         help="evaluation resolution (paper: 256 Flickr30k, 384 RefCOCO+; default: the model config's)",
     )
@@ -427,9 +416,13 @@ def configure_parser(parser) -> None:
         "(default auto: the benchmark's, as released: flickr30k cv2-linear = OpenCV bilinear without "
         "antialiasing; refcoco+ and others pil-bicubic)",
     )
-    parser.add_argument("--max-words", type=int, help="words kept by pre_caption (default: per benchmark)")
+    parser.add_argument(
+        "--max-words", type=positive_int, help="words kept by pre_caption (default: per benchmark)"
+    )
     parser.add_argument("--method", default=None, help="method name recorded in the summary")
-    parser.add_argument("--seed", type=int, default=None, help="training seed recorded in the summary")
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=None, help="training seed recorded in the summary"
+    )
     parser.add_argument(
         "--explainer",
         action="append",
@@ -443,10 +436,10 @@ def configure_parser(parser) -> None:
     )
     parser.add_argument("--proposals", help="detector proposals JSON for the optional box metric")
     parser.add_argument("--heatmaps", help="also save every grid-resolution heatmap to this .npz")
-    parser.add_argument("--images-per-batch", type=int, default=16)
-    parser.add_argument("--phrases-per-batch", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--limit", type=int, help="evaluate only the first N records (quick checks)")
+    parser.add_argument("--images-per-batch", type=positive_int, default=16)
+    parser.add_argument("--phrases-per-batch", type=positive_int, default=64)
+    parser.add_argument("--num-workers", type=nonnegative_int, default=2)
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N records (quick checks)")
     parser.add_argument(
         "--skip-missing-images", action="store_true", help="count missing or unreadable images as skipped"
     )
@@ -464,6 +457,15 @@ class SplitTask:
     image_res: int | None
     checkpoint: str
     resize: str | None = None  # None or "auto": the benchmark's
+
+    @property
+    def name(self) -> str:
+        return f"{self.benchmark} {self.split}"
+
+    @property
+    def model_key(self) -> tuple[str, int | None]:
+        """The model a split is evaluated with: its checkpoint at its input resolution."""
+        return self.checkpoint, self.image_res
 
 
 def split_tasks(args) -> list[SplitTask]:
@@ -517,53 +519,99 @@ def run(args) -> int:
     # The explainers' syntax is checked before any work; their layers resolve on each model's configuration.
     for text in args.explainer or []:
         Explainer.parse(text)
+    inputs = {
+        **{f"--records ({task.name})": task.records for task in tasks},
+        **{f"--checkpoint ({task.name})": task.checkpoint for task in tasks},
+        "--model-config": args.model_config,
+        "--vocab": args.vocab,
+        "--proposals": args.proposals,
+    }
+    # Where the results go first (again below, once the explainers name the files), then the
+    # inputs, then the (possibly long) work.
+    check_outputs(
+        {**{f"--out ({task.name})": task.out for task in tasks}, "--heatmaps": args.heatmaps}, inputs
+    )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # Check every split's records and checkpoint before the first (possibly long) evaluation starts.
-    prepared = [(task, *_load_task_records(task, args)) for task in tasks]
+    # Read every input before the first (possibly long) evaluation starts: each split's records and
+    # prepare report, the proposals, and every checkpoint with its model configuration and vocabulary.
+    splits = [_load_split(task, args) for task in tasks]
     checkpoints = dict.fromkeys(task.checkpoint for task in tasks)
     for path in checkpoints:
         if not Path(path).is_file():
             raise AmcError(f"{path}: checkpoint not found")
     sha256 = {path: sha256_file(path) for path in checkpoints}
-    model, tokenizer, loaded, explainers = None, None, None, None
-    for task, records, skipped in prepared:
-        if loaded != (task.checkpoint, task.image_res):  # the model loads once for the splits that share it
-            bundle = load_model_and_tokenizer(
-                task.checkpoint, args.model_config, args.vocab, image_res=task.image_res
-            )
-            model, tokenizer = bundle.model.to(device).eval(), bundle.tokenizer
-            loaded = (task.checkpoint, task.image_res)
-            explainers = parse_explainers(args.explainer, model.config) if args.explainer else None
+    proposals = _load_proposals(args.proposals)
+    bundles = {  # the model loads once for the splits that share it
+        key: load_model_and_tokenizer(key[0], args.model_config, args.vocab, image_res=key[1])
+        for key in dict.fromkeys(task.model_key for task in tasks)
+    }
+    # The explainers resolve on each model's configuration (a layer by default: its gradcam_layer).
+    explainers = {
+        key: parse_explainers(args.explainer, bundle.model.config) if args.explainer else None
+        for key, bundle in bundles.items()
+    }
+    check_outputs(
+        {
+            f"--out ({task.name}, {explainer})": path
+            for task in tasks
+            for explainer, path in _outs(
+                task, explainers[task.model_key], bundles[task.model_key].model
+            ).items()
+        },
+        inputs,
+    )
+    for split in splits:
+        key = split.task.model_key
+        model = bundles[key].model.to(device).eval()
         _evaluate_split(
-            model, tokenizer, task, records, skipped, args, device, sha256[task.checkpoint], explainers
+            model,
+            bundles[key].tokenizer,
+            split,
+            args,
+            device,
+            sha256[split.task.checkpoint],
+            proposals,
+            explainers[key],
         )
     return 0
 
 
-def _load_task_records(task: SplitTask, args) -> tuple[list[Record], Counter]:
+@dataclass
+class LoadedSplit:
+    """A split's inputs, read and checked before any evaluation runs."""
+
+    task: SplitTask
+    records: list[Record]
+    skipped: Counter  # cases left out so far, by reason
+    prepare_report: dict | None  # amc prepare's report of the records (None: absent or stale)
+
+
+def _load_split(task: SplitTask, args) -> LoadedSplit:
     records = load_records(task.records)
+    prepare_report = read_prepare_report(task.records)
     if args.limit:
         records = records[: args.limit]
     records, skipped = check_images(records, args.skip_missing_images)
     if not records:
         raise DataError(f"{task.records}: no case left to evaluate")
-    return records, skipped
+    return LoadedSplit(task, records, skipped, prepare_report)
 
 
 def _evaluate_split(
     model,
     tokenizer,
-    task,
-    records,
-    skipped,
+    split: LoadedSplit,
     args,
     device,
-    checkpoint_sha256,
+    checkpoint_sha256: str,
+    proposals: dict[str, list],
     explainers: list[Explainer] | None = None,
 ) -> None:
     """One split: the paper's GradCAM map (``explainers`` None, the default), or one result per
     explainer (each written to ``task.out`` with ``{explainer}`` replaced by its slug)."""
     import numpy as np
+
+    task, records = split.task, split.records
 
     inputs = EvalInputs.for_benchmark(
         task.benchmark, model.config.image_res, resize=task.resize, max_words=args.max_words
@@ -574,7 +622,7 @@ def _evaluate_split(
         images_per_batch=args.images_per_batch,
         phrases_per_batch=args.phrases_per_batch,
         num_workers=args.num_workers,
-        proposals=_load_proposals(args.proposals),
+        proposals=proposals,
     )
     if explainers is None:
         heatmaps: dict[str, np.ndarray] = {}
@@ -585,20 +633,33 @@ def _evaluate_split(
             **settings,
             on_heatmap=(lambda r, h: heatmaps.__setitem__(r.id, h.numpy())) if args.heatmaps else None,
         )
-        if args.heatmaps:
-            from amc.io import atomic_write
-
-            with atomic_write(args.heatmaps, "wb") as handle:
-                np.savez_compressed(handle, **heatmaps)
         results = {Explainer(GRADCAM, model.gradcam_layer): cases}
     else:
         results, more_skipped = evaluate_explainers(model, tokenizer, records, explainers, **settings)
-    outs = {explainer: explainer_out(task.out, explainer) for explainer in results}
-    skipped = skipped + more_skipped
-    for explainer, cases in results.items():
-        summary = _summary(task, cases, skipped, inputs, model, args, device, checkpoint_sha256)
-        summary["explainer"] = explainer.to_dict()
-        atomic_write_json(outs[explainer], EvaluationResult(summary, cases).to_dict(), indent=None)
+    skipped = split.skipped + more_skipped
+    if not all(results.values()):
+        raise DataError(
+            f"{task.records}: no case was evaluated (skipped: {dict(skipped)}); no result is written"
+        )
+    outs = _outs(task, explainers, model)
+    written = {  # every result checked as its readers will check it, before the first is written
+        explainer: validate_result(
+            EvaluationResult(
+                _summary(split, cases, skipped, inputs, model, args, device, checkpoint_sha256, explainer),
+                cases,
+            ).to_dict(),
+            outs[explainer],
+        )
+        for explainer, cases in results.items()
+    }
+    if explainers is None and args.heatmaps:
+        from amc.io import atomic_write
+
+        with atomic_write(args.heatmaps, "wb") as handle:
+            np.savez_compressed(handle, **heatmaps)
+    for explainer, result in written.items():
+        atomic_write_json(outs[explainer], result, indent=None)
+        summary = result["summary"]
         log.info(
             "%s %s, %s: pointing accuracy %.2f%%, energy in the boxes %.3f, on %d cases (%d skipped) -> %s",
             task.benchmark,
@@ -606,25 +667,35 @@ def _evaluate_split(
             explainer,
             100 * summary["accuracy"],
             summary["energy"],
-            len(cases),
+            summary["n_cases"],
             sum(skipped.values()),
             outs[explainer],
         )
 
 
-def _summary(task, cases, skipped, inputs, model, args, device, checkpoint_sha256) -> dict:
+def _outs(task: SplitTask, explainers: list[Explainer] | None, model) -> dict[Explainer, str]:
+    """Where each explainer's result of ``task`` goes (the paper's GradCAM alone: ``--out`` itself)."""
+    if explainers is None:
+        return {Explainer(GRADCAM, model.gradcam_layer): task.out}
+    return {explainer: explainer_out(task.out, explainer) for explainer in explainers}
+
+
+def _summary(
+    split: LoadedSplit, cases, skipped, inputs, model, args, device, checkpoint_sha256, explainer: Explainer
+) -> dict:
+    task = split.task
     hits = sum(c.hit for c in cases)
     summary = {
         "benchmark": task.benchmark,
         "split": task.split,
         "method": args.method,
         "seed": args.seed,
-        "accuracy": hits / len(cases) if cases else 0.0,
+        "accuracy": hits / len(cases),
         "n_cases": len(cases),
         "n_hits": hits,
         "skipped": dict(skipped),
         # what amc prepare left out of the records, by reason (None: unknown, see the log)
-        "skipped_in_prepare": read_prepare_report(task.records),
+        "skipped_in_prepare": split.prepare_report,
         "misses": dict(Counter(c.miss for c in cases if c.miss)),
         "image_res": inputs.image_res,
         "resize": inputs.resize,
@@ -640,6 +711,7 @@ def _summary(task, cases, skipped, inputs, model, args, device, checkpoint_sha25
     if args.proposals:
         summary["box_accuracy"] = sum(bool(c.box_hit) for c in cases) / len(cases)
     summary.update(energy_summary(cases))
+    summary["explainer"] = explainer.to_dict()
     return summary
 
 
@@ -660,6 +732,5 @@ def explainer_out(out: str, explainer: Explainer) -> str:
 
 
 def load_result(path: str) -> EvaluationResult:
-    """Read a result file written by ``amc evaluate`` (validated: amc/resources/result.schema.json)."""
-    data = read_result(path)
-    return EvaluationResult(data["summary"], [CaseResult(**c) for c in data["cases"]])
+    """Read a result file written by ``amc evaluate`` (validated: :func:`amc.result_format.read_result`)."""
+    return result_from_dict(read_result(path))

@@ -60,7 +60,7 @@ def test_demo_and_ci_explainer_jobs(tmp_path):
     demo = job_counts(snakemake(*args, "--configfile", "config/demo.yaml").stdout)
     assert demo["evaluate_explainers"] == 6 and demo["explainers"] == 1  # amc has 2 seeds
     config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
-    config["evaluate"]["extra_args"] = "--limit 7"  # reaches the explainer jobs as the evaluate jobs
+    config["evaluate"]["extra_args"] = ["--limit", "7"]  # reaches the explainer jobs as the evaluate jobs
     (tmp_path / "ci.yaml").write_text(yaml.safe_dump(config))
     text = snakemake("-n", "--forceall", "--printshellcmds", "--configfile", str(tmp_path / "ci.yaml")).stdout
     assert job_counts(text)["evaluate_explainers"] == 2

@@ -19,7 +19,8 @@ from amc.bench.settings import (
     BenchSettings,
 )
 from amc.bench.tables import to_markdown
-from amc.io import AmcError, atomic_write_json, atomic_write_text
+from amc.cli import nonnegative_int, positive_float, positive_int
+from amc.io import AmcError, atomic_write_json, atomic_write_text, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -34,32 +35,49 @@ def configure_parser(parser) -> None:
         help=f"model configuration YAML (default: {DEFAULT_CPU_CONFIG} on CPU, {DEFAULT_GPU_CONFIG} on CUDA)",
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=64, help="training pairs per step (default 64)")
-    parser.add_argument("--image-res", type=int, help="training resolution (default: the model config's)")
-    parser.add_argument("--eval-image-res", type=int, help="evaluation resolution (default: --image-res)")
     parser.add_argument(
-        "--text-len", type=int, default=25, help="tokens per text, [CLS] included (default 25)"
-    )
-    parser.add_argument("--steps", type=int, default=20, help="measured training steps (default 20)")
-    parser.add_argument(
-        "--warmup", type=int, default=5, help="warm-up steps and evaluation batches (default 5)"
+        "--batch-size", type=positive_int, default=64, help="training pairs per step (default 64)"
     )
     parser.add_argument(
-        "--eval-warmup", type=int, default=2, help="evaluation batches before the clock starts (default 2)"
-    )
-    parser.add_argument("--eval-cases", type=int, default=256, help="evaluation cases per path (default 256)")
-    parser.add_argument(
-        "--eval-batch", type=int, default=64, help="fast path: phrases per GradCAM batch (default 64)"
+        "--image-res", type=positive_int, help="training resolution (default: the model config's)"
     )
     parser.add_argument(
-        "--reference-eval-batch", type=int, default=8, help="reference path: pairs per batch (released: 8)"
+        "--eval-image-res", type=positive_int, help="evaluation resolution (default: --image-res)"
     )
     parser.add_argument(
-        "--phrases-per-image", type=int, default=8, help="evaluation phrases per image (default 8)"
+        "--text-len", type=positive_int, default=25, help="tokens per text, [CLS] included (default 25)"
+    )
+    parser.add_argument("--steps", type=positive_int, default=20, help="measured training steps (default 20)")
+    parser.add_argument(
+        "--warmup", type=nonnegative_int, default=5, help="warm-up steps and evaluation batches (default 5)"
+    )
+    parser.add_argument(
+        "--eval-warmup",
+        type=nonnegative_int,
+        default=2,
+        help="evaluation batches before the clock starts (default 2)",
+    )
+    parser.add_argument(
+        "--eval-cases", type=positive_int, default=256, help="evaluation cases per path (default 256)"
+    )
+    parser.add_argument(
+        "--eval-batch",
+        type=positive_int,
+        default=64,
+        help="fast path: phrases per GradCAM batch (default 64)",
+    )
+    parser.add_argument(
+        "--reference-eval-batch",
+        type=positive_int,
+        default=8,
+        help="reference path: pairs per batch (released: 8)",
+    )
+    parser.add_argument(
+        "--phrases-per-image", type=positive_int, default=8, help="evaluation phrases per image (default 8)"
     )
     parser.add_argument(
         "--equivalence-cases",
-        type=int,
+        type=positive_int,
         default=64,
         help="cases of the GradCAM equivalence check (default 64)",
     )
@@ -82,10 +100,10 @@ def configure_parser(parser) -> None:
     parser.add_argument("--compile", action="store_true", help="fast path: torch.compile the encoders")
     parser.add_argument(
         "--peak-tflops",
-        type=float,
+        type=positive_float,
         help=f"peak for the MFU (default {DEFAULT_PEAK_TFLOPS_CUDA:g} on CUDA: H100 bf16; none on CPU)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--markdown", help="write the markdown table here")
 
@@ -139,6 +157,8 @@ def invoked_command() -> str:
 
 
 def run(args) -> int:
+    # Where the results go, before the (minutes long) measurement.
+    check_outputs({"--out": args.out, "--markdown": args.markdown}, {"--model-config": args.model_config})
     settings = settings_from_args(args)
     report = run_bench(settings, command=invoked_command())
     table = to_markdown(report)

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from amc.io import atomic_write_bytes, read_jsonl  # noqa: E402
+from amc.io import atomic_write_bytes, read_append_log  # noqa: E402
 from amc.records import Record  # noqa: E402
 from amc.report.tables import EvalRun  # noqa: E402
 
@@ -114,11 +114,12 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """Every ``train/<method>/seed<k>/metrics.jsonl`` as one long frame (method, seed, step, ...)."""
     frames = []
     for path in sorted(Path(run_dir).glob("train/*/seed*/metrics.jsonl")):
-        rows = read_jsonl(path)
-        if not rows:
+        seed = path.parent.name.removeprefix("seed")
+        rows = read_append_log(path)  # a run still going (or killed) may have a torn last line
+        if not rows or not seed.isdigit():
             continue
         frame = pd.DataFrame(rows)
-        frame.insert(0, "seed", int(path.parent.name.removeprefix("seed")))
+        frame.insert(0, "seed", int(seed))
         frame.insert(0, "method", path.parent.parent.name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -59,20 +59,15 @@ class EvalRun:
 
 
 def read_cases(path: Path) -> tuple[dict, pd.DataFrame]:
-    """The summary and the cases (id, hit, miss, category, point, energy) of a result file,
-    validated against its schema (amc/resources/result.schema.json)."""
+    """The summary and the cases (id, hit, miss, category, point, energy) of a result file, validated
+    (:func:`amc.result_format.read_result`: its schema, at least one case, each id once)."""
     data = read_result(path)
     summary = data["summary"]
     cases = pd.DataFrame(data["cases"])
-    if cases.empty:
-        cases = pd.DataFrame(columns=["id", "hit", "miss", "category", "point", "energy"])
     for column in ("miss", "category", "point", "energy"):
         if column not in cases:
             cases[column] = None
-    cases["id"] = cases["id"].astype(str)
     cases["hit"] = cases["hit"].astype(bool)
-    if cases["id"].duplicated().any():
-        raise DataError(f"{path}: duplicate case ids")
     return summary, cases
 
 
@@ -81,9 +76,11 @@ def load_eval(path: str | Path) -> EvalRun:
     summary, cases = read_cases(path)
     # The path is authoritative (results/<run>/eval/<method>/seed<k>/<benchmark>-<split>.json).
     method = path.parent.parent.name
-    seed = int(path.parent.name.removeprefix("seed"))
+    seed_text = path.parent.name.removeprefix("seed")
+    if not seed_text.isdigit():
+        raise DataError(f"{path}: not under eval/<method>/seed<k>/")
     benchmark, _, split = path.stem.rpartition("-")
-    return EvalRun(method, seed, benchmark, split, path, summary, cases)
+    return EvalRun(method, int(seed_text), benchmark, split, path, summary, cases)
 
 
 def find_evals(run_dir: str | Path) -> list[Path]:

@@ -10,7 +10,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from amc.io import AmcError
+from amc.cli import nonnegative_int, positive_int
+from amc.io import AmcError, check_outputs
 from amc.synth.captions import write_captions
 from amc.synth.flickr30k import write_flickr30k
 from amc.synth.language import RELATIONS, vocabulary_lines, vocabulary_words
@@ -89,15 +90,19 @@ def generate(out: str | os.PathLike, seed: int, scale: str | SynthScale = "ci", 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (replaced if it holds an earlier synth)")
-    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--seed", type=nonnegative_int, required=True)
     parser.add_argument(
         "--scale", choices=sorted(SCALES), default="demo", help="how much to generate (default: demo)"
     )
     parser.add_argument(
-        "--workers", type=int, default=2, help="processes drawing images (output does not depend on it)"
+        "--workers",
+        type=positive_int,
+        default=2,
+        help="processes drawing images (output does not depend on it)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs({}, folders={"--out": args.out})
     generate(args.out, args.seed, args.scale, workers=args.workers)
     return 0

@@ -32,8 +32,8 @@ if EXPLAINERS_ON:
             vocab=config["vocab"],
             benchmarks=" ".join(q(b) for b, _ in EXPLAINER_SPLITS),
             splits=" ".join(q(s) for _, s in EXPLAINER_SPLITS),
-            image_res=" ".join(str(BENCHMARKS[b]["image_res"]) for b, _ in EXPLAINER_SPLITS),
-            resize=" ".join(BENCHMARKS[b].get("resize", "auto") for b, _ in EXPLAINER_SPLITS),
+            image_res=" ".join(q(BENCHMARKS[b]["image_res"]) for b, _ in EXPLAINER_SPLITS),
+            resize=" ".join(q(BENCHMARKS[b].get("resize", "auto")) for b, _ in EXPLAINER_SPLITS),
             explainers=" ".join(f"--explainer {q(e)}" for e in EXPLAINER_LIST),
             # one --out per split; amc evaluate puts each explainer's slug in place of {explainer}
             outs=lambda wc: " ".join(
@@ -41,7 +41,7 @@ if EXPLAINERS_ON:
                 for b, s in EXPLAINER_SPLITS
             ),
             num_workers=config["evaluate"]["num_workers"],
-            extra=config["evaluate"]["extra_args"],  # as the evaluate rule (e.g. --limit 100)
+            extra=" ".join(q(arg) for arg in config["evaluate"]["extra_args"]),  # as the evaluate rule
         threads: config["evaluate"]["threads"]
         resources:
             gpu=config["evaluate"]["gpus"],
@@ -51,8 +51,8 @@ if EXPLAINERS_ON:
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} evaluate --checkpoint {input.checkpoints:q}"
             " --model-config {input.model_config:q} --vocab {params.vocab:q} --records {input.records:q}"
             " --benchmark {params.benchmarks} --split {params.splits} --image-res {params.image_res}"
-            " --resize {params.resize} --method {wildcards.method:q} --seed {wildcards.seed}"
-            " --num-workers {params.num_workers} {params.explainers} {params.extra} --out {params.outs} > {log:q} 2>&1"
+            " --resize {params.resize} --method {wildcards.method:q} --seed {wildcards.seed:q}"
+            " --num-workers {params.num_workers:q} {params.explainers} {params.extra} --out {params.outs} > {log:q} 2>&1"
 
     rule explainers:
         """Method x explainer: pointing and energy with intervals, paired with the reference; accuracy against fusion layer."""
