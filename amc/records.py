@@ -207,9 +207,12 @@ def _is_count(value: Any) -> bool:
 
 def _check_prepare_report(report: dict, path: Path) -> None:
     """The fields :func:`write_prepare_report` writes, with their types; a DataError names the field."""
-    for key in ("dataset", "split"):
-        if not isinstance(report.get(key), str):
-            raise DataError(f"{path}: field {key!r} must be a string, got {report.get(key)!r}")
+    if not isinstance(report.get("dataset"), str):
+        raise DataError(f"{path}: field 'dataset' must be a string, got {report.get('dataset')!r}")
+    if "split" not in report or not isinstance(report["split"], str | None):  # None: every split
+        raise DataError(
+            f"{path}: field 'split' must be a string or null, got {report.get('split', 'nothing')!r}"
+        )
     if not _is_count(report.get("records")):
         raise DataError(f"{path}: field 'records' must be a whole number >= 0, got {report.get('records')!r}")
     for key in ("skipped", "left_out"):

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,41 @@ def test_records_are_checked_before_they_are_written(tmp_path):
     with pytest.raises(DataError, match="'width'"):
         save_records(tmp_path / "out.jsonl", [record])
     assert not (tmp_path / "out.jsonl").exists()
+
+
+PREPARE_REPORT = {
+    "dataset": "vg",
+    "split": None,
+    "records": 3,
+    "skipped": {"empty phrase": 1},
+    "left_out": {},
+}
+
+
+@SETTINGS
+@given(field=st.sampled_from(sorted(PREPARE_REPORT)), value=JSON, delete=st.booleans())
+def test_a_prepare_report_is_sound_or_refused_naming_the_field(field, value, delete):
+    from amc.records import prepare_report_path, read_prepare_report, write_prepare_report
+
+    report = copy.deepcopy(PREPARE_REPORT)
+    if delete:
+        del report[field]
+    else:
+        report[field] = value
+    with tempfile.TemporaryDirectory() as folder:
+        records = Path(folder) / "vg-train.jsonl"
+        records.write_text("{}\n")
+        write_prepare_report(records, report)
+        try:
+            read = read_prepare_report(records)
+        except DataError as error:
+            assert str(error).startswith(f"{prepare_report_path(records)}: field ")
+            return
+    assert read == report
+    assert isinstance(read["dataset"], str) and (read["split"] is None or isinstance(read["split"], str))
+    assert type(read["records"]) is int and read["records"] >= 0
+    for key in ("skipped", "left_out"):
+        assert all(type(n) is int and n >= 0 for n in read[key].values())
 
 
 # --------------------------------------------------------------------------- evaluation results
