@@ -58,3 +58,13 @@ def random_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("checkpoint") / "random.pt"
     save_checkpoint(path, model)
     return path
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server (tests/http_fixtures.py) for the downloader's tests; stopped after the test."""
+    from tests.http_fixtures import FileServer
+
+    srv = FileServer().start()
+    yield srv
+    srv.stop()

@@ -517,3 +517,67 @@ def fabricate_run(root: Path, with_metrics: bool = True) -> tuple[Path, dict]:
                 ]
                 path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return run_dir, config
+
+
+# (method, seed, explainer slug) -> per-case (hit, energy) on flickr30k test; None: no positive mass
+EXPLAINER_CASES = {
+    ("albef_vg", 0, "gradcam-layer1"): [(1, 0.5), (0, 0.1), (0, None), (0, 0.3)],
+    ("amc", 0, "gradcam-layer1"): [(1, 0.6), (1, 0.6), (0, 0.2), (0, 0.2)],
+    ("amc", 1, "gradcam-layer1"): [(1, 0.8), (1, 0.4), (1, 0.4), (0, 0.0)],
+    ("albef_vg", 0, "gradcam-layer2"): [(1, 0.2), (1, 0.2), (0, 0.2), (0, 0.2)],
+    ("amc", 0, "gradcam-layer2"): [(1, 0.2), (0, 0.2), (0, 0.2), (0, 0.2)],
+    ("amc", 1, "gradcam-layer2"): [(1, 0.2), (0, 0.2), (0, 0.2), (0, 0.2)],
+    ("albef_vg", 0, "rollout"): [(0, 0.1), (0, 0.1), (0, 0.1), (0, 0.1)],
+    ("amc", 0, "rollout"): [(0, 0.1), (0, 0.1), (0, 0.1), (1, 0.1)],
+    ("amc", 1, "rollout"): [(0, 0.1), (0, 0.1), (0, 0.1), (1, 0.1)],
+}
+EXPLAINERS = {
+    "gradcam-layer1": {"name": "gradcam", "layer": 1},
+    "gradcam-layer2": {"name": "gradcam", "layer": 2},
+    "rollout": {"name": "rollout"},
+}
+
+
+def fabricate_explainer_results(run_dir: Path, config: dict) -> None:
+    """eval_explainers/ results of EXPLAINER_CASES at the grid's own paths."""
+    from amc.report import grid
+
+    for (method, seed, slug), cases in EXPLAINER_CASES.items():
+        path = run_dir.parent.parent / grid.explainer_eval_path(
+            config, method, seed, "flickr30k", "test", slug
+        )
+        rows = [
+            {"id": f"flickr30k/test/{i}", "point": [1, 1], "hit": bool(hit), "miss": None if hit else "background",
+             "category": None, "energy": energy}
+            for i, (hit, energy) in enumerate(cases)
+        ]  # fmt: skip
+        document = result_document("flickr30k", "test", method, seed, rows)
+        document["summary"].update(explainer=EXPLAINERS[slug], model_config={"gradcam_layer": 1})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document))
+
+
+def slow_reference_gradcam(model, image_embeds, ids, mask):
+    """One sample at a time, the released code's way: hook on P, backward, loops."""
+    maps = []
+    h, w = model.image_grid
+    for i in range(ids.shape[0]):
+        saved = {}
+        text = model.encode_text(ids[i : i + 1], mask[i : i + 1])
+        fused = model.fuse(
+            text, mask[i : i + 1], image_embeds[i : i + 1].detach(), capture_cross_attention=True
+        )
+        probs = fused.cross_attention
+        probs.register_hook(lambda grad, saved=saved: saved.update(grad=grad))
+        model.zero_grad()
+        model.itm_head(fused.hidden_states[:, 0])[0, 1].backward()
+        grad = saved["grad"]
+        heads, length = probs.shape[1], probs.shape[2]
+        cam = torch.zeros(h, w, dtype=probs.dtype)
+        for head in range(heads):
+            for t in range(length):  # ALL positions: padding adds zeros but counts in the mean
+                if mask[i, t]:
+                    cam += (probs[0, head, t, 1:] * grad[0, head, t, 1:].clamp(min=0)).reshape(h, w).detach()
+        maps.append(cam / (heads * length))
+    model.zero_grad(set_to_none=True)
+    return torch.stack(maps)

@@ -17,11 +17,16 @@ Nothing here talks to any address but 127.0.0.1.
 
 from __future__ import annotations
 
+import io
 import re
 import socket
+import tarfile
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from amc.download import Artifact
 
 
 @dataclass(frozen=True)
@@ -196,3 +201,46 @@ def refused_port() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+# --------------------------------------------------------------------------- the downloader tests' helpers
+
+FAST = {"retries": 3, "timeout": 5.0, "progress": False, "backoff": 0.001}
+
+
+def artifact(name: str = "blob", urls=(), filename: str = "files/blob.bin", **fields) -> Artifact:
+    values = {
+        "size": None,
+        "sha256": None,
+        "unpack": "none",
+        "unpack_to": None,
+        "produces": (filename,),
+        "description": "test artifact",
+        "license": "test",
+    }
+    values.update(fields)
+    return Artifact(name=name, urls=tuple(urls), filename=filename, **values)
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def tar_bytes(members: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None) -> bytes:
+    """A .tar.gz; ``links`` maps a member name to (tarfile.SYMTYPE or LNKTYPE, link target)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, (kind, target) in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = target
+            tar.addfile(info)
+    return buffer.getvalue()

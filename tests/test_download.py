@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import random
@@ -16,12 +15,10 @@ import re
 import shutil
 import tarfile
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
-from http_fixtures import Corrupt, Cut, FileServer, Stall, Status, WrongRange, refused_port
 
 from amc import download as dl
 from amc.cli import main
@@ -35,17 +32,22 @@ from amc.download import (
     load_manifest,
     read_lock,
 )
+from tests.http_fixtures import (
+    FAST,
+    Corrupt,
+    Cut,
+    FileServer,
+    Stall,
+    Status,
+    WrongRange,
+    artifact,
+    refused_port,
+    tar_bytes,
+    zip_bytes,
+)
 
 DATA = random.Random(0).randbytes(200_000)
 DATA_SHA = hashlib.sha256(DATA).hexdigest()
-FAST = {"retries": 3, "timeout": 5.0, "progress": False, "backoff": 0.001}
-
-
-@pytest.fixture
-def server():
-    srv = FileServer().start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
@@ -54,44 +56,6 @@ def sleeps(monkeypatch):
     delays: list[float] = []
     monkeypatch.setattr(dl.time, "sleep", delays.append)
     return delays
-
-
-def artifact(name: str = "blob", urls=(), filename: str = "files/blob.bin", **fields) -> Artifact:
-    values = {
-        "size": None,
-        "sha256": None,
-        "unpack": "none",
-        "unpack_to": None,
-        "produces": (filename,),
-        "description": "test artifact",
-        "license": "test",
-    }
-    values.update(fields)
-    return Artifact(name=name, urls=tuple(urls), filename=filename, **values)
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
-def tar_bytes(members: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None) -> bytes:
-    """A .tar.gz; ``links`` maps a member name to (tarfile.SYMTYPE or LNKTYPE, link target)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, (kind, target) in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type = kind
-            info.linkname = target
-            tar.addfile(info)
-    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- plain downloads

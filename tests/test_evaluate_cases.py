@@ -92,7 +92,7 @@ def test_a_record_box_must_be_four_finite_numbers_with_an_area(tmp_path, box, pr
            "height": 30, "phrase": "a cat", "boxes": [[0, 0, 10, 10], box]}  # fmt: skip
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(row) + "\n")
-    with pytest.raises(DataError, match=rf"r\.jsonl: record 1: box .* {problem}"):
+    with pytest.raises(DataError, match=rf"r\.jsonl: record 1: boxes\[1\]: box .* {problem}"):
         load_records(path)
 
 

@@ -1,4 +1,4 @@
-"""GradCAM: against a slow reference written from method.md, second order, batching, golden, CLI."""
+"""GradCAM: against a slow reference written from the released evaluation, second order, batching, golden, CLI."""
 
 from __future__ import annotations
 
@@ -12,33 +12,7 @@ import torch.nn.functional as F
 
 from amc.gradcam import gradcam_eval, gradcam_map, gradcam_train
 from amc.models.checkpoint import export_albef, save_checkpoint
-from tests.helpers import GOLDEN, TINY_MODEL, tiny_batch, tiny_model
-
-
-def slow_reference_gradcam(model, image_embeds, ids, mask):
-    """method.md, one sample at a time, the released code's way: hook on P, backward, loops."""
-    maps = []
-    h, w = model.image_grid
-    for i in range(ids.shape[0]):
-        saved = {}
-        text = model.encode_text(ids[i : i + 1], mask[i : i + 1])
-        fused = model.fuse(
-            text, mask[i : i + 1], image_embeds[i : i + 1].detach(), capture_cross_attention=True
-        )
-        probs = fused.cross_attention
-        probs.register_hook(lambda grad, saved=saved: saved.update(grad=grad))
-        model.zero_grad()
-        model.itm_head(fused.hidden_states[:, 0])[0, 1].backward()
-        grad = saved["grad"]
-        heads, length = probs.shape[1], probs.shape[2]
-        cam = torch.zeros(h, w, dtype=probs.dtype)
-        for head in range(heads):
-            for t in range(length):  # ALL positions: padding adds zeros but counts in the mean
-                if mask[i, t]:
-                    cam += (probs[0, head, t, 1:] * grad[0, head, t, 1:].clamp(min=0)).reshape(h, w).detach()
-        maps.append(cam / (heads * length))
-    model.zero_grad(set_to_none=True)
-    return torch.stack(maps)
+from tests.helpers import GOLDEN, TINY_MODEL, slow_reference_gradcam, tiny_batch, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +108,7 @@ def test_fuse_with_image_index_projects_each_image_once_and_equals_the_gathered_
 
 
 def test_last_fusion_layer_only_has_a_gradient_on_cls():
-    # Why the tiny model takes GradCAM one layer before the last (design.md).
+    # Why the tiny model takes GradCAM one layer before the last (docs/model.md, "GradCAM").
     model = tiny_model(gradcam_layer=2).double()
     images, ids, mask = tiny_batch(model)
     fused = model.fuse(
