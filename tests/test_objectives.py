@@ -349,9 +349,7 @@ def test_objectives_are_switched_off_by_null_enabled_false_or_weight_0():
     assert names == ["amc"]
     (itm,) = build_objectives({"itm": {"enabled": True, "weight": 2}})
     assert itm.weight == 2.0 and isinstance(itm.weight, float) and itm.negatives == "hard"
-    with pytest.raises(
-        AmcError, match=r"^unknown objective 'itx'; registered: amc, itc, itm, mlm\b"
-    ):
+    with pytest.raises(AmcError, match=r"^unknown objective 'itx'; registered: amc, itc, itm, mlm\b"):
         build_objectives({"itx": {}})
     with pytest.raises(AmcError, match=r"^objective 'itc': .*unexpected keyword argument 'temperature'"):
         build_objectives({"itc": {"temperature": 0.1}})
