@@ -47,6 +47,12 @@ MUTATED = $(shell sed -n '/^only_mutate/,/^]/p' pyproject.toml | grep -o '[a-z_/
 MODULES ?= $(MUTATED)
 mutation: venv
 	mkdir -p mutants
+	rm -rf mutants/ci-data  # made again by the first test session of this run, from this checkout's synth
+	# mutmut re-copies a changed .py file but not the package's data files (schemas, resources)
+	for dir in amc baselines; do \
+	  (cd $$dir && find . -type f ! -name '*.py' ! -path '*/__pycache__/*' -exec cp --parents {} $(CURDIR)/mutants/$$dir/ \;) \
+	  || exit 1; \
+	done
 	for module in $(MODULES); do \
 	  name=$$(echo $${module%.py} | tr / .); start=$$(date +%s); \
 	  PYTHONPATH=$(CURDIR)/mutants OMP_NUM_THREADS=1 AMC_TEST_CI_DATA=$(CURDIR)/mutants/ci-data \
