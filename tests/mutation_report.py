@@ -4,12 +4,15 @@
 
 Killed counts mutants a test failed on; a timeout (a test ran past mutmut's limit) is listed
 apart and counts as a kill in the rate. ``--survivors`` lists every mutant that survived or had no test, by
-name (``mutmut show NAME`` prints its diff).
+name (``mutmut show NAME`` prints its diff); ``--diffs`` adds each one's changed lines, read from the
+mutated copy (what ``docs/testing.md`` groups into reasons).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import json
 import tomllib
 from collections import Counter
@@ -70,22 +73,44 @@ def _row(name: str, counts: Counter) -> str:
     return f"| {name} | {sum(counts.values())} | {cells} | {rate} |"
 
 
+def function_sources(path: Path) -> dict[str, str]:
+    """Every function of a mutated file (mutmut writes each mutant as a function of its own) by name."""
+    text = path.read_text()
+    return {
+        node.name: ast.get_source_segment(text, node) or ""
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+
+def mutant_diff(sources: dict[str, str], name: str) -> list[str]:
+    """The lines mutant ``name`` changes (``-`` original, ``+`` mutated)."""
+    original = sources.get(name.rsplit("__mutmut_", 1)[0].split(".")[-1] + "__mutmut_orig", "")
+    mutated = sources.get(name.split(".")[-1], "")
+    lines = difflib.unified_diff(original.splitlines()[1:], mutated.splitlines()[1:], lineterm="", n=0)
+    return [line.strip() for line in lines if line[:1] in "-+" and line[:3] not in ("---", "+++")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.mutation_report", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--mutants", default="mutants", help="mutmut's folder (default: mutants)")
     parser.add_argument("--survivors", action="store_true", help="list the mutants no test killed")
+    parser.add_argument("--diffs", action="store_true", help="with --survivors: each one's changed lines")
     args = parser.parse_args(argv)
     results = module_results(Path(args.mutants), mutated_modules())
     if not results:
         parser.error(f"{args.mutants}: no mutmut results (run make mutation first)")
     print(table(results))
     if args.survivors:
-        for statuses in results.values():
+        for module, statuses in results.items():
+            sources = function_sources(Path(args.mutants) / module) if args.diffs else {}
             for name, status in statuses.items():
                 if status in ("survived", "no tests", "timeout", "suspicious"):
                     print(f"{status}\t{name}")
+                    for line in mutant_diff(sources, name) if args.diffs else []:
+                        print(f"\t\t{line}")
     return 0
 
 
