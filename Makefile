@@ -48,7 +48,11 @@ MODULES ?= $(MUTATED)
 mutation: venv
 	mkdir -p mutants
 	rm -rf mutants/ci-data  # made again by the first test session of this run, from this checkout's synth
-	# mutmut re-copies a changed .py file but not the package's data files (schemas, resources)
+	# mutmut re-copies a changed .py file but neither removes a file the checkout no longer has
+	# nor copies the package's data files (schemas, resources)
+	-cd mutants && for f in $$(find amc baselines -type f ! -path '*/__pycache__/*' | sed 's/\.\(meta\|spans\)$$//' | sort -u); do \
+	  [ -e "../$$f" ] || rm -f "$$f" "$$f.meta" "$$f.spans"; \
+	done
 	for dir in amc baselines; do \
 	  (cd $$dir && find . -type f ! -name '*.py' ! -path '*/__pycache__/*' -exec cp --parents {} $(CURDIR)/mutants/$$dir/ \;) \
 	  || exit 1; \
