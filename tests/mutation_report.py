@@ -76,8 +76,9 @@ def _row(name: str, counts: Counter) -> str:
 def function_sources(path: Path) -> dict[str, str]:
     """Every function of a mutated file (mutmut writes each mutant as a function of its own) by name."""
     text = path.read_text()
+    lines = text.splitlines()
     return {
-        node.name: ast.get_source_segment(text, node) or ""
+        node.name: "\n".join(lines[node.lineno - 1 : node.end_lineno])
         for node in ast.walk(ast.parse(text))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
     }

@@ -16,7 +16,7 @@ from PIL import Image
 
 import amc.evaluate
 from amc.evaluate import CaseResult, EvalInputs
-from amc.io import AmcError
+from amc.io import AmcError, DataError
 from amc.models.tokenizer import AlbefTokenizer
 from amc.records import Record, save_records
 from amc.selection import BestCheckpoints, best_checkpoint_name, parse_selection
@@ -125,6 +125,16 @@ def test_a_split_evaluates_at_its_resolution_with_its_overrides(tmp_path, record
     assert (flickr_res, flickr.image_res) == (32, 32)
     assert (refcoco_res, refcoco.image_res, refcoco.max_words, refcoco.resize) == (48, 48, 7, "cv2-linear")
     assert model.config.image_res == 32 and model.visual_encoder.pos_embed.shape[1] == 1 + 16  # untouched
+
+
+def test_a_selection_split_with_no_evaluated_case_is_an_error_naming_it(tmp_path, records, monkeypatch):
+    monkeypatch.setattr(amc.evaluate, "evaluate", lambda *args, **kwargs: ([], Counter()))
+    best = selector(tmp_path, records)
+    with pytest.raises(
+        DataError, match=r"flickr30k-val.jsonl: no case of selection split flickr30k could be evaluated$"
+    ):
+        run_epochs(best, tiny_model(**SMALL), range(1))
+    assert not best.log_path.exists()  # nothing recorded for a split that was not evaluated
 
 
 def test_resuming_forgets_later_rows_and_keeps_the_best_so_far(tmp_path, records, monkeypatch):
