@@ -48,6 +48,9 @@ MODULES ?= $(MUTATED)
 mutation: venv
 	mkdir -p mutants
 	rm -rf mutants/ci-data  # made again by the first test session of this run, from this checkout's synth
+	# which tests cover which function, recorded afresh once per run (mutmut only adds new tests to
+	# its record: a test changed to call another function, or a module renamed, would go unseen)
+	rm -f mutants/mutmut-stats.json
 	# mutmut re-copies a changed .py file but neither removes a file the checkout no longer has
 	# nor copies the package's data files (schemas, resources)
 	-cd mutants && for f in $$(find amc baselines -type f ! -path '*/__pycache__/*' | sed 's/\.\(meta\|spans\)$$//' | sort -u); do \
