@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from PIL import Image
 
 from amc.cli import main as amc_main
 from amc.models import ALBEF, ModelConfig
@@ -581,3 +583,104 @@ def slow_reference_gradcam(model, image_embeds, ids, mask):
         maps.append(cam / (heads * length))
     model.zero_grad(set_to_none=True)
     return torch.stack(maps)
+
+
+# --------------------------------------------------------------------------- RefCOCO+ raw files
+
+
+def write_refcoco(root: Path, refs, instances=None):
+    root.mkdir(parents=True, exist_ok=True)
+    instances = instances or {
+        "images": [
+            {"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 100, "height": 80},
+            {"id": 2, "file_name": "COCO_train2014_000000000002.jpg", "width": 50, "height": 50},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "bbox": [10, 20, 30, 40], "category_id": 1, "area": 1200, "iscrowd": 0},
+            {
+                "id": 11,
+                "image_id": 1,
+                "bbox": [50.5, 10, 20, 20],
+                "category_id": 2,
+                "area": 400,
+                "iscrowd": 0,
+            },
+            {"id": 12, "image_id": 2, "bbox": [5, 5, 0, 10], "category_id": 2, "area": 0, "iscrowd": 0},
+        ],
+        "categories": [
+            {"id": 1, "name": "person", "supercategory": "person"},
+            {"id": 2, "name": "dog", "supercategory": "animal"},
+        ],
+    }
+    (root / "instances.json").write_text(json.dumps(instances))
+    (root / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+
+
+def ref(ref_id, ann_id, image_id, split, category_id, *sentences):
+    sents = [
+        {"sent": s, "tokens": s.split(), "raw": s, "sent_id": ref_id * 100 + i}
+        for i, s in enumerate(sentences)
+    ]
+    return {
+        "ref_id": ref_id,
+        "ann_id": ann_id,
+        "image_id": image_id,
+        "split": split,
+        "category_id": category_id,
+        "sentences": sents,
+        "sent_ids": [s["sent_id"] for s in sents],
+    }
+
+
+REFS = [
+    ref(1, 10, 1, "testA", 1, "man in red", "guy on left of dog"),
+    ref(2, 11, 1, "testB", 2, "brown dog"),
+    ref(3, 12, 2, "val", 2, "flat dog"),  # degenerate box
+    ref(4, 10, 1, "train", 1, "", "person"),  # one empty sentence
+]
+
+
+# ------------------------------------------------- the AMC authors' VG phrase files (amc prepare vg --format released)
+
+
+def write_images(images: Path) -> None:
+    for relpath, size in [
+        ("VG_100K/1.jpg", (100, 80)),
+        ("VG_100K_2/2.jpg", (60, 50)),
+        ("more/5.jpg", (40, 30)),
+    ]:
+        (images / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (90, 120, 30)).save(images / relpath)
+    (images / "VG_100K/9.jpg").write_bytes(b"")  # a zero-byte file: unreadable
+
+
+DESCRIPTIONS = [
+    # 0: a list of captions; the path as stored works as is
+    {"image": "VG_100K/1.jpg", "caption": ["a red car", "the car"], "bbox": [[10, 10, 30, 40]]},
+    # 1: the authors' absolute path (found by its last two parts); one box pokes outside the 60x50 image
+    {
+        "image": "/home/author/vg/VG_100K_2/2.jpg",
+        "caption": "a tree",
+        "bbox": [[-5.7, 3.2, 70.9, 20.5], [10, 10, 20, 20]],
+    },
+    # 2: another folder (found by its file name under VG_100K_2/); every box empty after clipping
+    {"image": "images/2.jpg", "caption": "a dog", "bbox": [[5, 5, 5, 9], [100, 2, 120, 1]]},
+    # 3: one empty box among a good one: only the good one is kept
+    {"image": "VG_100K/1.jpg", "caption": "mixed", "bbox": [[1, 1, 1.5, 5], [20, 20, 40, 40]]},
+    # 4: no boxes at all
+    {"image": "VG_100K/1.jpg", "caption": "no box", "bbox": []},
+    # 5: no box holds four finite numbers
+    {"image": "VG_100K/1.jpg", "caption": "bad numbers", "bbox": [[1, "x", 3, 4], [1, 2, float("inf"), 4]]},
+    # 6, 7: an image that is nowhere, an image that cannot be read
+    {"image": "VG_100K/404.jpg", "caption": "lost", "bbox": [[1, 1, 5, 5]]},
+    {"image": "VG_100K/9.jpg", "caption": "broken", "bbox": [[1, 1, 5, 5]]},
+]
+SPATIAL = [
+    {"image": "VG_100K/1.jpg", "caption": "car left of tree", "bbox": [[0, 0, 100, 80]]},
+    # found only by its last two path parts (a folder other than VG_100K/, VG_100K_2/)
+    {"image": "/home/author/vg/more/5.jpg", "caption": "cat on mat", "bbox": [[0, 0, 10, 10]]},
+]
+ATTRIBUTES = [
+    {"image": "VG_100K/1.jpg", "caption": "red car", "bbox": [[10.9, 10.1, 30.99, 40.5]]},
+    {"image": "VG_100K/1.jpg", "caption": ["", "parked car"], "bbox": [[10, 10, 30, 40]]},
+]

@@ -26,8 +26,17 @@ from amc.evaluate import _load_proposals
 from amc.io import AmcError
 from amc.models.config import ModelConfig
 from amc.records import Record, record_from_dict
-from tests.test_readers import REFS, box_object, write_flickr, write_vg
-from tests.test_vg_released import ATTRIBUTES, DESCRIPTIONS, SPATIAL, write_images
+from tests.helpers import (
+    ATTRIBUTES,
+    DESCRIPTIONS,
+    REFS,
+    SPATIAL,
+    box_object,
+    write_flickr,
+    write_images,
+    write_refcoco,
+    write_vg,
+)
 
 # derandomize: the same examples on every run, so the suite is reproducible (False explores new ones)
 SETTINGS = settings(
@@ -112,7 +121,6 @@ def assert_records_or_named_error(read, where: str, source=None) -> None:
 
 def canonical_refcoco() -> dict:
     root = Path(tempfile.mkdtemp())
-    from tests.test_readers import write_refcoco
 
     write_refcoco(root, REFS)
     return {"instances": json.loads((root / "instances.json").read_text()), "refs": copy.deepcopy(REFS)}
@@ -177,7 +185,6 @@ def test_a_null_phrase_part_is_an_empty_phrase_not_text(tmp_path, name, place, v
 
 
 def test_a_null_refcoco_sentence_is_an_empty_phrase_not_text(tmp_path):
-    from tests.test_readers import write_refcoco
 
     write_refcoco(tmp_path / "as-is", REFS)
     before = Problems()

@@ -19,7 +19,7 @@ from amc.data.refcoco import read_refcoco
 from amc.data.vg import read_vg
 from amc.io import DataError
 from amc.records import Record, load_records
-from tests.helpers import box_object, write_flickr, write_vg
+from tests.helpers import REFS, box_object, ref, write_flickr, write_refcoco, write_vg
 
 # ------------------------------------------------------------------------------------ Flickr30k
 
@@ -151,58 +151,6 @@ def test_flickr30k_structural_problems_stop(tmp_path, flickr):
 
 
 # ------------------------------------------------------------------------------------ RefCOCO+
-
-
-def write_refcoco(root: Path, refs, instances=None):
-    root.mkdir(parents=True, exist_ok=True)
-    instances = instances or {
-        "images": [
-            {"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 100, "height": 80},
-            {"id": 2, "file_name": "COCO_train2014_000000000002.jpg", "width": 50, "height": 50},
-        ],
-        "annotations": [
-            {"id": 10, "image_id": 1, "bbox": [10, 20, 30, 40], "category_id": 1, "area": 1200, "iscrowd": 0},
-            {
-                "id": 11,
-                "image_id": 1,
-                "bbox": [50.5, 10, 20, 20],
-                "category_id": 2,
-                "area": 400,
-                "iscrowd": 0,
-            },
-            {"id": 12, "image_id": 2, "bbox": [5, 5, 0, 10], "category_id": 2, "area": 0, "iscrowd": 0},
-        ],
-        "categories": [
-            {"id": 1, "name": "person", "supercategory": "person"},
-            {"id": 2, "name": "dog", "supercategory": "animal"},
-        ],
-    }
-    (root / "instances.json").write_text(json.dumps(instances))
-    (root / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
-
-
-def ref(ref_id, ann_id, image_id, split, category_id, *sentences):
-    sents = [
-        {"sent": s, "tokens": s.split(), "raw": s, "sent_id": ref_id * 100 + i}
-        for i, s in enumerate(sentences)
-    ]
-    return {
-        "ref_id": ref_id,
-        "ann_id": ann_id,
-        "image_id": image_id,
-        "split": split,
-        "category_id": category_id,
-        "sentences": sents,
-        "sent_ids": [s["sent_id"] for s in sents],
-    }
-
-
-REFS = [
-    ref(1, 10, 1, "testA", 1, "man in red", "guy on left of dog"),
-    ref(2, 11, 1, "testB", 2, "brown dog"),
-    ref(3, 12, 2, "val", 2, "flat dog"),  # degenerate box
-    ref(4, 10, 1, "train", 1, "", "person"),  # one empty sentence
-]
 
 
 def test_refcoco_exact_records(tmp_path):

@@ -19,50 +19,7 @@ from amc.data.transforms import TrainTransform
 from amc.data.vg_released import FILES, clip_box, read_vg_released
 from amc.io import DataError
 from amc.records import Record, load_records, prepare_report_path
-from tests.helpers import REPO, snakemake
-
-
-def write_images(images: Path) -> None:
-    for relpath, size in [
-        ("VG_100K/1.jpg", (100, 80)),
-        ("VG_100K_2/2.jpg", (60, 50)),
-        ("more/5.jpg", (40, 30)),
-    ]:
-        (images / relpath).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", size, (90, 120, 30)).save(images / relpath)
-    (images / "VG_100K/9.jpg").write_bytes(b"")  # a zero-byte file: unreadable
-
-
-DESCRIPTIONS = [
-    # 0: a list of captions; the path as stored works as is
-    {"image": "VG_100K/1.jpg", "caption": ["a red car", "the car"], "bbox": [[10, 10, 30, 40]]},
-    # 1: the authors' absolute path (found by its last two parts); one box pokes outside the 60x50 image
-    {
-        "image": "/home/author/vg/VG_100K_2/2.jpg",
-        "caption": "a tree",
-        "bbox": [[-5.7, 3.2, 70.9, 20.5], [10, 10, 20, 20]],
-    },
-    # 2: another folder (found by its file name under VG_100K_2/); every box empty after clipping
-    {"image": "images/2.jpg", "caption": "a dog", "bbox": [[5, 5, 5, 9], [100, 2, 120, 1]]},
-    # 3: one empty box among a good one: only the good one is kept
-    {"image": "VG_100K/1.jpg", "caption": "mixed", "bbox": [[1, 1, 1.5, 5], [20, 20, 40, 40]]},
-    # 4: no boxes at all
-    {"image": "VG_100K/1.jpg", "caption": "no box", "bbox": []},
-    # 5: no box holds four finite numbers
-    {"image": "VG_100K/1.jpg", "caption": "bad numbers", "bbox": [[1, "x", 3, 4], [1, 2, float("inf"), 4]]},
-    # 6, 7: an image that is nowhere, an image that cannot be read
-    {"image": "VG_100K/404.jpg", "caption": "lost", "bbox": [[1, 1, 5, 5]]},
-    {"image": "VG_100K/9.jpg", "caption": "broken", "bbox": [[1, 1, 5, 5]]},
-]
-SPATIAL = [
-    {"image": "VG_100K/1.jpg", "caption": "car left of tree", "bbox": [[0, 0, 100, 80]]},
-    # found only by its last two path parts (a folder other than VG_100K/, VG_100K_2/)
-    {"image": "/home/author/vg/more/5.jpg", "caption": "cat on mat", "bbox": [[0, 0, 10, 10]]},
-]
-ATTRIBUTES = [
-    {"image": "VG_100K/1.jpg", "caption": "red car", "bbox": [[10.9, 10.1, 30.99, 40.5]]},
-    {"image": "VG_100K/1.jpg", "caption": ["", "parked car"], "bbox": [[10, 10, 30, 40]]},
-]
+from tests.helpers import ATTRIBUTES, DESCRIPTIONS, REPO, SPATIAL, snakemake, write_images
 
 
 @pytest.fixture
