@@ -151,14 +151,30 @@ def _summary(stage: str, jobs: Sequence[JobTiming]) -> StageTiming:
     )
 
 
-def stage_table(jobs: Iterable[JobTiming]) -> list[StageTiming]:
-    """One row per stage present, in the workflow's order (other stages after, by name), then ``total``."""
+def _rule_order(rule: str) -> tuple[int, int, str]:
+    """Stages in the workflow's order, rules in their stage's order, unknown ones last by name."""
+    stage = stage_of(rule)
+    if stage not in STAGES:
+        return (len(STAGES), 0, rule)
+    rules = STAGES[stage]
+    key = "download" if rule.startswith("download_") else rule
+    return (list(STAGES).index(stage), rules.index(key), rule)
+
+
+def stage_table(jobs: Iterable[JobTiming], by: str = "stage") -> list[StageTiming]:
+    """One row per stage (``by="rule"``: per rule) present, in the workflow's order (stages of no
+    known group after, by name), then ``total``."""
+    if by not in ("stage", "rule"):
+        raise ValueError(f"by must be 'stage' or 'rule', not {by!r}")
     jobs = list(jobs)
-    by_stage: dict[str, list[JobTiming]] = {}
+    groups: dict[str, list[JobTiming]] = {}
     for job in jobs:
-        by_stage.setdefault(stage_of(job.rule), []).append(job)
-    order = [s for s in STAGES if s in by_stage] + sorted(s for s in by_stage if s not in STAGES)
-    rows = [_summary(stage, by_stage[stage]) for stage in order]
+        groups.setdefault(stage_of(job.rule) if by == "stage" else job.rule, []).append(job)
+    if by == "stage":
+        order = [s for s in STAGES if s in groups] + sorted(s for s in groups if s not in STAGES)
+    else:
+        order = sorted(groups, key=_rule_order)
+    rows = [_summary(name, groups[name]) for name in order]
     if jobs:
         rows.append(_summary("total", jobs))
     return rows
@@ -169,15 +185,13 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s" if minutes else f"{seconds:.1f} s"
 
 
-def format_table(rows: Sequence[StageTiming]) -> str:
-    """The table as Markdown."""
+def format_table(rows: Sequence[StageTiming], by: str = "stage") -> str:
+    """The table as Markdown (``by``: the first column's name)."""
     lines = [
-        "| stage | jobs | sum of job seconds | wall span | max RSS (MB) |",
+        f"| {by} | jobs | sum of job seconds | wall span | max RSS (MB) |",
         "|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         rss = "NA" if row.max_rss_mb is None else f"{row.max_rss_mb:,.0f}"
-        lines.append(
-            f"| {row.stage} | {row.jobs} | {row.seconds:,.1f} | {_duration(row.span)} | {rss} |"
-        )
+        lines.append(f"| {row.stage} | {row.jobs} | {row.seconds:,.1f} | {_duration(row.span)} | {rss} |")
     return "\n".join(lines) + "\n"
