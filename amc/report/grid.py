@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -376,10 +378,31 @@ def config_schema() -> dict:
     return yaml.safe_load(resources.resource(resources.CONFIG_SCHEMA).read_text(encoding="utf-8"))
 
 
+def _import_jsonschema() -> ModuleType:
+    """jsonschema, imported (when this process has not yet) without its optional ``rfc3987_syntax``.
+
+    jsonschema's format checkers import ``rfc3987_syntax`` (installed with jsonschema[format-nongpl],
+    e.g. by Jupyter) for the ``iri`` formats, and that import builds some 40 Lark parsers: about 1 s
+    on an idle core, several on a busy machine, paid by every Snakemake run of this workflow (the
+    Snakefile validates the configuration, the HTML report's own Snakemake too). The configuration
+    schema uses no ``format``, so the module is hidden from that one import; jsonschema then goes
+    without the ``iri`` checkers, as when the module is not installed (jsonschema issue #1428).
+    """
+    if "jsonschema" not in sys.modules and "rfc3987_syntax" not in sys.modules:
+        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # importing it raises ImportError
+        try:
+            import jsonschema
+        finally:
+            del sys.modules["rfc3987_syntax"]
+    import jsonschema
+
+    return jsonschema
+
+
 def validate_config(config: dict) -> dict:
     """A copy of a workflow configuration, validated against :func:`config_schema`, with the defaults
     filled in (as Snakemake's ``validate`` does); a :class:`GridError` naming the key otherwise."""
-    import jsonschema
+    jsonschema = _import_jsonschema()
     from jsonschema import Draft202012Validator, validators
 
     schema = config_schema()

@@ -208,4 +208,5 @@ if QUALITATIVE["enabled"]:
             mem_mb=4000,
             runtime=30,
         shell:
-            "{params.launcher} report qualitative --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"
+            "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} report qualitative"
+            " --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"
