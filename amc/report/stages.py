@@ -151,7 +151,7 @@ def _summary(stage: str, jobs: Sequence[JobTiming]) -> StageTiming:
     )
 
 
-def _rule_order(rule: str) -> tuple[int, int, str]:
+def rule_order(rule: str) -> tuple[int, int, str]:
     """Stages in the workflow's order, rules in their stage's order, unknown ones last by name."""
     stage = stage_of(rule)
     if stage not in STAGES:
@@ -173,7 +173,7 @@ def stage_table(jobs: Iterable[JobTiming], by: str = "stage") -> list[StageTimin
     if by == "stage":
         order = [s for s in STAGES if s in groups] + sorted(s for s in groups if s not in STAGES)
     else:
-        order = sorted(groups, key=_rule_order)
+        order = sorted(groups, key=rule_order)
     rows = [_summary(name, groups[name]) for name in order]
     if jobs:
         rows.append(_summary("total", jobs))
