@@ -18,7 +18,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from amc.io import AmcError
+from amc.cli import nonnegative_int
+from amc.io import AmcError, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--layout", required=True, choices=LAYOUTS, help="the layout to write")
         parser.add_argument("--model-config", help="model config YAML, for a SRC that carries none")
         parser.add_argument(
-            "--epoch", type=int, help="the epoch recorded in the file (default: SRC's, if any)"
+            "--epoch", type=nonnegative_int, help="the epoch recorded in the file (default: SRC's, if any)"
         )
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs({"DST": args.dst}, {"SRC": args.src, "--model-config": getattr(args, "model_config", None)})
     if args.command == "convert-checkpoint":
         from amc.models.checkpoint import convert_checkpoint
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 
 from amc.io import AmcError
@@ -38,6 +39,61 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("amc.bench", "measure training and evaluation throughput against the released code's path"),
     "gpu-run": ("amc.gpu", "run a command on a free GPU (one lock per device)"),
 }
+
+
+# ------------------------------------------------------------------ range-checked flag types
+# Every number a flag takes is checked where it enters: `--limit -1` is an error, not a silent
+# slice that drops a case.
+
+
+def _number(text: str, kind: type, minimum: float, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return _number(text, int, 1, "a whole number >= 1")
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return _number(text, int, 0, "a whole number >= 0")
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = _number(text, float, 0.0, "a finite number > 0")
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number > 0")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    return _number(text, float, 0.0, "a finite number >= 0")
+
+
+def error_message(error: AmcError) -> str:
+    """The message of an AmcError, also when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception in the main process as the same type, built from one
+    long text: "Caught DataError in DataLoader worker process 0. Original Traceback ...", ending
+    with "amc.io.DataError: <message>". The person needs only that message.
+    """
+    text = str(error)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    kind = type(error)
+    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+        if prefix in text:
+            return text.rsplit(prefix, 1)[1].strip()
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,5 +131,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except AmcError as error:
-        logging.getLogger("amc").error("%s", error)
+        logging.getLogger("amc").error("%s", error_message(error))
         return 2

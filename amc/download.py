@@ -53,16 +53,27 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
-from amc.io import AmcError, DataError, atomic_write_json, read_json, sha256_file
+from amc.cli import nonnegative_int, positive_float
+from amc.io import (
+    NAME_RULE,
+    AmcError,
+    DataError,
+    atomic_write_json,
+    check_outputs,
+    confined,
+    is_name,
+    read_json,
+    read_yaml,
+    sha256_file,
+)
 from amc.resources import MANIFEST, resource
 
 log = logging.getLogger(__name__)
@@ -78,7 +89,6 @@ PROGRESS_LOG_INTERVAL_S = 30.0
 MAX_BACKOFF_S = 60.0
 EXIT_MANUAL = 3  # exit status of `amc download` when a manual artifact is missing
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -94,8 +104,13 @@ class DownloadError(AmcError):
     """An artifact could not be downloaded or verified; the message says why and where."""
 
 
-class UnsafeArchiveError(AmcError):
-    """An archive member would land outside the destination; names the archive and member."""
+class ArchiveError(AmcError):
+    """An archive that is refused: not a valid archive, or unsafe to unpack (see UnsafeArchiveError)."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An archive member would land outside the destination or on the downloader's own files;
+    names the archive and member."""
 
 
 class ManualDownloadRequired(AmcError):
@@ -185,10 +200,12 @@ def _check_relative_path(value: object, what: str, where: str) -> str:
     """A relative POSIX path that stays inside the destination ('.' allowed)."""
     if not isinstance(value, str) or not value.strip():
         raise ManifestError(f"{where}: '{what}' must be a non-empty path, got {value!r}")
-    if value.startswith("/") or "\\" in value or ".." in value.split("/"):
+    try:
+        confined(".", value, where)
+    except AmcError:
         raise ManifestError(
             f"{where}: '{what}' must be a relative path inside the destination, got {value!r}"
-        )
+        ) from None
     return posixpath.normpath(value)
 
 
@@ -196,8 +213,8 @@ def _parse_artifact(raw: object, where: str) -> Artifact:
     if not isinstance(raw, dict):
         raise ManifestError(f"{where}: expected a mapping, got {type(raw).__name__}")
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ManifestError(f"{where}: 'name' must be letters, digits, '_', '.', '+', '-'; got {name!r}")
+    if not is_name(name):
+        raise ManifestError(f"{where}: 'name' {name!r} is not a name ({NAME_RULE})")
     where = f"{where} ({name})"
     unknown = sorted(set(raw) - _FIELDS)
     if unknown:
@@ -290,12 +307,10 @@ def _parse_google_drive(raw: object, where: str) -> GoogleDriveFile | None:
 def load_manifest(path: str | os.PathLike | Traversable = DEFAULT_MANIFEST) -> dict[str, Artifact]:
     """Read and validate a manifest (a path, or the shipped one); returns the artifacts by name, in file order."""
     path = Path(path) if isinstance(path, str | os.PathLike) else path
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ManifestError(f"{path}: not valid YAML ({error})") from None
+        data = read_yaml(path, "manifest")
+    except DataError as error:
+        raise ManifestError(str(error)) from None
     if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
         raise ManifestError(f"{path}: expected a mapping with an 'artifacts' list")
     artifacts: dict[str, Artifact] = {}
@@ -330,6 +345,18 @@ def read_lock(dest: str | os.PathLike) -> dict[str, dict]:
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
         raise DataError(f"{path}: expected a mapping with an 'artifacts' mapping")
+    for name, entry in data["artifacts"].items():
+        size, sha256 = (entry.get("size"), entry.get("sha256")) if isinstance(entry, dict) else (None, None)
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("filename"), str)
+            or (size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0))
+            or (sha256 is not None and (not isinstance(sha256, str) or not _SHA256_RE.match(sha256)))
+        ):
+            raise DataError(
+                f"{path}: entry {name!r} must hold a filename, a size (bytes) and a sha256 (64 hex digits); "
+                f"got {entry!r}. Remove the entry to record the file again."
+            )
     return data["artifacts"]
 
 
@@ -790,11 +817,12 @@ def _fetch_local(artifact: Artifact, dest: Path, expected: _Expected) -> tuple[i
 
 
 def _check_member_path(archive: Path, name: str) -> None:
-    path = name.replace("\\", "/")
-    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
-        raise UnsafeArchiveError(f"{archive}: refusing member {name!r}: absolute path")
-    if ".." in path.split("/"):
-        raise UnsafeArchiveError(f"{archive}: refusing member {name!r}: its path escapes the destination")
+    try:
+        confined(".", name, "member")
+    except AmcError:
+        raise UnsafeArchiveError(
+            f"{archive}: refusing member {name!r}: an absolute path or one that escapes the destination"
+        ) from None
 
 
 def _escapes(path: str) -> bool:
@@ -820,6 +848,10 @@ def _check_tar_member(archive: Path, member: tarfile.TarInfo) -> None:
         raise UnsafeArchiveError(f"{archive}: refusing member {member.name!r}: not a file, folder or link")
 
 
+# A member under a path another member made a file (or the reverse): the archive's fault, not the disk's.
+_MEMBER_CONFLICTS = (NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
 def _extract_zip(archive: Path, into: Path) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -829,7 +861,9 @@ def _extract_zip(archive: Path, into: Path) -> None:
                 _check_member_path(archive, info.filename)
             zf.extractall(into)
     except zipfile.BadZipFile as error:
-        raise AmcError(f"{archive}: not a valid zip archive ({error})") from None
+        raise ArchiveError(f"{archive}: not a valid zip archive ({error})") from None
+    except _MEMBER_CONFLICTS as error:
+        raise ArchiveError(f"{archive}: members that contradict each other ({error})") from None
 
 
 def _extract_tar(archive: Path, into: Path) -> None:
@@ -848,7 +882,9 @@ def _extract_tar(archive: Path, into: Path) -> None:
         name = getattr(error.tarinfo, "name", "?")
         raise UnsafeArchiveError(f"{archive}: refusing member {name!r}: {error}") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise AmcError(f"{archive}: not a valid tar archive ({error})") from None
+        raise ArchiveError(f"{archive}: not a valid tar archive ({error})") from None
+    except _MEMBER_CONFLICTS as error:
+        raise ArchiveError(f"{archive}: members that contradict each other ({error})") from None
 
 
 def _archive_kind(archive: Path, declared: str) -> str:
@@ -860,7 +896,7 @@ def _archive_kind(archive: Path, declared: str) -> str:
         return "zip"
     if tarfile.is_tarfile(archive):
         return "tar"
-    raise AmcError(f"{archive}: neither a zip nor a tar archive")
+    raise ArchiveError(f"{archive}: neither a zip nor a tar archive")
 
 
 def _marker(artifact: Artifact, dest: Path) -> Path:
@@ -878,16 +914,49 @@ def _marker_matches(artifact: Artifact, dest: Path, sha256: str | None) -> bool:
     return isinstance(recorded, dict) and (sha256 is None or recorded.get("sha256") == sha256)
 
 
-def unpack_archive(archive: Path, into: Path, *, kind: str = "auto", name: str = "archive") -> list[str]:
+def is_downloader_file(name: str) -> bool:
+    """Whether a file name is one the downloader keeps for itself: the lock file and its flock,
+    partial downloads, unpack markers and temporary folders, refused archives."""
+    return (
+        name == LOCK_FILENAME
+        or name.endswith((".part", ".flock", ".unpacked", ".refused"))
+        or (name.startswith(".") and (".unpacking-" in name or ".gdrive" in name))
+    )
+
+
+def _check_entry(archive: Path, entry: str, target: Path, protected: list[Path]) -> None:
+    """Refuse a top-level entry that would replace the downloader's own files (module docstring)."""
+    if is_downloader_file(entry):
+        raise UnsafeArchiveError(
+            f"{archive}: refusing member {entry!r}: it is named like the downloader's own files"
+        )
+    for path in protected:
+        if path == target or target in path.parents:
+            raise UnsafeArchiveError(f"{archive}: refusing member {entry!r}: it would replace {path}")
+    if target.is_dir() and not target.is_symlink():
+        for folder, _dirs, files in os.walk(target):
+            owned = [f for f in files if is_downloader_file(f)]
+            if owned:
+                raise UnsafeArchiveError(
+                    f"{archive}: refusing member {entry!r}: replacing {target} would delete {Path(folder) / owned[0]}"
+                )
+
+
+def unpack_archive(
+    archive: Path, into: Path, *, kind: str = "auto", name: str = "archive", protected: list[Path] = ()
+) -> list[str]:
     """Extract ``archive`` into the folder ``into``, refusing members that would escape it.
 
     Extraction happens in a temporary folder inside ``into``; only a complete
-    extraction is moved into place (its top-level entries replace any older ones).
+    extraction is moved into place (its top-level entries replace any older ones). No entry
+    may replace the downloader's own files: names like them (:func:`is_downloader_file`), the
+    ``protected`` paths (the archive itself, the lock file) or a folder holding either.
     Returns the top-level entries. Writes no marker: see :func:`download`.
     """
     into.mkdir(parents=True, exist_ok=True)
     for stale in into.glob(f".{name}.unpacking-*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
+    protected = [Path(os.path.abspath(p)) for p in (archive, *protected)]
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.unpacking-", dir=into))
     try:
         if _archive_kind(archive, kind) == "zip":
@@ -895,6 +964,8 @@ def unpack_archive(archive: Path, into: Path, *, kind: str = "auto", name: str =
         else:
             _extract_tar(archive, tmp)
         entries = sorted(os.listdir(tmp))
+        for entry in entries:  # every entry is checked before the first one moves
+            _check_entry(archive, entry, Path(os.path.abspath(into / entry)), protected)
         for entry in entries:
             target = into / entry
             if target.is_dir() and not target.is_symlink():
@@ -907,20 +978,48 @@ def unpack_archive(archive: Path, into: Path, *, kind: str = "auto", name: str =
     return entries
 
 
-def _unpack(artifact: Artifact, dest: Path, archive: Path, sha256: str) -> bool:
-    """Unpack unless the marker says this very archive was unpacked and its outputs exist."""
+def _unpack(
+    artifact: Artifact, dest: Path, archive: Path, sha256: str, others: Iterable[Artifact] = ()
+) -> bool:
+    """Unpack unless the marker says this very archive was unpacked and its outputs exist.
+
+    ``others``: the manifest's other artifacts, whose downloaded files no entry may replace."""
     if _marker_matches(artifact, dest, sha256) and _missing(artifact, dest) == []:
         log.info("%s: already unpacked into %s", artifact.name, dest / str(artifact.unpack_to))
         return False
     into = dest / str(artifact.unpack_to)
     _marker(artifact, dest).unlink(missing_ok=True)
     log.info("%s: unpacking %s into %s", artifact.name, archive, into)
-    entries = unpack_archive(archive, into, kind=artifact.unpack, name=artifact.name)
+    entries = unpack_archive(
+        archive,
+        into,
+        kind=artifact.unpack,
+        name=artifact.name,
+        protected=[
+            dest / LOCK_FILENAME,
+            dest / f".{LOCK_FILENAME}.flock",
+            _marker(artifact, dest),
+            *(dest / other.filename for other in others if other.name != artifact.name),
+        ],
+    )
     atomic_write_json(
         _marker(artifact, dest),
         {"archive": artifact.filename, "sha256": sha256, "entries": entries},
     )
     return True
+
+
+def _refuse(artifact: Artifact, dest: Path, archive: Path, sha256: str, error: ArchiveError) -> ArchiveError:
+    """A refused archive is neither kept where a good one goes nor trusted: it is moved aside to
+    ``<filename>.refused`` and its checksum leaves the lock file. Returns the error to raise."""
+    aside = archive.with_name(archive.name + ".refused")
+    os.replace(archive, aside)
+    with _locked(dest):
+        entries = read_lock(dest)
+        if entries.get(artifact.name, {}).get("sha256") == sha256:
+            del entries[artifact.name]
+            atomic_write_json(dest / LOCK_FILENAME, {"version": 1, "artifacts": entries})
+    return type(error)(f"{error}. The archive was moved aside to {aside} and is not recorded as trusted.")
 
 
 # --------------------------------------------------------------------------- download
@@ -968,13 +1067,15 @@ def download(
     unpack: bool = True,
     backoff: float = 1.0,
     update_lock: bool = False,
+    others: Iterable[Artifact] = (),
 ) -> DownloadResult:
     """Make ``artifact`` present and verified under ``dest``, downloading only what is missing.
 
     ``retries`` counts retries per mirror; ``backoff`` is the first retry's delay in
     seconds (it doubles each time, up to a minute). ``update_lock`` ignores the lock
     file's record and replaces it with what is fetched now (for a source that changed on
-    purpose, e.g. a checkpoint the workflow itself re-exported). Raises
+    purpose, e.g. a checkpoint the workflow itself re-exported). ``others``: the manifest's other
+    artifacts, whose files unpacking never replaces. Raises
     :class:`DownloadError`, :class:`UnsafeArchiveError` or, for a missing manual artifact
     or a Google Drive file gdown cannot fetch, :class:`ManualDownloadRequired`.
     """
@@ -986,8 +1087,6 @@ def download(
     if target.exists():
         result.size, result.sha256 = _verify_file(target, artifact, expected)
         log.info("%s: %s is present and verifies", artifact.name, target)
-        if expected.sha256 is None:
-            _record_lock(dest, artifact, result.size, result.sha256, None)
     elif _present_without_file(artifact, dest):
         log.info("%s: already present under %s", artifact.name, dest)
         result.path = None
@@ -1005,13 +1104,17 @@ def download(
             )
         result.size, result.sha256, result.url = fetched
         result.downloaded = True
-        if expected.sha256 is None:
-            _record_lock(dest, artifact, result.size, result.sha256, result.url)
 
-    if artifact.unpack != "none":
-        if not unpack:
-            return result
-        result.unpacked = _unpack(artifact, dest, target, str(result.sha256))
+    if artifact.unpack != "none" and unpack:
+        # Unpacked before its checksum is recorded: an archive that is refused is never trusted.
+        try:
+            result.unpacked = _unpack(artifact, dest, target, str(result.sha256), others)
+        except ArchiveError as error:
+            raise _refuse(artifact, dest, target, str(result.sha256), error) from None
+    if expected.sha256 is None:
+        _record_lock(dest, artifact, result.size, result.sha256, result.url)
+    if artifact.unpack != "none" and not unpack:
+        return result
     _check_produces(artifact, dest)
     return result
 
@@ -1025,8 +1128,10 @@ def configure_parser(parser) -> None:
     parser.add_argument(
         "--manifest", type=Path, default=DEFAULT_MANIFEST, help="manifest to read (default: the shipped one)"
     )
-    parser.add_argument("--retries", type=int, default=5, help="retries per mirror (default 5)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before retrying")
+    parser.add_argument("--retries", type=nonnegative_int, default=5, help="retries per mirror (default 5)")
+    parser.add_argument(
+        "--timeout", type=positive_float, default=60.0, help="seconds without data before retrying"
+    )
     parser.add_argument("--no-unpack", action="store_true", help="download and verify only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
     parser.add_argument("--list", action="store_true", help="list the manifest's artifacts and exit")
@@ -1062,8 +1167,7 @@ def run(args) -> int:
         raise AmcError("name at least one artifact to download (amc download --list shows them)")
     if args.dest is None:
         raise AmcError("--dest DIR is required")
-    if args.retries < 0 or args.timeout <= 0:
-        raise AmcError("--retries must be >= 0 and --timeout > 0")
+    check_outputs({}, folders={"--dest": args.dest})
     unknown = [n for n in args.names if n not in manifest]
     if unknown:
         raise AmcError(
@@ -1081,6 +1185,7 @@ def run(args) -> int:
                 progress=not args.no_progress,
                 unpack=not args.no_unpack,
                 update_lock=args.update_lock,
+                others=manifest.values(),
             )
         except ManualDownloadRequired as error:
             log.error("%s", error)

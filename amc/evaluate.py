@@ -12,6 +12,11 @@ Fast by design: each image is encoded once, under ``torch.no_grad``, for all of
 its phrases; the backward pass that makes GradCAM runs through the fusion layers
 only; a batch of phrases mixes phrases of several images (``image_index`` maps
 each phrase to its image).
+
+Every case also records the energy in its boxes (:func:`amc.metrics.energy_in_boxes`).
+With ``--explainer`` (repeatable) the same protocol scores other maps of the model
+(:mod:`amc.explainers`): one result per explainer and split, all from one pass over the
+images and, for the gradient explainers, one backward pass per batch.
 """
 
 from __future__ import annotations
@@ -21,17 +26,20 @@ import functools
 import logging
 import subprocess
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from amc.cli import nonnegative_int, positive_int
 from amc.data.images import ImageChecker, load_image
 from amc.data.transforms import EVAL_RESIZES, EvalTransform
-from amc.io import AmcError, DataError, atomic_write_json, sha256_file
-from amc.metrics import argmax_points, box_hit, classify_miss, upsample_heatmap
+from amc.explainers import GRADCAM, Explainer, explain, parse_explainers
+from amc.io import AmcError, DataError, atomic_write_json, check_outputs, is_finite_number, sha256_file
+from amc.metrics import argmax_points, box_hit, classify_miss, energy_in_boxes, upsample_heatmap
 from amc.records import Record, load_records, read_prepare_report
-from amc.result_format import RESULT_FORMAT, read_result
+from amc.result_format import CaseResult, EvaluationResult, read_result, result_from_dict, validate_result
 
 log = logging.getLogger(__name__)
 
@@ -105,25 +113,6 @@ class EvalInputs:
         return tokens
 
 
-@dataclass
-class CaseResult:
-    id: str
-    point: list[int]
-    hit: bool
-    miss: str | None
-    category: str | None = None
-    box_hit: bool | None = None
-
-
-@dataclass
-class EvaluationResult:
-    summary: dict
-    cases: list[CaseResult] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"format": RESULT_FORMAT, "summary": self.summary, "cases": [vars(c) for c in self.cases]}
-
-
 class _ImageSet(torch.utils.data.Dataset):
     """Unique images of the records, each loaded and transformed once."""
 
@@ -164,7 +153,16 @@ def _load_proposals(path: str | None) -> dict[str, list]:
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a mapping image_id -> list of [x, y, w, h] boxes")
-    return {str(k): [list(map(float, b[:4])) for b in v] for k, v in data.items()}
+    proposals = {}
+    for key, boxes in data.items():
+        if not isinstance(boxes, list) or not all(
+            isinstance(b, list) and len(b) >= 4 and all(is_finite_number(v) for v in b[:4]) for b in boxes
+        ):
+            raise DataError(
+                f"{path}: image {key!r}: expected a list of [x, y, w, h, ...] boxes of finite numbers"
+            )
+        proposals[str(key)] = [[float(v) for v in b[:4]] for b in boxes]
+    return proposals
 
 
 @torch.no_grad()
@@ -172,27 +170,34 @@ def _encode_images(model, images: torch.Tensor) -> torch.Tensor:
     return model.encode_image(images).detach()
 
 
-def evaluate(
+@dataclass
+class _PhraseBatch:
+    """Phrases of several images with their images' embeddings, ready for a map function."""
+
+    records: list[Record]
+    image_embeds: torch.Tensor  # one row per image of the batch
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    image_index: torch.Tensor  # each phrase's row of image_embeds
+
+
+def _phrase_batches(
     model,
     tokenizer,
     records: list[Record],
     *,
     inputs: EvalInputs,
     device: torch.device,
-    images_per_batch: int = 16,
-    phrases_per_batch: int = 64,
-    num_workers: int = 2,
-    proposals: dict[str, list] | None = None,
-    on_heatmap=None,
-) -> tuple[list[CaseResult], Counter]:
-    """Evaluate ``records`` with ``inputs`` (the benchmark's image transform and text handling);
-    returns the per-case results and the skipped counts by reason.
+    images_per_batch: int,
+    phrases_per_batch: int,
+    num_workers: int,
+    skipped: Counter,
+) -> Iterator[_PhraseBatch]:
+    """Every record in batches of phrases; each image is loaded and encoded once for all its phrases.
 
-    ``on_heatmap(record, heatmap)`` is called with each grid-resolution map (for figures).
+    A phrase empty after clean-up is counted in ``skipped`` and left out.
     """
     from tqdm import tqdm
-
-    from amc.gradcam import gradcam_eval
 
     if inputs.image_res != model.config.image_res:
         raise AmcError(
@@ -209,8 +214,6 @@ def evaluate(
         pin_memory=device.type == "cuda",
     )
     model.eval()
-    cases: list[CaseResult] = []
-    skipped: Counter = Counter()
     progress = tqdm(total=len(records), desc="evaluate", unit="case", mininterval=5.0)
     for batch_number, images in enumerate(loader):
         batch_paths = paths[batch_number * images_per_batch : (batch_number + 1) * images_per_batch]
@@ -229,25 +232,110 @@ def evaluate(
                 if not chunk:
                     continue
             tokens = inputs.tokens(tokenizer, texts, model.config.text.max_position_embeddings)
-            image_index = torch.tensor([i for i, _ in chunk], device=device)
-            heatmaps = (
-                gradcam_eval(
-                    model,
-                    image_embeds,
-                    tokens.input_ids.to(device),
-                    tokens.attention_mask.to(device),
-                    image_index=image_index,
-                )
-                .float()
-                .cpu()
+            yield _PhraseBatch(
+                records=[r for _, r in chunk],
+                image_embeds=image_embeds,
+                input_ids=tokens.input_ids.to(device),
+                attention_mask=tokens.attention_mask.to(device),
+                image_index=torch.tensor([i for i, _ in chunk], device=device),
             )
-            chunk_records = [record for _, record in chunk]
-            cases.extend(score_cases(chunk_records, heatmaps, proposals))
-            if on_heatmap is not None:
-                for record, heatmap in zip(chunk_records, heatmaps, strict=True):
-                    on_heatmap(record, heatmap)
             progress.update(len(chunk))
     progress.close()
+
+
+def evaluate(
+    model,
+    tokenizer,
+    records: list[Record],
+    *,
+    inputs: EvalInputs,
+    device: torch.device,
+    images_per_batch: int = 16,
+    phrases_per_batch: int = 64,
+    num_workers: int = 2,
+    proposals: dict[str, list] | None = None,
+    on_heatmap=None,
+) -> tuple[list[CaseResult], Counter]:
+    """Evaluate ``records`` with ``inputs`` (the benchmark's image transform and text handling);
+    returns the per-case results and the skipped counts by reason.
+
+    The paper's map: GradCAM at the model's ``gradcam_layer`` (:func:`amc.gradcam.gradcam_eval`).
+    ``on_heatmap(record, heatmap)`` is called with each grid-resolution map (for figures).
+    """
+    from amc.gradcam import gradcam_eval
+
+    cases: list[CaseResult] = []
+    skipped: Counter = Counter()
+    batches = _phrase_batches(
+        model,
+        tokenizer,
+        records,
+        inputs=inputs,
+        device=device,
+        images_per_batch=images_per_batch,
+        phrases_per_batch=phrases_per_batch,
+        num_workers=num_workers,
+        skipped=skipped,
+    )
+    for batch in batches:
+        heatmaps = (
+            gradcam_eval(
+                model,
+                batch.image_embeds,
+                batch.input_ids,
+                batch.attention_mask,
+                image_index=batch.image_index,
+            )
+            .float()
+            .cpu()
+        )
+        cases.extend(score_cases(batch.records, heatmaps, proposals))
+        if on_heatmap is not None:
+            for record, heatmap in zip(batch.records, heatmaps, strict=True):
+                on_heatmap(record, heatmap)
+    return cases, skipped
+
+
+def evaluate_explainers(
+    model,
+    tokenizer,
+    records: list[Record],
+    explainers: Sequence[Explainer],
+    *,
+    inputs: EvalInputs,
+    device: torch.device,
+    images_per_batch: int = 16,
+    phrases_per_batch: int = 64,
+    num_workers: int = 2,
+    proposals: dict[str, list] | None = None,
+) -> tuple[dict[Explainer, list[CaseResult]], Counter]:
+    """As :func:`evaluate`, for several explainers (:class:`amc.explainers.Explainer`, resolved) at once:
+    the images are encoded once and each batch of phrases makes every explainer's maps in one fusion
+    pass (:func:`amc.explainers.explain`). Returns {explainer: per-case results} and the skipped counts."""
+    cases: dict[Explainer, list[CaseResult]] = {explainer: [] for explainer in explainers}
+    skipped: Counter = Counter()
+    batches = _phrase_batches(
+        model,
+        tokenizer,
+        records,
+        inputs=inputs,
+        device=device,
+        images_per_batch=images_per_batch,
+        phrases_per_batch=phrases_per_batch,
+        num_workers=num_workers,
+        skipped=skipped,
+    )
+    for batch in batches:
+        maps = explain(
+            model,
+            batch.image_embeds,
+            batch.input_ids,
+            batch.attention_mask,
+            explainers,
+            image_index=batch.image_index,
+        )
+        for explainer, heatmaps in maps.items():
+            cases[explainer].extend(score_cases(batch.records, heatmaps.float().cpu(), proposals))
     return cases, skipped
 
 
@@ -280,8 +368,14 @@ def _score_upsampled(
     record: Record, upsampled: torch.Tensor, point: tuple[int, int], proposals: dict[str, list] | None
 ) -> CaseResult:
     miss = classify_miss(point, record.boxes, record.other_boxes)
+    energy = energy_in_boxes(upsampled, record.boxes)
     result = CaseResult(
-        id=record.id, point=list(point), hit=miss is None, miss=miss, category=record.category
+        id=record.id,
+        point=list(point),
+        hit=miss is None,
+        miss=miss,
+        category=record.category,
+        energy=None if energy is None else round(energy, 6),
     )
     if proposals:
         image_proposals = proposals.get(str(record.image_id), [])
@@ -336,7 +430,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--out", required=True, nargs="+", help="result JSON (summary + every case)")
     parser.add_argument(
         "--image-res",
-        type=int,
+        type=positive_int,
         nargs="+",
         help="evaluation resolution (paper: 256 Flickr30k, 384 RefCOCO+; default: the model config's)",
     )
@@ -348,15 +442,30 @@ def configure_parser(parser) -> None:
         "(default auto: the benchmark's, as released: flickr30k cv2-linear = OpenCV bilinear without "
         "antialiasing; refcoco+ and others pil-bicubic)",
     )
-    parser.add_argument("--max-words", type=int, help="words kept by pre_caption (default: per benchmark)")
+    parser.add_argument(
+        "--max-words", type=positive_int, help="words kept by pre_caption (default: per benchmark)"
+    )
     parser.add_argument("--method", default=None, help="method name recorded in the summary")
-    parser.add_argument("--seed", type=int, default=None, help="training seed recorded in the summary")
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=None, help="training seed recorded in the summary"
+    )
+    parser.add_argument(
+        "--explainer",
+        action="append",
+        metavar="NAME[:layer=K]",
+        help="score this map instead of the paper's GradCAM (repeatable; all in one pass): gradcam, "
+        "attention (raw cross-attention, no gradient), gradcam-mean (GradCAM averaged over the fusion "
+        "layers), rollout (attention rollout through the fusion layers); gradcam and attention take "
+        "layer=K, a fusion layer (default: the model config's gradcam_layer). One result per explainer "
+        "and split: with several, each --out names the explainer as {explainer} (e.g. "
+        "flickr30k-test-{explainer}.json -> flickr30k-test-gradcam-layer8.json)",
+    )
     parser.add_argument("--proposals", help="detector proposals JSON for the optional box metric")
     parser.add_argument("--heatmaps", help="also save every grid-resolution heatmap to this .npz")
-    parser.add_argument("--images-per-batch", type=int, default=16)
-    parser.add_argument("--phrases-per-batch", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--limit", type=int, help="evaluate only the first N records (quick checks)")
+    parser.add_argument("--images-per-batch", type=positive_int, default=16)
+    parser.add_argument("--phrases-per-batch", type=positive_int, default=64)
+    parser.add_argument("--num-workers", type=nonnegative_int, default=2)
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N records (quick checks)")
     parser.add_argument(
         "--skip-missing-images", action="store_true", help="count missing or unreadable images as skipped"
     )
@@ -374,6 +483,15 @@ class SplitTask:
     image_res: int | None
     checkpoint: str
     resize: str | None = None  # None or "auto": the benchmark's
+
+    @property
+    def name(self) -> str:
+        return f"{self.benchmark} {self.split}"
+
+    @property
+    def model_key(self) -> tuple[str, int | None]:
+        """The model a split is evaluated with: its checkpoint at its input resolution."""
+        return self.checkpoint, self.image_res
 
 
 def split_tasks(args) -> list[SplitTask]:
@@ -400,6 +518,16 @@ def split_tasks(args) -> list[SplitTask]:
         raise AmcError("--out: two splits would write the same file")
     if args.heatmaps and count > 1:
         raise AmcError("--heatmaps needs a single split")
+    explainers = args.explainer or []
+    if explainers and args.heatmaps:
+        raise AmcError("--heatmaps saves the default GradCAM maps; it does not go with --explainer")
+    if len(explainers) > 1:
+        unnamed = [out for out in args.out if EXPLAINER_PLACEHOLDER not in out]
+        if unnamed:
+            raise AmcError(
+                f"--out {unnamed[0]}: with several --explainer each --out names the explainer as "
+                f"{EXPLAINER_PLACEHOLDER} (one result per explainer and split)"
+            )
     benchmarks, resolutions = per_split("benchmark", args.benchmark), per_split("image-res", args.image_res)
     checkpoints, resizes = per_split("checkpoint", args.checkpoint), per_split("resize", args.resize)
     return [
@@ -414,68 +542,186 @@ def run(args) -> int:
     from amc.models.checkpoint import load_model_and_tokenizer
 
     tasks = split_tasks(args)
+    # The explainers' syntax is checked before any work; their layers resolve on each model's configuration.
+    for text in args.explainer or []:
+        Explainer.parse(text)
+    inputs = {
+        **{f"--records ({task.name})": task.records for task in tasks},
+        **{f"--checkpoint ({task.name})": task.checkpoint for task in tasks},
+        "--model-config": args.model_config,
+        "--vocab": args.vocab,
+        "--proposals": args.proposals,
+    }
+    # Where the results go first (again below, once the explainers name the files), then the
+    # inputs, then the (possibly long) work.
+    check_outputs(
+        {**{f"--out ({task.name})": task.out for task in tasks}, "--heatmaps": args.heatmaps}, inputs
+    )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # Check every split's records and checkpoint before the first (possibly long) evaluation starts.
-    prepared = [(task, *_load_task_records(task, args)) for task in tasks]
+    # Read every input before the first (possibly long) evaluation starts: each split's records and
+    # prepare report, the proposals, and every checkpoint with its model configuration and vocabulary.
+    splits = [_load_split(task, args) for task in tasks]
     checkpoints = dict.fromkeys(task.checkpoint for task in tasks)
     for path in checkpoints:
         if not Path(path).is_file():
             raise AmcError(f"{path}: checkpoint not found")
     sha256 = {path: sha256_file(path) for path in checkpoints}
-    model, tokenizer, loaded = None, None, None
-    for task, records, skipped in prepared:
-        if loaded != (task.checkpoint, task.image_res):  # the model loads once for the splits that share it
-            bundle = load_model_and_tokenizer(
-                task.checkpoint, args.model_config, args.vocab, image_res=task.image_res
-            )
-            model, tokenizer = bundle.model.to(device).eval(), bundle.tokenizer
-            loaded = (task.checkpoint, task.image_res)
-        _evaluate_split(model, tokenizer, task, records, skipped, args, device, sha256[task.checkpoint])
+    proposals = _load_proposals(args.proposals)
+    bundles = {  # the model loads once for the splits that share it
+        key: load_model_and_tokenizer(key[0], args.model_config, args.vocab, image_res=key[1])
+        for key in dict.fromkeys(task.model_key for task in tasks)
+    }
+    # The explainers resolve on each model's configuration (a layer by default: its gradcam_layer).
+    explainers = {
+        key: parse_explainers(args.explainer, bundle.model.config) if args.explainer else None
+        for key, bundle in bundles.items()
+    }
+    check_outputs(
+        {
+            f"--out ({task.name}, {explainer})": path
+            for task in tasks
+            for explainer, path in _outs(
+                task, explainers[task.model_key], bundles[task.model_key].model
+            ).items()
+        },
+        inputs,
+    )
+    for split in splits:
+        key = split.task.model_key
+        model = bundles[key].model.to(device).eval()
+        _evaluate_split(
+            model,
+            bundles[key].tokenizer,
+            split,
+            args,
+            device,
+            sha256[split.task.checkpoint],
+            proposals,
+            explainers[key],
+        )
     return 0
 
 
-def _load_task_records(task: SplitTask, args) -> tuple[list[Record], Counter]:
+@dataclass
+class LoadedSplit:
+    """A split's inputs, read and checked before any evaluation runs."""
+
+    task: SplitTask
+    records: list[Record]
+    skipped: Counter  # cases left out so far, by reason
+    prepare_report: dict | None  # amc prepare's report of the records (None: absent or stale)
+
+
+def _load_split(task: SplitTask, args) -> LoadedSplit:
     records = load_records(task.records)
+    prepare_report = read_prepare_report(task.records)
     if args.limit:
         records = records[: args.limit]
     records, skipped = check_images(records, args.skip_missing_images)
     if not records:
         raise DataError(f"{task.records}: no case left to evaluate")
-    return records, skipped
+    return LoadedSplit(task, records, skipped, prepare_report)
 
 
-def _evaluate_split(model, tokenizer, task, records, skipped, args, device, checkpoint_sha256) -> None:
+def _evaluate_split(
+    model,
+    tokenizer,
+    split: LoadedSplit,
+    args,
+    device,
+    checkpoint_sha256: str,
+    proposals: dict[str, list],
+    explainers: list[Explainer] | None = None,
+) -> None:
+    """One split: the paper's GradCAM map (``explainers`` None, the default), or one result per
+    explainer (each written to ``task.out`` with ``{explainer}`` replaced by its slug)."""
     import numpy as np
+
+    task, records = split.task, split.records
 
     inputs = EvalInputs.for_benchmark(
         task.benchmark, model.config.image_res, resize=task.resize, max_words=args.max_words
     )
-    heatmaps: dict[str, np.ndarray] = {}
-    cases, more_skipped = evaluate(
-        model,
-        tokenizer,
-        records,
+    settings = dict(
         inputs=inputs,
         device=device,
         images_per_batch=args.images_per_batch,
         phrases_per_batch=args.phrases_per_batch,
         num_workers=args.num_workers,
-        proposals=_load_proposals(args.proposals),
-        on_heatmap=(lambda r, h: heatmaps.__setitem__(r.id, h.numpy())) if args.heatmaps else None,
+        proposals=proposals,
     )
-    skipped = skipped + more_skipped
+    if explainers is None:
+        heatmaps: dict[str, np.ndarray] = {}
+        cases, more_skipped = evaluate(
+            model,
+            tokenizer,
+            records,
+            **settings,
+            on_heatmap=(lambda r, h: heatmaps.__setitem__(r.id, h.numpy())) if args.heatmaps else None,
+        )
+        results = {Explainer(GRADCAM, model.gradcam_layer): cases}
+    else:
+        results, more_skipped = evaluate_explainers(model, tokenizer, records, explainers, **settings)
+    skipped = split.skipped + more_skipped
+    if not all(results.values()):
+        raise DataError(
+            f"{task.records}: no case was evaluated (skipped: {dict(skipped)}); no result is written"
+        )
+    outs = _outs(task, explainers, model)
+    written = {  # every result checked as its readers will check it, before the first is written
+        explainer: validate_result(
+            EvaluationResult(
+                _summary(split, cases, skipped, inputs, model, args, device, checkpoint_sha256, explainer),
+                cases,
+            ).to_dict(),
+            outs[explainer],
+        )
+        for explainer, cases in results.items()
+    }
+    if explainers is None and args.heatmaps:
+        from amc.io import atomic_write
+
+        with atomic_write(args.heatmaps, "wb") as handle:
+            np.savez_compressed(handle, **heatmaps)
+    for explainer, result in written.items():
+        atomic_write_json(outs[explainer], result, indent=None)
+        summary = result["summary"]
+        log.info(
+            "%s %s, %s: pointing accuracy %.2f%%, energy in the boxes %.3f, on %d cases (%d skipped) -> %s",
+            task.benchmark,
+            task.split,
+            explainer,
+            100 * summary["accuracy"],
+            summary["energy"],
+            summary["n_cases"],
+            sum(skipped.values()),
+            outs[explainer],
+        )
+
+
+def _outs(task: SplitTask, explainers: list[Explainer] | None, model) -> dict[Explainer, str]:
+    """Where each explainer's result of ``task`` goes (the paper's GradCAM alone: ``--out`` itself)."""
+    if explainers is None:
+        return {Explainer(GRADCAM, model.gradcam_layer): task.out}
+    return {explainer: explainer_out(task.out, explainer) for explainer in explainers}
+
+
+def _summary(
+    split: LoadedSplit, cases, skipped, inputs, model, args, device, checkpoint_sha256, explainer: Explainer
+) -> dict:
+    task = split.task
     hits = sum(c.hit for c in cases)
     summary = {
         "benchmark": task.benchmark,
         "split": task.split,
         "method": args.method,
         "seed": args.seed,
-        "accuracy": hits / len(cases) if cases else 0.0,
+        "accuracy": hits / len(cases),
         "n_cases": len(cases),
         "n_hits": hits,
         "skipped": dict(skipped),
         # what amc prepare left out of the records, by reason (None: unknown, see the log)
-        "skipped_in_prepare": read_prepare_report(task.records),
+        "skipped_in_prepare": split.prepare_report,
         "misses": dict(Counter(c.miss for c in cases if c.miss)),
         "image_res": inputs.image_res,
         "resize": inputs.resize,
@@ -490,24 +736,27 @@ def _evaluate_split(model, tokenizer, task, records, skipped, args, device, chec
     }
     if args.proposals:
         summary["box_accuracy"] = sum(bool(c.box_hit) for c in cases) / len(cases)
-    if args.heatmaps:
-        from amc.io import atomic_write
+    summary.update(energy_summary(cases))
+    summary["explainer"] = explainer.to_dict()
+    return summary
 
-        with atomic_write(args.heatmaps, "wb") as handle:
-            np.savez_compressed(handle, **heatmaps)
-    atomic_write_json(task.out, EvaluationResult(summary, cases).to_dict(), indent=None)
-    log.info(
-        "%s %s: pointing accuracy %.2f%% on %d cases (%d skipped) -> %s",
-        task.benchmark,
-        task.split,
-        100 * summary["accuracy"],
-        len(cases),
-        sum(skipped.values()),
-        task.out,
-    )
+
+def energy_summary(cases: list[CaseResult]) -> dict:
+    """``energy``: the mean energy in the boxes over all cases, a map without positive mass
+    counting 0 (none of it is in the boxes); ``energy_undefined``: how many such maps."""
+    undefined = sum(c.energy is None for c in cases)
+    total = sum(c.energy for c in cases if c.energy is not None)
+    return {"energy": total / len(cases) if cases else 0.0, "energy_undefined": undefined}
+
+
+EXPLAINER_PLACEHOLDER = "{explainer}"
+
+
+def explainer_out(out: str, explainer: Explainer) -> str:
+    """``out`` with ``{explainer}`` replaced by the explainer's slug (``gradcam-layer8``, ``rollout``)."""
+    return out.replace(EXPLAINER_PLACEHOLDER, explainer.slug)
 
 
 def load_result(path: str) -> EvaluationResult:
-    """Read a result file written by ``amc evaluate`` (validated: amc/resources/result.schema.json)."""
-    data = read_result(path)
-    return EvaluationResult(data["summary"], [CaseResult(**c) for c in data["cases"]])
+    """Read a result file written by ``amc evaluate`` (validated: :func:`amc.result_format.read_result`)."""
+    return result_from_dict(read_result(path))

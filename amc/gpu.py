@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from amc.cli import nonnegative_float, nonnegative_int, positive_float
 from amc.io import AmcError
 
 log = logging.getLogger("amc.gpu")
@@ -170,16 +171,20 @@ def acquire(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpus", type=int, default=1, help="devices the command needs (default 1; 0 = CPU)")
+    parser.add_argument(
+        "--gpus", type=nonnegative_int, default=1, help="devices the command needs (default 1; 0 = CPU)"
+    )
     parser.add_argument(
         "--lock-dir",
         type=Path,
         default=None,
         help=f"folder of the per-device lock files (default ${LOCK_DIR_ENV}, $XDG_RUNTIME_DIR/amc-gpu-locks or /tmp/amc-gpu-locks)",
     )
-    parser.add_argument("--poll", type=float, default=2.0, help="seconds between tries while waiting")
     parser.add_argument(
-        "--timeout", type=float, default=None, help="give up after this many seconds of waiting"
+        "--poll", type=positive_float, default=2.0, help="seconds between tries while waiting"
+    )
+    parser.add_argument(
+        "--timeout", type=nonnegative_float, default=None, help="give up after this many seconds of waiting"
     )
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS ...]")
 

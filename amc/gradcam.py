@@ -1,11 +1,11 @@
-"""GradCAM on ALBEF's fusion cross-attention (reference/method.md, "GradCAM heatmap A").
+"""GradCAM on ALBEF's fusion cross-attention (the released ``grounding_eval_singlegpu*.py``; docs/model.md, "GradCAM").
 
 ``P``: the ``gradcam_layer`` cross-attention probabilities (after softmax, before dropout),
 [B, heads, L, 1+N]; ``s``: the ITM logit of class 1, pre-softmax; ``G = ds/dP``.
 
 * :func:`gradcam_map` is the core both recipes share: drop the image class-token column,
   ``cam = P * clamp(G, min=0) * text_mask``, reshape to the patch grid, mean over heads,
-  then over ALL text positions (padding zeros and [CLS] included).
+  then over ALL text positions (padding zeros and [CLS] included; :func:`mean_over_heads_and_text`).
 * :func:`gradcam_eval` is the evaluation recipe: eval mode, no ReLU, no normalisation, a
   first-order gradient, nothing reaches the image encoder.
 * :func:`gradcam_train` is the AMC training recipe: the gradient is taken with
@@ -24,7 +24,8 @@ from torch import Tensor
 from amc.models.albef import ALBEF
 
 
-def _grid_of(attention: Tensor, grid: tuple[int, int] | None) -> tuple[int, int]:
+def patch_grid(attention: Tensor, grid: tuple[int, int] | None) -> tuple[int, int]:
+    """(h, w) of the image patches of ``attention`` [..., 1+N]: ``grid`` checked, or the square one."""
     patches = attention.shape[-1] - 1
     if grid is None:
         side = math.isqrt(patches)
@@ -40,11 +41,19 @@ def gradcam_map(
     attention: Tensor, grad: Tensor, attention_mask: Tensor, grid: tuple[int, int] | None = None
 ) -> Tensor:
     """[B, heads, L, 1+N] probabilities and gradients, [B, L] text mask -> [B, h, w] map."""
-    h, w = _grid_of(attention, grid)
-    batch, heads, length, _ = attention.shape
-    mask = attention_mask[:, None, :, None].to(attention.dtype)
-    cam = attention[..., 1:] * grad[..., 1:].clamp(min=0) * mask
-    return cam.reshape(batch, heads, length, h, w).mean(dim=1).mean(dim=1)
+    grid = patch_grid(attention, grid)
+    return mean_over_heads_and_text(attention[..., 1:] * grad[..., 1:].clamp(min=0), attention_mask, grid)
+
+
+def mean_over_heads_and_text(values: Tensor, attention_mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    """[B, heads, L, N] per head and text position (patch columns only), [B, L] text mask -> [B, h, w]:
+    padding rows zeroed, mean over heads, then over ALL L text positions ([CLS] and padding included).
+
+    GradCAM's reduction; the ``attention`` explainer (:mod:`amc.explainers`) averages the same way.
+    """
+    batch, heads, length, _ = values.shape
+    mask = attention_mask[:, None, :, None].to(values.dtype)
+    return (values * mask).reshape(batch, heads, length, *grid).mean(dim=1).mean(dim=1)
 
 
 def gradcam_eval(

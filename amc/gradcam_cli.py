@@ -15,7 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from amc.io import AmcError, atomic_write
+from amc.cli import positive_int
+from amc.io import AmcError, atomic_write, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="override the benchmark's image resize (auto: the benchmark's)",
     )
     parser.add_argument(
-        "--image-res", type=int, default=None, help="input resolution (default: the config's)"
+        "--image-res", type=positive_int, default=None, help="input resolution (default: the config's)"
     )
     parser.add_argument("--output", required=True, help="heatmap at grid resolution, float32 [h, w] .npy")
     parser.add_argument("--overlay", default=None, help="also write the image with heatmap and point (PNG)")
@@ -80,6 +81,15 @@ def run(args: argparse.Namespace) -> int:
     from amc.metrics import argmax_point, upsample_heatmap
     from amc.models.checkpoint import load_model_and_tokenizer
 
+    check_outputs(
+        {"--output": args.output, "--overlay": args.overlay},
+        {
+            "--image": args.image,
+            "--checkpoint": args.checkpoint,
+            "--model-config": args.model_config,
+            "--vocab": args.vocab,
+        },
+    )
     bundle = load_model_and_tokenizer(
         args.checkpoint, args.model_config, args.vocab, image_res=args.image_res
     )

@@ -22,11 +22,14 @@ from dataclasses import dataclass
 
 import torch
 
-# Released defaults (AMC-grounding): delta1, delta2, lambda1, lambda2.
+# Released defaults (AMC-grounding): delta1, delta2, lambda1, lambda2, and the batch-global L_mean.
+# The one owner of these values: the objective and the trainer's defaults read them; the workflow
+# configurations repeat them (a sweep needs its base value), and tests/test_amc_defaults.py checks that.
 DELTA_MEAN = 0.1
 DELTA_MAX = 0.5
 WEIGHT_MEAN = 0.2
 WEIGHT_MAX = 0.8
+PER_SAMPLE_MEAN = False
 
 
 @dataclass
@@ -46,7 +49,7 @@ def amc_loss(
     delta_max: float = DELTA_MAX,
     weight_mean: float = WEIGHT_MEAN,
     weight_max: float = WEIGHT_MAX,
-    per_sample_mean: bool = False,
+    per_sample_mean: bool = PER_SAMPLE_MEAN,
     eps: float = 1e-7,
 ) -> AMCLoss:
     """AMC loss of ``heatmap`` against ``mask``, both ``[B, H, W]`` at the same size."""

@@ -1,9 +1,11 @@
-"""Pointing accuracy, the miss decomposition and ALBEF's box metric.
+"""Pointing accuracy, the miss decomposition, the energy in the boxes and ALBEF's box metric.
 
-The pointing protocol of method.md: the GradCAM map at grid resolution is
+The pointing protocol of the released evaluation (docs/model.md, "GradCAM"): the GradCAM map at grid resolution is
 upsampled to the ORIGINAL image size with bicubic interpolation
 (``align_corners=False``), the point is the first maximum in row-major order,
 and a case is a hit when the point lies STRICTLY inside any of its boxes.
+The energy (:func:`energy_in_boxes`) is the share of the same upsampled map's
+positive mass on the pixels a hit may fall on.
 """
 
 from __future__ import annotations
@@ -63,6 +65,32 @@ def classify_miss(point: tuple[float, float], boxes: Sequence[Box], other_boxes:
     if pointing_hit(point, other_boxes):
         return "other_object"
     return "background"
+
+
+def box_union_mask(boxes: Sequence[Box], height: int, width: int) -> torch.Tensor:
+    """[height, width] bool: the pixels ``(x, y)`` strictly inside any box (``x1 < x < x2`` and
+    ``y1 < y < y2``), the pointing game's rule, so a point on a True pixel is a hit. Boxes reaching
+    outside the image count with their part inside it; overlapping boxes count each pixel once."""
+    columns, rows = torch.arange(int(width)), torch.arange(int(height))
+    mask = torch.zeros(int(height), int(width), dtype=torch.bool)
+    for x1, y1, x2, y2 in boxes:
+        mask |= ((rows > y1) & (rows < y2))[:, None] & ((columns > x1) & (columns < x2))[None, :]
+    return mask
+
+
+def energy_in_boxes(upsampled: torch.Tensor, boxes: Sequence[Box]) -> float | None:
+    """The share of the map's POSITIVE mass inside the union of ``boxes``: the energy-based pointing
+    game of Wang et al. 2020 (Score-CAM) on a ``[H, W]`` map at the original image size.
+
+    Negative values are not mass (GradCAM's evaluation map can be negative after bicubic
+    upsampling; they are set to 0). A map with no positive value has no energy to share: None.
+    """
+    positive = upsampled.detach().double().clamp(min=0)
+    total = float(positive.sum())
+    if total <= 0.0:
+        return None
+    inside = float(positive[box_union_mask(boxes, *upsampled.shape)].sum())
+    return inside / total
 
 
 def box_iou(a: Box, b: Box) -> float:

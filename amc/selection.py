@@ -29,9 +29,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from amc.io import AmcError, atomic_write_text
+from amc.io import AmcError, DataError, append_jsonl, atomic_write_text, read_append_log
 
 log = logging.getLogger(__name__)
+
+SELECTION_LOG = "selection.jsonl"  # one row per (step, split), in the run folder
+SELECTION_DIR = "selection"  # best_<name>.pt so far, in the run folder
 
 
 @dataclass
@@ -91,8 +94,8 @@ class BestCheckpoints:
 
         self.out_dir, self.splits, self.tokenizer = Path(out_dir), splits, tokenizer
         self.device, self.num_workers = device, num_workers
-        self.log_path = self.out_dir / "selection.jsonl"
-        self.work_dir = self.out_dir / "selection"
+        self.log_path = self.out_dir / SELECTION_LOG
+        self.work_dir = self.out_dir / SELECTION_DIR
         self.records = {}
         for split in splits:  # read and check every file before the first step
             records, _ = check_images(load_records(split.records), skip_missing=False)
@@ -142,9 +145,7 @@ class BestCheckpoints:
         return published
 
     def rows(self) -> list[dict]:
-        if not self.log_path.exists():
-            return []
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+        return read_append_log(self.log_path)
 
     def evaluate(self, model, *, epoch: int, step: int, save) -> dict[str, float]:
         """Evaluate ``model`` on every split; ``save(path)`` writes the checkpoint when one improves.
@@ -172,6 +173,10 @@ class BestCheckpoints:
                 device=self.device,
                 num_workers=self.num_workers,
             )
+            if not cases:
+                raise DataError(
+                    f"{split.records}: no case of selection split {split.name} could be evaluated"
+                )
             accuracy = sum(c.hit for c in cases) / len(cases)
             improved = accuracy > self.best.get(split.name, float("-inf"))
             if improved:
@@ -179,8 +184,7 @@ class BestCheckpoints:
                 self.work_dir.mkdir(parents=True, exist_ok=True)
                 save(self.work_path(split.name))
             row = {"epoch": epoch, "step": step, "split": split.name, "accuracy": accuracy, "best": improved}
-            with open(self.log_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_jsonl(self.log_path, row)
             log.info(
                 "selection %s at step %d: %.2f%%%s",
                 split.name,

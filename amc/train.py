@@ -43,8 +43,19 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from amc.io import AmcError, atomic_write_text
-from amc.selection import BestCheckpoints, parse_selection
+from amc.io import (
+    AmcError,
+    append_jsonl,
+    atomic_write_text,
+    check_outputs,
+    find_non_finite,
+    import_jsonschema,
+    read_append_log,
+    read_yaml,
+    schema_validator,
+)
+from amc.losses import DELTA_MAX, DELTA_MEAN, WEIGHT_MAX, WEIGHT_MEAN
+from amc.selection import SELECTION_DIR, SELECTION_LOG, BestCheckpoints, best_checkpoint_name, parse_selection
 from amc.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -77,7 +88,13 @@ DEFAULTS: dict[str, Any] = {
             "itc": {"weight": 1.0},
             "itm": {"weight": 1.0},
             "mlm": {"weight": 1.0, "probability": 0.15},
-            "amc": {"delta_mean": 0.1, "delta_max": 0.5, "weight_mean": 0.2, "weight_max": 0.8},
+            # amc.losses owns these values (the released ones)
+            "amc": {
+                "delta_mean": DELTA_MEAN,
+                "delta_max": DELTA_MAX,
+                "weight_mean": WEIGHT_MEAN,
+                "weight_max": WEIGHT_MAX,
+            },
         },
     },
     "optim": {
@@ -112,6 +129,121 @@ FREE_FORM = ("method.objectives",)
 SCHEDULES = ("released", "cosine")  # optim.schedule, see lr_at
 PRECISIONS = ("tf32", "fp32", "bf16")  # precision, see numerics
 
+# The type and range of every value of the run configuration, checked once by load_run_config
+# after the defaults, the file and the overrides are merged. Every number must also be finite.
+_INT = {"type": "integer"}
+_POSITIVE_INT = {"type": "integer", "minimum": 1}
+_COUNT = {"type": "integer", "minimum": 0}
+_NONNEG = {"type": "number", "minimum": 0}
+_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+_PATH = {"type": "string", "minLength": 1}
+
+
+def _section(properties: dict, required: tuple[str, ...] = ()) -> dict:
+    return {"type": "object", "properties": properties, "required": list(required)}
+
+
+_OBJECTIVE_PARAMETERS = {  # known hyperparameters of the suite's objectives (baselines check theirs)
+    "itc": {"mode": {"enum": ["albef", "in_batch"]}},
+    "itm": {"negatives": {"enum": ["hard", "random"]}},
+    "mlm": {"probability": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}},
+    "amc": {
+        "delta_mean": _NONNEG,
+        "delta_max": _NONNEG,
+        "weight_mean": _NONNEG,
+        "weight_max": _NONNEG,
+        "per_sample_mean": {"type": "boolean"},
+    },
+}
+_OBJECTIVE = {
+    "type": ["object", "null"],
+    "properties": {"weight": _NONNEG, "enabled": {"type": "boolean"}},
+    "additionalProperties": {"type": ["number", "string", "boolean", "null"]},
+}
+RUN_CONFIG_SCHEMA: dict[str, Any] = _section(
+    {
+        "model_config": _PATH,
+        "vocab": _PATH,
+        "init_checkpoint": {"type": ["string", "null"], "minLength": 1},
+        "data": _section(
+            {
+                "kind": {"enum": ["records", "captions"]},
+                "path": _PATH,
+                "image_res": _POSITIVE_INT,
+                "mask_size": _POSITIVE_INT,
+                "max_words": _POSITIVE_INT,
+                "max_tokens": {"type": "integer", "minimum": 2},
+                "augment": _section(
+                    {
+                        "pipeline": {"enum": ["released", "torchvision"]},
+                        "hflip": _PROBABILITY,
+                        "grayscale": _PROBABILITY,
+                        "color_jitter": {"type": "array", "items": _NONNEG, "minItems": 4, "maxItems": 4},
+                        "color_jitter_p": _PROBABILITY,
+                        "swap_left_right": {"type": "boolean"},
+                    }
+                ),
+            }
+        ),
+        "method": _section(
+            {
+                "name": {"type": "string", "minLength": 1},
+                "objectives": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "properties": {
+                        name: {**_OBJECTIVE, "properties": {**_OBJECTIVE["properties"], **parameters}}
+                        for name, parameters in _OBJECTIVE_PARAMETERS.items()
+                    },
+                    "additionalProperties": _OBJECTIVE,
+                },
+            }
+        ),
+        "optim": _section(
+            {
+                "lr": {"type": "number", "exclusiveMinimum": 0},
+                "min_lr": _NONNEG,
+                "weight_decay": _NONNEG,
+                "schedule": {"enum": list(SCHEDULES)},
+                "warmup_lr": _NONNEG,
+                "warmup_stairs": _COUNT,
+                "stair_steps": _POSITIVE_INT,
+                "warmup_steps": _COUNT,
+                "epochs": _POSITIVE_INT,
+                "max_steps": {"type": ["integer", "null"], "minimum": 1},  # null: no limit
+                "batch_size": _POSITIVE_INT,
+                "grad_accum": _POSITIVE_INT,
+            }
+        ),
+        "alpha": _PROBABILITY,
+        "seed": _COUNT,
+        "num_workers": _COUNT,
+        "log_every": _POSITIVE_INT,
+        "save_every_steps": {"type": ["integer", "null"], "minimum": 1},  # null: once per epoch only
+        "precision": {"enum": list(PRECISIONS)},
+        "selection": _section(
+            {
+                "splits": {
+                    "type": "array",
+                    "items": {
+                        **_section(
+                            {
+                                "name": {"type": "string", "minLength": 1},
+                                "records": _PATH,
+                                "image_res": {"type": ["integer", "null"], "minimum": 1},
+                                "max_words": {"type": ["integer", "null"], "minimum": 1},
+                                "resize": {"enum": [None, "auto", "cv2-linear", "pil-bicubic"]},
+                            },
+                            required=("name", "records"),
+                        ),
+                        "additionalProperties": False,
+                    },
+                }
+            }
+        ),
+    },
+)
+
 
 # --------------------------------------------------------------------------- configuration
 
@@ -123,8 +255,11 @@ def _is_free_form(dotted: str) -> bool:
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def _set_dotted(config: dict, dotted: str, value: Any, source: str) -> None:
-    """Set ``a.b.c`` in ``config``; unknown keys are errors outside the free-form sections."""
+def _set_dotted(config: dict, dotted: str, value: Any, source: str, sources: dict[str, str]) -> None:
+    """Set ``a.b.c`` in ``config``; unknown keys are errors outside the free-form sections.
+
+    ``sources`` records where each key was set last (the file, or the override), for error messages.
+    """
     *parents, last = dotted.split(".")
     node = config
     for depth, key in enumerate(parents):
@@ -140,58 +275,73 @@ def _set_dotted(config: dict, dotted: str, value: Any, source: str) -> None:
     if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
         value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string; every user writes it
     node[last] = value
+    sources[dotted] = source
 
 
-def _merge(config: dict, update: dict, source: str, prefix: str = "") -> None:
+def _merge(config: dict, update: dict, source: str, sources: dict[str, str], prefix: str = "") -> None:
     """Merge a loaded YAML mapping into ``config`` key by key, with the same checks as overrides."""
     for key, value in update.items():
         dotted = f"{prefix}{key}"
-        if dotted in FREE_FORM:
-            _set_dotted(
-                config, dotted, copy.deepcopy(value), source
-            )  # a method's objectives replace the defaults
+        if not isinstance(key, str):
+            raise AmcError(f"{source}: configuration key {dotted!r} is not text")
+        if dotted in FREE_FORM:  # a method's objectives replace the defaults
+            _set_dotted(config, dotted, copy.deepcopy(value), source, sources)
         elif isinstance(value, dict) and not _is_free_form(dotted):
-            _merge(config, value, source, dotted + ".")
+            _merge(config, value, source, sources, dotted + ".")
         else:
-            _set_dotted(config, dotted, value, source)
+            _set_dotted(config, dotted, value, source, sources)
+
+
+def _source_of(dotted: str, sources: dict[str, str]) -> str:
+    """Where the value at ``dotted`` (or the section holding it) was set: a file, an override, or the defaults."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in sources:
+            return sources[".".join(parts[:end])]
+    return "run configuration defaults"
+
+
+def validate_run_config(config: dict, sources: dict[str, str] | None = None) -> None:
+    """Check ``config`` against :data:`RUN_CONFIG_SCHEMA` (and every number finite); an AmcError
+    names where the value came from (the file or the ``key=value`` override) and the key."""
+    best_match = import_jsonschema().exceptions.best_match
+    validator = schema_validator(RUN_CONFIG_SCHEMA)
+    sources = sources or {}
+    error = best_match(validator.iter_errors(config))
+    if error is not None:
+        dotted = ".".join(str(part) for part in error.absolute_path)
+        if error.validator == "type" and error.instance is None:  # a default left null
+            if dotted in sources:
+                raise AmcError(f"{sources[dotted]}: {dotted}: a value is required, not null")
+            raise AmcError(f"run configuration: {dotted!r} is required")
+        raise AmcError(f"{_source_of(dotted, sources)}: {dotted or 'run configuration'}: {error.message}")
+    if (found := find_non_finite(config)) is not None:
+        dotted = ".".join(map(str, found[0]))
+        raise AmcError(f"{_source_of(dotted, sources)}: {dotted}: {found[1]} is not a finite number")
 
 
 def load_run_config(path: str | None, overrides: list[str] = ()) -> dict:
-    """Defaults, then the YAML file, then ``dotted.key=value`` overrides (values parsed as YAML)."""
+    """Defaults, then the YAML file, then ``dotted.key=value`` overrides (values parsed as YAML);
+    the result is validated once (:func:`validate_run_config`)."""
     config = copy.deepcopy(DEFAULTS)
+    sources: dict[str, str] = {}
     if path:
-        if not Path(path).is_file():
-            raise AmcError(f"{path}: run configuration not found")
-        with open(path, encoding="utf-8") as handle:
-            try:
-                loaded = yaml.safe_load(handle) or {}
-            except yaml.YAMLError as error:
-                raise AmcError(f"{path}: not valid YAML ({error})") from None
+        loaded = read_yaml(path, "run configuration")
+        if loaded is None:
+            loaded = {}
         if not isinstance(loaded, dict):
             raise AmcError(f"{path}: expected a mapping at the top level")
-        _merge(config, loaded, path)
+        _merge(config, loaded, str(path), sources)
     for item in overrides:
         if "=" not in item:
             raise AmcError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(config, key.strip(), yaml.safe_load(raw), "command line")
-    for required in ("model_config", "vocab"):
-        if not config[required]:
-            raise AmcError(f"run configuration: {required!r} is required")
-    if not config["data"]["path"]:
-        raise AmcError("run configuration: 'data.path' is required")
-    if config["data"]["kind"] not in ("records", "captions"):
-        raise AmcError(
-            f"run configuration: data.kind must be 'records' or 'captions', not {config['data']['kind']!r}"
-        )
-    if config["optim"]["schedule"] not in SCHEDULES:
-        raise AmcError(
-            f"run configuration: optim.schedule must be one of {SCHEDULES}, not {config['optim']['schedule']!r}"
-        )
-    if config["precision"] not in PRECISIONS:
-        raise AmcError(
-            f"run configuration: precision must be one of {PRECISIONS}, not {config['precision']!r}"
-        )
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise AmcError(f"override {item!r}: not a YAML value ({error})") from None
+        _set_dotted(config, key.strip(), value, f"command line ({item})", sources)
+    validate_run_config(config, sources)
     return config
 
 
@@ -498,11 +648,18 @@ def _memory_mb(device: torch.device) -> float:
 
 
 def _trim_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop metric lines logged after the checkpoint we resume from."""
+    """On resume, drop metric lines logged after the checkpoint we resume from (and a torn last line)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    kept = [row for row in read_append_log(path) if _logged_step(row, path) <= last_step]
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+
+
+def _logged_step(row: dict, path: Path) -> int:
+    step = row.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise AmcError(f"{path}: a row without a whole-number 'step': {row!r}")
+    return step
 
 
 def _mean_logs(outputs: list[MicroBatchOutput]) -> dict[str, float]:
@@ -511,6 +668,64 @@ def _mean_logs(outputs: list[MicroBatchOutput]) -> dict[str, float]:
     for key in outputs[0].logs:
         logs[key] = sum(out.logs[key] for out in outputs) / len(outputs)
     return logs
+
+
+class RunFolder:
+    """The files of one run in its ``--out`` folder, and the rule that keeps them consistent.
+
+    The folder is either complete and consistent or visibly incomplete:
+
+    * ``config.resolved.yaml`` says which run the folder holds; it is written when a run starts
+      afresh, after every input was checked and after everything an older run left was removed
+      (its final checkpoint first);
+    * ``checkpoint_last.pt``, the metrics, ``selection.jsonl``, ``selection/`` and the best
+      checkpoints are progress; a run resumes from them only when ``config.resolved.yaml`` (and
+      the last checkpoint's own copy of the configuration) equal the configuration asked for;
+    * ``checkpoint_final.pt`` is written last, atomically: present beside a matching
+      ``config.resolved.yaml``, it means the run completed.
+    """
+
+    def __init__(self, out_dir: Path, metrics_path: Path | None = None):
+        self.out_dir = out_dir
+        self.config_path = out_dir / "config.resolved.yaml"
+        self.last = out_dir / "checkpoint_last.pt"
+        self.final = out_dir / "checkpoint_final.pt"
+        self.metrics = metrics_path or out_dir / "metrics.jsonl"
+
+    def outputs(self) -> dict[str, Path]:
+        """The files a run writes (for :func:`amc.io.check_outputs`)."""
+        return {
+            "--out (config.resolved.yaml)": self.config_path,
+            "--out (checkpoint_last.pt)": self.last,
+            "--out (checkpoint_final.pt)": self.final,
+            "--metrics": self.metrics,
+        }
+
+    def progress_files(self) -> list[Path]:
+        """Everything a run leaves, the completion mark first (what a fresh start removes)."""
+        best = sorted(self.out_dir.glob(best_checkpoint_name("*")))
+        return [self.final, self.last, *best, self.out_dir / SELECTION_LOG, self.metrics, self.config_path]
+
+    def recorded_config(self) -> dict | None:
+        """The configuration of the run the folder holds (None: none, or unreadable)."""
+        if not self.config_path.exists():
+            return None
+        try:
+            recorded = read_yaml(self.config_path)
+        except AmcError as error:
+            log.warning("%s", error)
+            return None
+        return recorded if isinstance(recorded, dict) else None
+
+    def start_afresh(self) -> None:
+        """Remove what an older run left (the final checkpoint first), then record ``config``."""
+        for path in self.progress_files():
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.out_dir / SELECTION_DIR, ignore_errors=True)
+
+    def write_config(self, config: dict) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
 
 
 @dataclass
@@ -533,21 +748,37 @@ def train(
     from amc.objectives import build_objectives
 
     out_dir = Path(out_dir)
+    folder = RunFolder(out_dir, Path(metrics_path) if metrics_path else None)
+    last_path, final_path, metrics_file = folder.last, folder.final, folder.metrics
+    # Where the run writes, first: no input is one of its outputs, every output can be created.
+    check_outputs(
+        folder.outputs(),
+        {
+            "init_checkpoint": config["init_checkpoint"],
+            "data.path": config["data"]["path"],
+            "model_config": config["model_config"],
+            "vocab": config["vocab"],
+            **{f"selection.splits[{s['name']}]": s["records"] for s in config["selection"]["splits"]},
+        },
+        folders={"--out": out_dir},
+    )
     procs = setup_processes()
-    metrics_file = Path(metrics_path) if metrics_path else out_dir / "metrics.jsonl"
-    last_path, final_path = out_dir / "checkpoint_last.pt", out_dir / "checkpoint_final.pt"
-    resolved_path = out_dir / "config.resolved.yaml"
-    if resume and resolved_path.exists() and yaml.safe_load(resolved_path.read_text()) != config:
-        # The workflow reruns a job whose configuration changed: the old checkpoints belong to another run.
-        log.warning("%s: the configuration changed since the last run; starting afresh", resolved_path)
+
+    # Which run the folder holds: nothing is written until every input has been read and checked.
+    recorded = folder.recorded_config() if resume else None
+    if resume and recorded is not None and recorded != config:
+        # The workflow reruns a job whose configuration changed: the old files belong to another run.
+        log.warning("%s: the configuration changed since the last run; starting afresh", folder.config_path)
         resume = False
-        if procs.is_main:
-            for stale in (last_path, final_path, *out_dir.glob("checkpoint_best_*.pt")):
-                stale.unlink(missing_ok=True)
-            shutil.rmtree(out_dir / "selection", ignore_errors=True)
-    if procs.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(resolved_path, yaml.safe_dump(config, sort_keys=False))
+    elif resume and recorded is None and (final_path.exists() or last_path.exists()):
+        log.warning(
+            "%s: missing or unreadable, so the checkpoints beside it cannot be trusted; starting afresh",
+            folder.config_path,
+        )
+        resume = False
+    if resume and final_path.exists():
+        log.info("%s exists: the run is complete, nothing to resume", final_path)
+        return TrainResult(0, final_path, {})
     seed, optim = config["seed"], config["optim"]
     torch.manual_seed(seed)
 
@@ -614,23 +845,25 @@ def train(
 
     # Resume from the newest checkpoint of this run.
     step, epoch, batch_in_epoch, images_replaced = 0, 0, 0, 0
-    if resume and final_path.exists():
-        log.info("%s exists: the run is complete, nothing to resume", final_path)
-        return TrainResult(step, final_path, {})
-    if resume and last_path.exists():
-        saved = read_checkpoint(last_path)
+    saved = read_checkpoint(last_path) if resume and last_path.exists() else None
+    if saved is not None and saved.extra.get("run_config") != config:
+        log.warning("%s: saved by another configuration; starting afresh", last_path)
+        saved = None
+    if saved is not None:
         model.load_state_dict(saved.state_dict)  # our own file: the model's exact keys
         state = saved.extra
         optimizer.load_state_dict(state["optimizer"])  # the lr and alpha are functions of the step
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         images_replaced = state.get("images_replaced", 0)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", last_path, step, epoch, batch_in_epoch)
-        if procs.is_main:
+    if procs.world_size > 1:
+        dist.barrier()  # every process has read the folder before the main one changes it
+    if procs.is_main:
+        if saved is not None:
             _trim_metrics(metrics_file, step)
-    elif procs.is_main:
-        metrics_file.unlink(missing_ok=True)
-        if selector is not None:
-            selector.reset()
+        else:
+            folder.start_afresh()
+            folder.write_config(config)
     if selector is not None:
         selector.restore(step)
     # TensorBoard event files beside metrics.jsonl when tensorboard is installed (amc.tensorboard_log)
@@ -720,8 +953,7 @@ def train(
                     "max_memory_mb": _memory_mb(procs.device),
                     "images_replaced": images_replaced,
                 }
-                with open(metrics_file, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(last_logs) + "\n")
+                append_jsonl(metrics_file, last_logs)
                 board.log(step, last_logs)
                 progress.set_postfix(
                     loss=f"{last_logs['loss']:.3f}", pairs_s=f"{last_logs['pairs_per_s']:.0f}"

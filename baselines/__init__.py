@@ -1,8 +1,9 @@
 """Baselines of the AMC comparison, as plug-ins of amc's trainer and evaluator.
 
-Importing this package registers the baselines' objectives (see
-:mod:`amc.objectives`; ``build_objectives`` imports it). The methods themselves are
-configurations (:data:`baselines.presets.METHODS`, docs/baselines.md):
+``amc`` never imports this package: a run configuration names a baseline's objective by its
+class, ``class: "baselines.vmrm_style:VmrmContrastive"`` (:mod:`amc.objectives.registry`), and
+building the run's objectives imports that module, which registers its objectives. The methods
+themselves are configurations (the ``methods`` of ``config/config.yaml``, docs/baselines.md):
 
 - ``albef``: the starting checkpoint evaluated with GradCAM, no fine-tuning.
 - ``albef_vg``: fine-tuned on the same VG data, schedule and seeds as AMC with the
@@ -14,6 +15,3 @@ configurations (:data:`baselines.presets.METHODS`, docs/baselines.md):
 """
 
 from baselines import vmrm_style  # noqa: F401  (registers vmrm_contrastive, vmrm_consistency)
-from baselines.presets import METHODS, method_preset, train_overrides
-
-__all__ = ["METHODS", "method_preset", "train_overrides"]

@@ -133,8 +133,8 @@ def _teacher_states(teacher: nn.Module, ctx: StepContext, token_source: str) -> 
 
 def phrase_patch_maps(ctx: StepContext, teacher: nn.Module, token_source: str) -> PhrasePatchMaps:
     """Student and teacher token-patch cosines for the positive pairs of this step (computed once)."""
-    key = f"_vmrm_maps_{token_source}"
-    cached = ctx.__dict__.get(key)
+    key = f"vmrm_maps_{token_source}"
+    cached = ctx.shared.get(key)
     if cached is not None:
         return cached
     # The student reuses the step's shared passes (the positive fusion pass is also ITM's).
@@ -145,7 +145,7 @@ def phrase_patch_maps(ctx: StepContext, teacher: nn.Module, token_source: str) -
         teacher_cos = token_patch_cosine(teacher, teacher_states, teacher_image)
     content = content_tokens(ctx.batch.input_ids, ctx.batch.attention_mask, ctx.special_ids)
     maps = PhrasePatchMaps(student=student, teacher=teacher_cos.float(), content=content)
-    ctx.__dict__[key] = maps
+    ctx.shared[key] = maps
     return maps
 
 

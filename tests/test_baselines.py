@@ -1,4 +1,5 @@
-"""Baselines: the VMRM-style objectives, their frozen teacher, the presets, and baseline runs on `ci` data."""
+"""Baselines: the VMRM-style objectives, their frozen teacher, the workflow's baseline methods, and baseline
+runs on `ci` data."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib.util
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,8 @@ from amc.io import AmcError
 from amc.models.albef import ALBEF
 from amc.models.config import ModelConfig
 from amc.objectives import StepContext, TrainBatch, build_objectives
+from amc.report import grid
 from amc.train import TrainingStep, build_optimizer, load_run_config
-from baselines import METHODS, method_preset, train_overrides
 from baselines.vmrm_style import (
     VmrmConsistency,
     VmrmContrastive,
@@ -29,6 +31,11 @@ from baselines.vmrm_style import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+ALBEF_OBJECTIVES = {
+    "itc": {"weight": 1.0},
+    "itm": {"weight": 1.0},
+    "mlm": {"weight": 1.0, "probability": 0.15},
+}
 SPECIAL_IDS = {
     "pad": 0,
     "cls": 2,
@@ -282,7 +289,9 @@ def test_terms_switch_off_one_by_one():
 
 def test_a_full_training_step_logs_both_terms():
     model = tiny_model().train()
-    spec = {**method_preset("vmrm_style")["objectives"], "mlm": {"probability": 0.5}}
+    vmrm = workflow_method("vmrm_style")
+    spec = load_run_config(vmrm.base, vmrm.overrides)["method"]["objectives"]
+    spec["mlm"] = {"probability": 0.5}
     objectives = build_objectives(spec)
     for objective in objectives:
         objective.setup(model)
@@ -316,21 +325,37 @@ def test_bad_consistency_hyperparameters_are_errors():
         build_objectives({"vmrm_consistency": {"top_k": 3}})  # not a consistency hyperparameter
 
 
-def test_presets_resolve_into_run_configurations():
-    assert set(METHODS) == {"albef", "albef_vg", "vmrm_style"}
-    assert "VMRM-style" in METHODS["vmrm_style"]["label"]
-    base = ["model_config=m.yaml", "vocab=v.txt", "data.path=d.jsonl"]
-    albef_vg = load_run_config(None, base + train_overrides("albef_vg"))
+@dataclass
+class WorkflowMethod:
+    """A method as the workflow trains it (amc.report.grid): ``amc train --config base`` + ``overrides``."""
+
+    entry: dict  # the expanded entry of the configuration's ``methods``
+    base: Path  # the base run configuration (finetune.config)
+    overrides: list[str]  # what makes the method: method.name, method.objectives.*, data.kind
+
+
+def workflow_method(name: str, config_file: str = "config.yaml") -> WorkflowMethod:
+    config = grid.load_config(str(REPO / "config" / config_file))
+    overrides = [a for a in grid.train_overrides(config, name, 0) if a.startswith(("method.", "data.kind="))]
+    return WorkflowMethod(grid.expand_methods(config)[name], REPO / config["finetune"]["config"], overrides)
+
+
+@pytest.mark.parametrize("config_file", ["config.yaml", "demo.yaml"])
+def test_the_workflow_baselines_resolve_into_run_configurations(config_file):
+    methods = grid.expand_methods(grid.load_config(str(REPO / "config" / config_file)))
+    assert {"albef", "albef_vg", "vmrm_style"} <= set(methods)
+    assert "VMRM-style" in methods["vmrm_style"]["label"]
+    assert methods["albef"]["kind"] == "none"  # the starting checkpoint, evaluated as it is: no training run
+    paths = ["model_config=m.yaml", "vocab=v.txt", "data.path=d.jsonl"]
+    method = workflow_method("albef_vg", config_file)
+    albef_vg = load_run_config(method.base, [*method.overrides, *paths])
     assert set(albef_vg["method"]["objectives"]) == {"itc", "itm", "mlm"}
     assert albef_vg["data"]["kind"] == "records" and albef_vg["method"]["name"] == "albef_vg"
-    vmrm = load_run_config(None, base + train_overrides("vmrm_style"))
+    method = workflow_method("vmrm_style", config_file)
+    vmrm = load_run_config(method.base, [*method.overrides, *paths])
     assert vmrm["data"]["kind"] == "captions"
     names = [o.name for o in build_objectives(vmrm["method"]["objectives"])]
     assert names == ["itc", "itm", "mlm", "vmrm_contrastive", "vmrm_consistency"]
-    with pytest.raises(AmcError, match="no training run"):
-        train_overrides("albef")
-    with pytest.raises(AmcError, match="unknown baseline"):
-        method_preset("vmrm")
 
 
 def test_frozen_teacher_is_made_once_per_model():
@@ -406,7 +431,7 @@ def ci_data(tmp_path_factory):
         "init_checkpoint=null",
         "data.kind=captions",
         f"data.path={captions}",
-        f"method.objectives={json.dumps(METHODS['albef_vg']['objectives'])}",
+        f"method.objectives={json.dumps(ALBEF_OBJECTIVES)}",
         "method.name=pretrain",
         "optim.max_steps=2",
     )
@@ -427,16 +452,19 @@ def ci_data(tmp_path_factory):
 @pytest.mark.parametrize("name", ["albef_vg", "vmrm_style"])
 def test_finetuned_baseline_runs_on_ci_data_and_changes_the_weights(ci_data, name):
     out = ci_data["root"] / name
-    kind = METHODS[name]["data"]["kind"]
+    method = workflow_method(name, "demo.yaml")  # the demo's method on the demo's base run configuration
+    kind = method.entry["data"].get("kind", "records")
     _amc(
         "train",
+        "--config",
+        method.base,
         "--out",
         out,
         *ci_data["common"],
         f"init_checkpoint={ci_data['start']}",
         f"data.path={ci_data['data'][kind]}",
         "optim.max_steps=3",
-        *train_overrides(name),
+        *method.overrides,
     )
     before, after = _weights(ci_data["start"]), _weights(out / "checkpoint_final.pt")
     assert set(after) == set(before)  # no teacher (nor anything else) added to the checkpoint
@@ -457,9 +485,7 @@ def test_finetuned_baseline_runs_on_ci_data_and_changes_the_weights(ci_data, nam
 @pytest.mark.slow
 def test_albef_baseline_does_not_train(ci_data, tmp_path):
     """`albef` is the starting checkpoint itself: evaluating it leaves its weights as they are."""
-    assert METHODS["albef"]["kind"] == "none"
-    with pytest.raises(AmcError):
-        train_overrides("albef")
+    assert workflow_method("albef").entry["kind"] == "none"
     start = ci_data["start"]
     before = _weights(start)
     result = tmp_path / "albef-vg.json"

@@ -44,7 +44,7 @@ def _evaluate(records, checkpoint, vocab, out, *extra) -> int:
 
 
 def _reference_case(model, tokenizer, record, transform) -> tuple[int, int]:
-    """One case at a time, straight from method.md: full forward, gradient of the ITM logit w.r.t. P."""
+    """One case at a time, straight from the released evaluation: full forward, gradient of the ITM logit w.r.t. P."""
     with Image.open(record.image) as image:
         pixels = transform(image.convert("RGB"))[None]
     tokens = tokenizer([pre_caption(record.phrase, 50)], max_length=None)  # Flickr30k: 50 words, no token cap

@@ -14,7 +14,7 @@ from PIL import Image
 from amc.cli import main as amc_main
 from amc.evaluate import _score, score_cases
 from amc.io import DataError
-from amc.metrics import classify_miss, pointing_point
+from amc.metrics import classify_miss, energy_in_boxes, pointing_point, upsample_heatmap
 from amc.records import Record, load_records, prepare_report_path
 from tests.engine_fixtures import ci_data  # noqa: F401
 from tests.test_evaluate import _evaluate, random_checkpoint  # noqa: F401
@@ -38,8 +38,8 @@ def test_a_box_reaching_outside_the_image_is_kept_and_scored_as_annotated(tmp_pa
 
 
 def test_scoring_a_batch_equals_scoring_each_case_alone():
-    """score_cases upsamples the maps of one image size together: the same points, bit for bit, as
-    upsampling each map alone (amc.metrics.pointing_point), in the records' order."""
+    """score_cases upsamples the maps of one image size together: the same points and energies, bit for
+    bit, as upsampling each map alone (amc.metrics.pointing_point), in the records' order."""
     generator = torch.Generator().manual_seed(0)
     sizes = [(120, 97), (333, 500), (120, 97), (64, 64), (333, 500), (120, 97)] * 5
     records = [
@@ -56,6 +56,8 @@ def test_scoring_a_batch_equals_scoring_each_case_alone():
         assert tuple(case.point) == point
         assert case.miss == classify_miss(point, record.boxes, record.other_boxes)
         assert case.hit == (case.miss is None)
+        energy = energy_in_boxes(upsample_heatmap(heatmap, record.height, record.width), record.boxes)
+        assert case.energy is not None and case.energy == round(energy, 6)
 
 
 def test_prepare_skip_counts_reach_the_result(tmp_path, ci_data, random_checkpoint):  # noqa: F811
@@ -116,7 +118,7 @@ def test_a_record_box_must_be_four_finite_numbers_with_an_area(tmp_path, box, pr
            "height": 30, "phrase": "a cat", "boxes": [[0, 0, 10, 10], box]}  # fmt: skip
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(row) + "\n")
-    with pytest.raises(DataError, match=rf"r\.jsonl: record 1: box .* {problem}"):
+    with pytest.raises(DataError, match=rf"r\.jsonl: record 1: boxes\[1\]: box .* {problem}"):
         load_records(path)
 
 

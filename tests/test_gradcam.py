@@ -1,4 +1,4 @@
-"""GradCAM: against a slow reference written from method.md, second order, batching, golden, CLI."""
+"""GradCAM: against a slow reference written from the released evaluation, second order, batching, golden, CLI."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from amc.models.checkpoint import export_albef, save_checkpoint
 
 
 def slow_reference_gradcam(model, image_embeds, ids, mask):
-    """method.md, one sample at a time, the released code's way: hook on P, backward, loops."""
+    """One sample at a time, the released code's way: hook on P, backward, loops."""
     maps = []
     h, w = model.image_grid
     for i in range(ids.shape[0]):
@@ -134,7 +134,7 @@ def test_fuse_with_image_index_projects_each_image_once_and_equals_the_gathered_
 
 
 def test_last_fusion_layer_only_has_a_gradient_on_cls():
-    # Why the tiny model takes GradCAM one layer before the last (design.md).
+    # Why the tiny model takes GradCAM one layer before the last (docs/model.md, "GradCAM").
     model = tiny_model(gradcam_layer=2).double()
     images, ids, mask = tiny_batch(model)
     fused = model.fuse(

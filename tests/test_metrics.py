@@ -1,4 +1,4 @@
-"""The pointing metric against a slow per-pixel reference written from method.md."""
+"""The pointing metric against a slow per-pixel reference written from the released evaluation."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,9 @@ from amc.metrics import (
     best_proposal,
     box_hit,
     box_iou,
+    box_union_mask,
     classify_miss,
+    energy_in_boxes,
     pointing_hit,
     pointing_point,
     upsample_heatmap,
@@ -131,3 +133,52 @@ def test_argmax_points_of_a_batch_are_each_maps_first_maximum():
         flat = one.reshape(-1).tolist()
         y, x = divmod(flat.index(max(flat)), one.shape[1])  # the first maximum in row-major order
         assert point == (x, y) == argmax_point(one)
+
+
+# ------------------------------------------------------------------ energy in the boxes
+
+
+def test_energy_of_hand_built_maps():
+    # A 10 x 10 image; the box [2, 2, 8, 8] holds pixels x, y in 3..7 (strictly inside: 5 x 5).
+    box = [2, 2, 8, 8]
+    inside = box_union_mask([box], 10, 10)
+    assert inside.sum() == 25 and inside[3, 3] and inside[7, 7] and not inside[2, 5] and not inside[8, 5]
+    heat = torch.zeros(10, 10)
+    heat[4, 5] = 3.0  # all mass in the box
+    assert energy_in_boxes(heat, [box]) == 1.0
+    heat[0, 0] = 3.0  # as much outside
+    assert energy_in_boxes(heat, [box]) == pytest.approx(0.5)
+    heat[9, 9] = -100.0  # negative values are not mass
+    heat[5, 5] = -100.0
+    assert energy_in_boxes(heat, [box]) == pytest.approx(0.5)
+    heat[2, 5] = 6.0  # on the box's edge: outside, as for the pointing game
+    assert energy_in_boxes(heat, [box]) == pytest.approx(0.25)
+    assert energy_in_boxes(torch.zeros(10, 10), [box]) is None  # no positive mass: undefined
+    assert energy_in_boxes(-torch.ones(10, 10), [box]) is None
+
+
+def test_energy_counts_the_union_of_boxes_once_and_the_image_part_of_a_box():
+    heat = torch.ones(10, 10)  # 100 units, one per pixel
+    # [0, 0, 6, 6] holds x, y in 1..5 (25 pixels); [3, 3, 9, 9] holds 4..8 (25); they share 4..5 (4)
+    assert energy_in_boxes(heat, [[0, 0, 6, 6], [3, 3, 9, 9]]) == pytest.approx(46 / 100)
+    assert energy_in_boxes(heat, [[0, 0, 6, 6], [0, 0, 6, 6]]) == pytest.approx(25 / 100)
+    # a box reaching outside the image: only its pixels in the image exist (x, y in 0..3: 16)
+    assert energy_in_boxes(heat, [[-5, -5, 4, 4]]) == pytest.approx(16 / 100)
+    assert energy_in_boxes(heat, [[-5, -5, 20, 20]]) == pytest.approx(1.0)
+    assert energy_in_boxes(heat, [[20, 20, 30, 30]]) == 0.0  # entirely outside
+    # the rectangular image: rows are y, columns are x
+    wide = torch.zeros(4, 8)
+    wide[1, 6] = 1.0
+    assert energy_in_boxes(wide, [[5, 0, 8, 3]]) == 1.0 and energy_in_boxes(wide, [[0, 5, 3, 8]]) == 0.0
+
+
+def test_energy_mask_is_the_pointing_rule():
+    rng = np.random.default_rng(1)
+    boxes = [[3.5, 1.0, 9.0, 6.2], [-2.0, 7.0, 4.0, 12.5]]
+    mask = box_union_mask(boxes, 12, 11)
+    for y in range(12):
+        for x in range(11):
+            assert bool(mask[y, x]) == pointing_hit((x, y), boxes)
+    # so a map whose every positive pixel is a hit has energy 1, and its peak is a hit
+    heat = torch.tensor(rng.random((12, 11)), dtype=torch.float32) * mask
+    assert energy_in_boxes(heat, boxes) == pytest.approx(1.0)

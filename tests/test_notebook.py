@@ -8,13 +8,15 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 from test_report import fabricate_run
+from test_report_explainers import fabricate_explainer_results
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(300)
 def test_notebook_runs_on_a_fabricated_run(tmp_path):
-    run_dir, _ = fabricate_run(tmp_path)
+    run_dir, config = fabricate_run(tmp_path)
+    fabricate_explainer_results(run_dir, config)
     notebook = nbformat.read(REPO / "notebooks/analysis.ipynb", as_version=4)
     first = notebook.cells[1]
     assert 'RUN = "results/demo"' in first.source  # the documented default
@@ -32,6 +34,7 @@ def test_notebook_runs_on_a_fabricated_run(tmp_path):
         for output in cell.get("outputs", [])
     )
     assert "evaluation results" in text
+    assert "gradcam-layer2" in text and "no explainer results" not in text  # the explainer section ran
     # Every figure shows: the plt.show() plots too (Table 1, the forest plot, a heatmap per split),
     # which a backend forced to Agg on import would swallow; and the saved figures displayed
     images = [
@@ -41,7 +44,9 @@ def test_notebook_runs_on_a_fabricated_run(tmp_path):
         for output in cell.get("outputs", [])
         if "image/png" in output.get("data", {})
     ]
-    assert len(images) == 7  # table 1, forest, Δ sweep, 2 category heatmaps, errors, curves (no qualitative)
+    assert (
+        len(images) == 8
+    )  # table 1, forest, Δ sweep, 2 category heatmaps, errors, curves, explainer layers (no qualitative)
     assert not any(
         output.get("output_type") == "error" for cell in notebook.cells for output in cell.get("outputs", [])
     )

@@ -18,7 +18,7 @@ def test_random_negatives_are_uniform_over_the_other_pairs_and_skip_the_contrast
     weights_i2t, weights_t2i = ImageTextMatching(negatives="random")._negative_weights(ctx)
     expected = 1.0 - torch.eye(4)
     assert torch.equal(weights_i2t, expected) and torch.equal(weights_t2i, expected)
-    assert "contrastive" not in ctx.__dict__ and "momentum" not in ctx.__dict__
+    assert "contrastive" not in ctx.__dict__ and not ctx.momentum_used
 
 
 def test_hard_negatives_follow_the_in_batch_contrastive_similarity():
@@ -28,6 +28,7 @@ def test_hard_negatives_follow_the_in_batch_contrastive_similarity():
     expected = F.softmax(ctx.contrastive.sim_i2t[:, :4], dim=1) + 1e-9
     expected.fill_diagonal_(0)
     torch.testing.assert_close(weights_i2t, expected)
+    assert ctx.momentum_used  # the contrastive similarities ran the momentum encoders
 
 
 @pytest.mark.parametrize("negatives", ["hard", "random"])

@@ -48,14 +48,14 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]
 # the GPU rules ask for `gpu` and go to the GPU partition.
 SLURM_RULES = {
     "synth", "prepare_vg", "prepare_eval", "pretrain", "train", "export_checkpoint", "evaluate",
-    "run_config", "table1", "ablation", "figures", "qualitative",
+    "run_config", "table1", "ablation", "figures", "qualitative", "evaluate_explainers", "explainers",
 }  # fmt: skip
 # Local rules (`localrule: True`) run where Snakemake runs: the downloads (compute nodes often
 # have no internet; in the ci grid, the copy of the exported "released" checkpoint) and the HTML
 # report (a second Snakemake process that reads the records of the running one under .snakemake/).
 LOCAL_RULE_PREFIX = "download_"
 LOCAL_RULES = {"html_report"}
-GPU_RULES = {"pretrain", "train", "evaluate", "qualitative"}
+GPU_RULES = {"pretrain", "train", "evaluate", "qualitative", "evaluate_explainers"}
 
 # What the test cluster needs on top of the shipped profile (placeholders filled in).
 TEST_CLUSTER_SETTINGS = {

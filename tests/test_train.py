@@ -235,9 +235,9 @@ def test_paper_defaults_and_rejected_values():
     }
     defaults = load_run_config(None, base)
     assert defaults["precision"] == "tf32" and defaults["optim"]["schedule"] == "released"
-    with pytest.raises(AmcError, match="precision must be one of"):
+    with pytest.raises(AmcError, match=r"precision=auto\): precision: 'auto' is not one of"):
         load_run_config(None, [*base, "precision=auto"])
-    with pytest.raises(AmcError, match="optim.schedule must be one of"):
+    with pytest.raises(AmcError, match=r"optim.schedule: 'linear' is not one of"):
         load_run_config(None, [*base, "optim.schedule=linear"])
 
 

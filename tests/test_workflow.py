@@ -173,7 +173,11 @@ def test_paper_runs_select_the_best_epoch_per_benchmark():
     train = next(line for line in text.splitlines() if "amc train" in line and "method.name=amc " in line)
     assert '"name": "flickr30k", "records": "data/records/flickr30k-val.jsonl", "image_res": 256' in train
     assert '"name": "refcoco+", "records": "data/records/refcoco+-val.jsonl", "image_res": 384' in train
-    evaluate = next(line for line in text.splitlines() if "amc evaluate" in line and "/amc/seed0/" in line)
+    evaluate = next(
+        line
+        for line in text.splitlines()
+        if "amc evaluate" in line and "/amc/seed0/" in line and "--explainer" not in line
+    )
     folder = "results/reproduction/checkpoints/amc/seed0"
     checkpoints = evaluate.split("--checkpoint ", 1)[1].split(" --", 1)[0].split()
     assert (
@@ -412,6 +416,22 @@ def test_ci_config_end_to_end(ci_run):
         released = json.loads((run / f"eval/amc_released/seed0/{split}.json").read_text())["cases"]
         assert released == json.loads((run / f"eval/amc/seed0/{split}.json").read_text())["cases"]
     assert "AMC (released checkpoints)" in (run / "tables/table1.md").read_text()
+    # The explainer ablation: every explainer of each checkpoint in its own file; GradCAM at the
+    # model's layer is the main evaluation, case for case (the same pass).
+    for method in ("albef", "amc"):
+        for slug in ("gradcam-layer1", "attention-layer1", "gradcam-mean", "rollout", "gradcam-layer2"):
+            assert (run / f"eval_explainers/{method}/seed0/flickr30k-test-{slug}.json").is_file()
+        explained = json.loads(
+            (run / f"eval_explainers/{method}/seed0/flickr30k-test-gradcam-layer1.json").read_text()
+        )
+        assert (
+            explained["cases"]
+            == json.loads((run / f"eval/{method}/seed0/flickr30k-test.json").read_text())["cases"]
+        )
+    assert "| rollout | AMC | flickr30k test |" in (run / "tables/explainers.md").read_text()
+    assert (run / "figures/explainer_layers.png").is_file() and (
+        run / "figures/explainer_layers.pdf"
+    ).is_file()
     # Every job of the run wrote its benchmark file (seconds, memory), which `amc report stages` reads.
     planned = job_counts(
         snakemake("-n", "--forceall", "--quiet", "rules", *ci_args(ci_run), cwd=ci_run).stdout
@@ -434,6 +454,7 @@ def test_ci_config_end_to_end(ci_run):
     finally:
         lost.write_bytes(kept)  # the run stays whole for the other tests of this module
     assert counts["evaluate"] == 1 and counts.get("train", 0) == 0 and counts.get("pretrain", 0) == 0
+    assert "explainer_layers.png" in (run / "report.html").read_text(errors="replace")
     assert counts["html_report"] == 1
 
 
@@ -475,7 +496,7 @@ def test_html_report_and_notebook_render_in_chromium(ci_run):
     report = open_page(chromium, run / "report.html", run / "screenshots/report.png", embedded=True)
     assert report.errors == []
     embedded = {image["src"].rsplit("filename=", 1)[-1]: image["width"] for image in report.images}
-    figures = ("ablation_delta", "training_curves", "error_decomposition", "qualitative")
+    figures = ("ablation_delta", "training_curves", "error_decomposition", "qualitative", "explainer_layers")
     assert all(embedded.get(f"{name}.png", 0) > 0 for name in figures), embedded
     assert all(image["width"] > 0 for image in report.images)
     assert "The AMC benchmark workflow (run ci)" in report.text
@@ -484,8 +505,9 @@ def test_html_report_and_notebook_render_in_chromium(ci_run):
     notebook = open_page(chromium, page, run / "screenshots/notebook.png")
     assert notebook.errors == []
     # Table 1's plot, the forest plot, 3 per-category heatmaps (plt.show), the error decomposition,
-    # the training curves and the workflow's qualitative figure (display(Image)); no sweep in ci
-    assert len(notebook.images) == 8 and all(image["width"] > 0 for image in notebook.images)
+    # the training curves, the workflow's qualitative figure (display(Image)) and the explainer
+    # ablation's accuracy against the fusion layer; no sweep in ci
+    assert len(notebook.images) == 9 and all(image["width"] > 0 for image in notebook.images)
     assert "Table 1 against the paper" in notebook.text
     for shot in (report.screenshot, notebook.screenshot):
         assert shot.stat().st_size > 10_000

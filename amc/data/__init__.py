@@ -82,6 +82,18 @@ def outside_image(box: list[float], width: int, height: int, tolerance: float = 
     return x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance
 
 
+def is_id(value) -> bool:
+    """An id in a raw annotation file: a whole number or a non-empty string (not a bool, list, ...)."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value != ""
+    )
+
+
+def is_size(value) -> bool:
+    """An image side in pixels: a whole number >= 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _finite(value) -> bool:
     return (
         isinstance(value, int | float)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from amc.data import Problems, box_problem
 from amc.data.images import ImageChecker
-from amc.io import DataError
+from amc.io import DataError, read_text
 from amc.records import Record
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ def parse_annotation(path: Path, problems: Problems) -> Annotation:
         height = int(root.findtext("size/height"))
     except (TypeError, ValueError):
         raise DataError(f"{path}: missing or non-integer <size><width>/<height>") from None
+    if width < 1 or height < 1:
+        raise DataError(f"{path}: <size> {width}x{height} is not an image size")
     annotation = Annotation(width, height)
     for number, obj in enumerate(root.findall("object"), start=1):
         names = [n.text.strip() for n in obj.findall("name") if n.text and n.text.strip()]
@@ -139,9 +141,7 @@ def _number(text: str | None) -> float | None:
 
 def read_split_ids(root: Path, split: str) -> list[str]:
     path = root / f"{split}.txt"
-    if not path.is_file():
-        raise DataError(f"{path}: split file not found")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path, "split file").splitlines() if line.strip()]
 
 
 def read_flickr30k(
@@ -179,12 +179,8 @@ def _image_records(
         return []
     annotation = parse_annotation(root / "Annotations" / f"{image_id}.xml", problems)
     sentence_path = root / "Sentences" / f"{image_id}.txt"
-    if not sentence_path.is_file():
-        raise DataError(f"{sentence_path}: file not found")
     lines = [
-        (n, line)
-        for n, line in enumerate(sentence_path.read_text(encoding="utf-8").splitlines(), start=1)
-        if line.strip()
+        (n, line) for n, line in enumerate(read_text(sentence_path).splitlines(), start=1) if line.strip()
     ]
     records = []
     for sentence_index, (line_number, line) in enumerate(lines):

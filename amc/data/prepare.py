@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 
 from amc.data import ON_ERROR, Problems
-from amc.io import DataError
-from amc.records import Record, load_records, save_records, write_prepare_report
+from amc.io import DataError, check_outputs
+from amc.records import Record, load_records, prepare_report_path, save_records, write_prepare_report
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    check_outputs(
+        {"--out": out, "--out (its prepare report)": prepare_report_path(out)},
+        {
+            **{f"--exclude-records {p}": p for p in args.exclude_records},
+            "--image-data": args.image_data,
+            **{f"--files {f}": Path(args.root) / f for f in args.files or []},
+        },
+    )
     prepare(
         args.dataset,
         args.root,

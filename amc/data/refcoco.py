@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from amc.data import Problems, box_problem
+from amc.data import Problems, box_problem, is_id, is_size
 from amc.data.images import ImageChecker
 from amc.io import DataError, read_json
 from amc.records import Record
@@ -78,35 +78,56 @@ def load_refs(path: str | os.PathLike) -> list[dict]:
         ]
         if missing:
             raise DataError(f"{path}: ref {number}: missing {', '.join(missing)}")
+        bad = [k for k in ("ref_id", "ann_id", "image_id") if not is_id(ref[k])]
+        if "category_id" in ref and not is_id(ref["category_id"]):
+            bad.append("category_id")
+        if bad:
+            raise DataError(f"{path}: ref {number}: {', '.join(bad)} must be whole numbers or strings")
+        if not isinstance(ref["split"], str) or not ref["split"]:
+            raise DataError(f"{path}: ref {ref['ref_id']}: split must be a name, got {ref['split']!r}")
+        if not isinstance(ref["sentences"], list):
+            raise DataError(f"{path}: ref {ref['ref_id']}: sentences must be a list")
         for sentence in ref["sentences"]:
-            if not isinstance(sentence, dict) or "sent" not in sentence or "sent_id" not in sentence:
+            if not isinstance(sentence, dict) or "sent" not in sentence or not is_id(sentence.get("sent_id")):
                 raise DataError(f"{path}: ref {ref['ref_id']}: a sentence lacks 'sent' or 'sent_id'")
     return refs
 
 
+# What a COCO instances file must hold for the reader, and the fields of each entry.
+SECTIONS = {
+    "images": ("id", "file_name", "width", "height"),
+    "annotations": ("id", "image_id", "bbox", "category_id"),
+    "categories": ("id", "name"),
+}
+
+
 def load_instances(path: str | os.PathLike) -> COCO:
     """A COCO instances file, indexed by pycocotools' ``COCO`` API (``imgs``, ``anns``, ``cats``,
-    ``imgToAnns``); read by us first, so that an unreadable file is an error naming it."""
+    ``imgToAnns``); read and type-checked by us first, so that a bad file is an error naming it."""
     from pycocotools.coco import COCO
 
     path = Path(path)
     data = read_json(path)
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in SECTIONS):
+        raise DataError(f"{path}: not a COCO instances file (needs lists {', '.join(SECTIONS)})")
+    for section, fields in SECTIONS.items():
+        for number, entry in enumerate(data[section]):
+            if not isinstance(entry, dict) or not all(k in entry for k in fields):
+                raise DataError(f"{path}: {section}[{number}]: needs {', '.join(fields)}")
+            if not all(is_id(entry[k]) for k in fields if k.endswith("id")):
+                raise DataError(f"{path}: {section}[{number}]: ids must be whole numbers or strings")
+    for number, image in enumerate(data["images"]):
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            raise DataError(f"{path}: images[{number}]: file_name must be a file name")
+        if not (is_size(image["width"]) and is_size(image["height"])):
+            raise DataError(f"{path}: images[{number}]: width and height must be whole numbers >= 1")
+    for number, category in enumerate(data["categories"]):
+        if not isinstance(category["name"], str):
+            raise DataError(f"{path}: categories[{number}]: name must be text")
     coco = COCO()  # without a file name: it reads nothing itself
-    try:
-        missing = [key for key in ("images", "annotations", "categories") if key not in data]
-        if missing:
-            raise KeyError(", ".join(missing))
-        coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints "creating index..."
-            coco.createIndex()
-        for img in coco.imgs.values():
-            img["file_name"], img["width"], img["height"]  # noqa: B018 (presence check)
-        for ann in coco.anns.values():
-            ann["image_id"], ann["bbox"], ann["category_id"]  # noqa: B018
-        for cat in coco.cats.values():
-            cat["name"]  # noqa: B018
-    except (KeyError, TypeError) as error:
-        raise DataError(f"{path}: not a COCO instances file (missing {error})") from None
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints "creating index..."
+        coco.createIndex()
     return coco
 
 
@@ -160,7 +181,7 @@ def read_refcoco(
                 f"{where}: ann {ann['id']} is on image {ann['image_id']}, not {ref['image_id']}",
             )
             continue
-        width, height = int(image["width"]), int(image["height"])
+        width, height = image["width"], image["height"]
         box = xywh_to_xyxy(ann["bbox"])
         if reason := box_problem(box):
             problems.bad(

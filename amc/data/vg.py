@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from amc.data import Problems, box_problem, outside_image
+from amc.data import Problems, box_problem, is_id, is_size, outside_image
 from amc.data.images import ImageChecker
 from amc.io import DataError, read_json
 from amc.records import Record
@@ -59,14 +59,22 @@ def _image_path(images: Path, entry: dict) -> Path:
 
 def _image_id(entry: dict):
     """VG names an image's id ``image_id`` in most files and ``id`` in region_descriptions.json."""
-    return entry["image_id"] if "image_id" in entry else entry["id"]
+    return entry.get("image_id", entry.get("id"))
+
+
+def _text(value) -> str:
+    """A phrase part: text as written, anything else (null, a number) as empty, so the phrase is
+    counted as an empty phrase rather than read as "None"."""
+    return value.strip() if isinstance(value, str) else ""
 
 
 def _name(obj: dict) -> str:
     """An object's name: VG writes either ``name`` or a list ``names``."""
+    if not isinstance(obj, dict):
+        raise TypeError(f"an object is {obj!r}, not a mapping")
     if "names" in obj and obj["names"]:
-        return str(obj["names"][0]).strip()
-    return str(obj.get("name", "")).strip()
+        return _text(obj["names"][0])
+    return _text(obj.get("name", ""))
 
 
 def _xyxy(obj: dict, w_key: str, h_key: str) -> list[float]:
@@ -102,12 +110,15 @@ def read_vg(
             f"{image_data_path}: not found; {root} holds the released phrase files: use --format released"
         )
     image_info: dict = {}
-    try:
-        for entry in _list_file(image_data_path):
-            image_info[_image_id(entry)] = entry
-            entry["width"], entry["height"] = int(entry["width"]), int(entry["height"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise DataError(f"{image_data_path}: entries need image_id, width and height ({error})") from None
+    for number, entry in enumerate(_list_file(image_data_path)):
+        image_id = _image_id(entry) if isinstance(entry, dict) else None
+        if not is_id(image_id) or not is_size(entry.get("width")) or not is_size(entry.get("height")):
+            raise DataError(
+                f"{image_data_path}: entry {number}: needs an image_id and a width and height in pixels, got {entry!r}"
+            )
+        if not isinstance(entry.get("url") or "", str):
+            raise DataError(f"{image_data_path}: entry {number}: url must be text")
+        image_info[image_id] = entry
 
     # Which images to use: not excluded, and (when checking) with a readable image file.
     checker = ImageChecker()
@@ -129,12 +140,10 @@ def read_vg(
     for kind in kinds:
         path = root / FILES[kind]
         for number, item in enumerate(tqdm(_list_file(path), desc=f"vg {kind}s", unit="img", disable=None)):
-            try:
-                image_id, entries = _image_id(item), item[LIST_KEYS[kind]]
-            except (KeyError, TypeError):
-                raise DataError(
-                    f"{path}: entry {number} lacks its image id or its {LIST_KEYS[kind]!r} list"
-                ) from None
+            image_id = _image_id(item) if isinstance(item, dict) else None
+            entries = item.get(LIST_KEYS[kind]) if isinstance(item, dict) else None
+            if not is_id(image_id) or not isinstance(entries, list):
+                raise DataError(f"{path}: entry {number} lacks its image id or its {LIST_KEYS[kind]!r} list")
             if image_id not in image_info:
                 problems.bad(
                     "image not in image_data.json",
@@ -185,12 +194,14 @@ def _phrases(kind: str, entries: list[dict]) -> Iterable[tuple[str, list[float],
     A phrase with an empty part comes out empty, so the caller reports it as an empty phrase.
     """
     for entry in entries:
+        if not isinstance(entry, dict):
+            raise TypeError(f"an entry is {entry!r}, not a mapping")
         if kind == "region":
-            yield str(entry["phrase"]), _xyxy(entry, "width", "height"), None
+            yield _text(entry["phrase"]), _xyxy(entry, "width", "height"), None
         elif kind == "attribute":
             name = _name(entry)
             for attribute in entry.get("attributes") or []:
-                attribute = str(attribute).strip()
+                attribute = _text(attribute)
                 yield (
                     (f"{attribute} {name}" if attribute and name else ""),
                     _xyxy(entry, "w", "h"),
@@ -199,7 +210,7 @@ def _phrases(kind: str, entries: list[dict]) -> Iterable[tuple[str, list[float],
         else:
             subject, predicate, obj = (
                 _name(entry["subject"]),
-                str(entry["predicate"]).strip(),
+                _text(entry["predicate"]),
                 _name(entry["object"]),
             )
             phrase = f"{subject} {predicate} {obj}" if subject and predicate and obj else ""

@@ -1,7 +1,7 @@
 """ALBEF (Li et al., 2021) as the AMC released code uses it: one module, any size.
 
 ``ALBEF(config).state_dict()`` has exactly the keys of ALBEF's pretraining checkpoint
-(``ALBEF.pth['model']``, see ``reference/albef_checkpoint_keys.txt``), so checkpoints load
+(``ALBEF.pth['model']``, listed in ``tests/golden/albef_checkpoint_keys_dtypes.txt``), so checkpoints load
 with an identity key map and :func:`amc.models.checkpoint.export_albef` writes ALBEF's
 layout. The engines (pretraining, fine-tuning, evaluation) call the public methods below;
 the model has no monolithic ``forward`` because every objective combines them differently.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Collection
 from functools import partial
 
 import torch
@@ -41,10 +42,16 @@ class FusionOutput:
     hidden_states: [B, L, H] the last fusion layer's output.
     cross_attention: [B, heads, L, 1+N] the ``gradcam_layer`` cross-attention probabilities
         after softmax and before dropout, inside the autograd graph; None unless captured.
+    cross_attentions: fusion layer -> its [B, heads, L, 1+N] cross-attention probabilities, for
+        the layers of ``capture_layers`` (the explainers, :mod:`amc.explainers`); else empty.
+    self_attentions: fusion layer -> its [B, heads, L, L] self-attention probabilities, for the
+        layers of ``capture_layers`` with ``capture_self_attention``; else empty.
     """
 
     hidden_states: Tensor
     cross_attention: Tensor | None = None
+    cross_attentions: dict[int, Tensor] = dataclasses.field(default_factory=dict)
+    self_attentions: dict[int, Tensor] = dataclasses.field(default_factory=dict)
 
 
 TIMM_INIT_STD = 0.02
@@ -147,6 +154,11 @@ class ALBEF(nn.Module):
     def gradcam_layer(self) -> int:
         return self.config.gradcam_layer
 
+    @property
+    def fusion_layers(self) -> range:
+        """Absolute indices of the layers with cross-attention (fusion_layer .. last)."""
+        return self.config.fusion_layers
+
     def set_attention(self, mode: str) -> None:
         """Choose the attention implementations (``"fast"`` or ``"reference"``), see the module doc."""
         if mode not in ATTENTION_MODES:
@@ -190,7 +202,7 @@ class ALBEF(nn.Module):
         hidden = bert.embeddings(input_ids)
         mask = additive_mask(attention_mask, hidden.dtype)
         for layer in bert.encoder.layer[: self.fusion_layer]:
-            hidden, _ = layer(hidden, mask)
+            hidden = layer(hidden, mask)[0]
         return hidden
 
     def encode_text_m(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -204,6 +216,8 @@ class ALBEF(nn.Module):
         capture_cross_attention: bool = False,
         momentum: bool = False,
         image_index: Tensor | None = None,
+        capture_layers: Collection[int] = (),
+        capture_self_attention: bool = False,
     ) -> FusionOutput:
         """Fusion layers fusion_layer..end over ALL image tokens; optionally capture gradcam_layer's P.
 
@@ -211,9 +225,22 @@ class ALBEF(nn.Module):
         ``image_index[b]``: the cross-attention keys and values are projected once per image
         (the same result as ``fuse(text, mask, image_embeds[image_index])``, less work when
         several texts share an image, as at evaluation).
+
+        ``capture_layers`` (absolute fusion layer indices) also captures those layers' cross-attention
+        (and, with ``capture_self_attention``, their self-attention) into
+        :attr:`FusionOutput.cross_attentions` / :attr:`FusionOutput.self_attentions`. A captured
+        attention runs with an explicit softmax, so in ``"fast"`` mode a captured layer before
+        ``gradcam_layer`` agrees with the uncaptured one to float precision, not bit for bit.
         """
-        if capture_cross_attention and momentum:
+        if (capture_cross_attention or capture_layers) and momentum:
             raise ValueError("the momentum encoder does not capture cross-attention")
+        layers = set(capture_layers)
+        outside = sorted(layers - set(self.fusion_layers))
+        if outside:
+            raise ValueError(
+                f"fuse: layer(s) {outside} are not fusion layers ({self.fusion_layers.start}.."
+                f"{self.fusion_layers.stop - 1}); only those have cross-attention"
+            )
         if image_index is not None:
             if image_index.shape != (text_embeds.shape[0],):
                 raise ValueError(
@@ -227,13 +254,20 @@ class ALBEF(nn.Module):
         bert = self._bert(momentum)
         hidden = text_embeds
         mask = additive_mask(attention_mask, hidden.dtype)
-        captured = None
+        output = FusionOutput(hidden_states=hidden)
         for index in range(self.fusion_layer, len(bert.encoder.layer)):
-            capture = capture_cross_attention and index == self.gradcam_layer
-            hidden, probs = bert.encoder.layer[index](hidden, mask, image_embeds, capture, image_index)
-            if capture:
-                captured = probs
-        return FusionOutput(hidden_states=hidden, cross_attention=captured)
+            capture = (capture_cross_attention and index == self.gradcam_layer) or index in layers
+            hidden, self_probs, cross_probs = bert.encoder.layer[index](
+                hidden, mask, image_embeds, capture, image_index, capture_self_attention and index in layers
+            )
+            if capture_cross_attention and index == self.gradcam_layer:
+                output.cross_attention = cross_probs
+            if index in layers:
+                output.cross_attentions[index] = cross_probs
+                if capture_self_attention:
+                    output.self_attentions[index] = self_probs
+        output.hidden_states = hidden
+        return output
 
     # ---------------------------------------------------------------------- heads
     def itm_logits(self, fused_cls: Tensor) -> Tensor:

@@ -191,8 +191,11 @@ class BertLayer(nn.Module):
         image_embeds: Tensor | None = None,
         capture_cross_attention: bool = False,
         image_index: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        hidden_states, _ = self.attention(hidden_states, mask)
+        capture_self_attention: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The hidden states, then the self-attention and the cross-attention probabilities (each
+        None unless captured; captured ones are after softmax, before dropout)."""
+        hidden_states, self_probs = self.attention(hidden_states, mask, capture=capture_self_attention)
         cross_probs = None
         if self.has_cross_attention:
             if image_embeds is None:
@@ -201,7 +204,7 @@ class BertLayer(nn.Module):
             hidden_states, cross_probs = self.crossattention(
                 hidden_states, None, image_embeds, capture_cross_attention, image_index
             )
-        return self.output(self.intermediate(hidden_states), hidden_states), cross_probs
+        return self.output(self.intermediate(hidden_states), hidden_states), self_probs, cross_probs
 
 
 class BertEncoder(nn.Module):

@@ -11,12 +11,12 @@ accepted), and ``ModelConfig`` holds the rest of ALBEF's pretraining config
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amc.io import AmcError
+from amc.io import AmcError, read_json, read_yaml
 
 ATTENTION_MODES = ("fast", "reference")
 
@@ -150,16 +150,7 @@ class ModelConfig:
         path = Path(path)
         if not path.is_file():
             raise AmcError(f"{path}: model config not found")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except Exception as error:  # yaml and json raise different types; both are user errors
-            raise AmcError(f"{path}: cannot parse model config ({error})") from None
+        data = read_json(path) if path.suffix.lower() == ".json" else read_yaml(path, "model config")
         if data is None:
             raise AmcError(f"{path}: model config is empty")
         return cls.from_dict(data, source=str(path))
@@ -213,6 +204,11 @@ class ModelConfig:
             raise AmcError(f"{where}: attention {self.attention!r} is not one of {ATTENTION_MODES}")
 
     @property
+    def fusion_layers(self) -> range:
+        """Absolute indices of the text layers with cross-attention (fusion_layer .. last)."""
+        return range(self.text.fusion_layer, self.text.num_hidden_layers)
+
+    @property
     def image_grid(self) -> tuple[int, int]:
         side = self.image_res // self.vision.patch_size
         return side, side
@@ -225,18 +221,36 @@ def _build(cls: type, data: Any, section: str | None, source: str | None):
         return data
     if not isinstance(data, dict):
         raise AmcError(f"{where}: {section or 'model config'} must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name: f.type for f in dataclasses.fields(cls)}
     values = {}
     for key, value in data.items():
         if cls is TextConfig and key in _BERT_JSON_INFORMATIONAL:
             continue
         if key not in known:
             raise AmcError(f"{where}: unknown key {label}{key} (known: {', '.join(sorted(known))})")
+        if not _of_type(value, known[key]):
+            raise AmcError(f"{where}: {label}{key} must be {_TYPE_NAMES[known[key]]}, got {value!r}")
         values[key] = value
     try:
         return cls(**values)
     except TypeError as error:
         raise AmcError(f"{where}: {error}") from None
+
+
+# The scalar field types of the dataclasses above (annotations are strings: `from __future__`).
+_TYPE_NAMES = {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "text"}
+
+
+def _of_type(value: Any, annotation: str) -> bool:
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation == "str":
+        return isinstance(value, str)
+    return True  # the nested sections, built by _build
 
 
 def _positive(obj: Any, names: tuple[str, ...], where: str) -> None:

@@ -7,7 +7,7 @@
   longest-match-first WordPiece) written out here, so it does not depend on how a
   transformers release builds its tokenizers (transformers 5's ``BertTokenizer(vocab_file=)``
   silently builds a 5-token vocabulary). A batch is ``[CLS]`` + word pieces with NO
-  trailing ``[SEP]`` (ALBEF's convention, see reference/method.md), truncated to
+  trailing ``[SEP]`` (ALBEF's convention: its ``models/tokenization_bert.py`` builds ``[CLS] X``), truncated to
   ``max_length`` (training) or not at all (``max_length=None``: evaluation, as released)
   and padded to the longest text of the batch.
 

@@ -5,6 +5,7 @@
     amc report ablation    --run results/<run> --config CONFIG
     amc report figures     --run results/<run> --config CONFIG
     amc report qualitative --run results/<run> --config CONFIG
+    amc report explainers  --run results/<run> --config CONFIG
     amc report stages      --run results/<run> [--by stage|rule] [--out stages.md]
 
 CONFIG is the run's ``workflow-config.json`` (written by the workflow's run_config
@@ -21,16 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 
-from amc.io import AmcError, atomic_write_json, atomic_write_text
+from amc.cli import positive_int
+from amc.io import AmcError, atomic_write_json, atomic_write_text, check_name, check_outputs
 from amc.report import grid, stages
 
 log = logging.getLogger("amc.report")
 
-ACTIONS = ("config", "table1", "ablation", "figures", "qualitative", "stages")
+ACTIONS = ("config", "table1", "ablation", "figures", "qualitative", "explainers", "stages")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="config: where to write workflow-config.json; stages: also write the table there",
     )
-    parser.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates (default: config's)")
+    parser.add_argument(
+        "--n-boot", type=positive_int, default=None, help="bootstrap replicates (default: config's)"
+    )
     parser.add_argument(
         "--methods", nargs="+", help="table1: only the rows of these methods (default: every row)"
     )
@@ -63,7 +66,7 @@ def _load(args: argparse.Namespace) -> dict:
         args.config = str(candidate)
     try:
         return grid.load_config(args.config)
-    except (grid.GridError, OSError, json.JSONDecodeError) as error:
+    except (grid.GridError, OSError) as error:
         raise AmcError(f"{args.config}: {error}") from None
 
 
@@ -71,12 +74,18 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "config":
         if not args.json or not args.out:
             raise AmcError("amc report config needs --json and --out")
-        atomic_write_json(args.out, json.loads(args.json))
+        check_outputs({"--out": args.out})
+        try:
+            resolved = json.loads(args.json)
+        except json.JSONDecodeError as error:
+            raise AmcError(f"--json: not valid JSON ({error.msg})") from None
+        atomic_write_json(args.out, resolved)
         log.info("wrote %s", args.out)
         return 0
     if args.run is None:
         raise AmcError(f"amc report {args.action} needs --run results/<run>")
     if args.action == "stages":
+        check_outputs({"--out": args.out})
         table = stages.format_table(stages.stage_table(stages.read_jobs(args.run), by=args.by), by=args.by)
         sys.stdout.write(f"\nTime and memory per {args.by} of {args.run} (its benchmarks/):\n\n{table}")
         if args.out:
@@ -85,15 +94,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from amc.report import tables
 
+    check_name(args.name, "--name")
+    check_outputs(
+        {}, folders={"--run (tables)": args.run / "tables", "--run (figures)": args.run / "figures"}
+    )
     config = _load(args)
     n_boot = args.n_boot or (config.get("ablation") or {}).get("n_boot") or 10000
+    if args.action == "explainers":
+        for path in make_explainers(args.run, config, n_boot):
+            log.info("wrote %s", path)
+        return 0
     results = tables.load_all(args.run, *_results_needed(args, config))
     if not results:
         raise AmcError(f"{args.run}: no evaluation results under eval/")
     run_name = config.get("run", args.run.name)
     if args.action == "table1":
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
-            raise AmcError(f"--name {args.name!r}: a file name stem (letters, digits, _ . -)")
         frame = tables.table1_frame(results, config, n_boot=n_boot, methods=args.methods)
         paths = tables.write_table1(frame, args.run / "tables", run_name, stem=args.name)
     elif args.action == "ablation":
@@ -133,6 +148,21 @@ def make_figures(run_dir: Path, config: dict, results, n_boot: int) -> list[Path
     paths += figures.training_curves(figures.load_metrics(run_dir), labels, out / "training_curves")
     paths += figures.error_decomposition(ablation, out / "error_decomposition")
     return paths
+
+
+def make_explainers(run_dir: Path, config: dict, n_boot: int) -> list[Path]:
+    """tables/explainers.{csv,md,tex} and figures/explainer_layers.{png,pdf} from eval_explainers/."""
+    from amc.report import figures, tables
+
+    results = tables.load_explainer_evals(run_dir)
+    if not results:
+        raise AmcError(f"{run_dir}: no explainer results under {grid.EXPLAINER_EVAL_DIR}/")
+    frame = tables.explainer_frame(results, config, n_boot=n_boot)
+    reference = (config.get("explainers") or {}).get("reference")
+    paths = tables.write_explainers(frame, run_dir / "tables", config.get("run", run_dir.name), reference)
+    first = next(iter(next(iter(results.values())).values()))
+    trained = (first.summary.get("model_config") or {}).get("gradcam_layer")
+    return paths + figures.explainer_layers(frame, run_dir / "figures" / "explainer_layers", trained)
 
 
 def qualitative_setup(config: dict) -> tuple[str, str, list[str]]:

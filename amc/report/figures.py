@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from amc.io import atomic_write_bytes, read_jsonl  # noqa: E402
+from amc.io import atomic_write_bytes, read_append_log  # noqa: E402
 from amc.records import Record  # noqa: E402
 from amc.report.tables import EvalRun  # noqa: E402
 
@@ -114,11 +114,12 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """Every ``train/<method>/seed<k>/metrics.jsonl`` as one long frame (method, seed, step, ...)."""
     frames = []
     for path in sorted(Path(run_dir).glob("train/*/seed*/metrics.jsonl")):
-        rows = read_jsonl(path)
-        if not rows:
+        seed = path.parent.name.removeprefix("seed")
+        rows = read_append_log(path)  # a run still going (or killed) may have a torn last line
+        if not rows or not seed.isdigit():
             continue
         frame = pd.DataFrame(rows)
-        frame.insert(0, "seed", int(path.parent.name.removeprefix("seed")))
+        frame.insert(0, "seed", int(seed))
         frame.insert(0, "method", path.parent.parent.name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -320,3 +321,58 @@ def qualitative_grid(examples: list[dict], methods: list[tuple[str, str]], stem:
 
 def finite(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+# ------------------------------------------------------------------ the explainer ablation
+
+
+def explainer_layers(frame: pd.DataFrame, stem: str | Path, trained_layer: int | None = None) -> list[Path]:
+    """GradCAM's pointing accuracy (top row) and energy in the boxes (bottom row) against the fusion
+    layer it is taken from, one line per method, one column per split (bars: 95% intervals).
+    ``trained_layer``: the layer AMC trains (the model's gradcam_layer), marked."""
+    sns.set_theme(style="whitegrid", context="paper")
+    layers = frame[frame["explainer_name"] == "gradcam"] if not frame.empty else frame
+    if layers.empty:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        _empty(ax, "no GradCAM-per-layer results in this run")
+        return save(fig, stem)
+    splits = list(
+        dict.fromkeys(f"{b} {s}" for b, s in zip(layers["benchmark"], layers["split"], strict=True))
+    )
+    labels = list(dict.fromkeys(layers["label"]))
+    palette = dict(zip(labels, sns.color_palette(n_colors=len(labels)), strict=True))
+    fig, axes = plt.subplots(
+        2, len(splits), figsize=(3.6 * len(splits) + 1.0, 5.6), squeeze=False, sharex=True
+    )
+    for column, split in enumerate(splits):
+        part = layers[(layers["benchmark"] + " " + layers["split"]) == split]
+        offset = 0.05 * max(1.0, float(part["layer"].max() - part["layer"].min()))  # lines side by side
+        for row, (metric, low, high, name) in enumerate(
+            (
+                ("accuracy", "low", "high", "pointing accuracy (%)"),
+                ("energy", "energy_low", "energy_high", "energy in the boxes (%)"),
+            )
+        ):
+            ax = axes[row][column]
+            for number, (label, group) in enumerate(part.groupby("label", sort=False)):
+                group = group.sort_values("layer")
+                ax.errorbar(
+                    group["layer"] + (number - (len(labels) - 1) / 2) * offset,
+                    group[metric],
+                    yerr=[group[metric] - group[low], group[high] - group[metric]],
+                    marker="o",
+                    capsize=3,
+                    label=label,
+                    color=palette[label],
+                )
+            if trained_layer is not None:
+                ax.axvline(trained_layer, color="0.5", linestyle="--", linewidth=1)
+            ax.set_xticks(sorted(part["layer"].unique().astype(int)))
+            ax.set_ylabel(name)
+            if row == 0:
+                ax.set_title(split)
+            else:
+                ax.set_xlabel("fusion layer of GradCAM (dashed: the layer AMC trains)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, stem)

@@ -21,14 +21,29 @@ under the first seed (its result does not depend on a seed).
 from __future__ import annotations
 
 import copy
+import functools
 import json
-import sys
-from types import ModuleType
+import posixpath
+import re
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from amc import resources
+from amc.io import (
+    NAME_PATTERN,
+    NAME_RULE,
+    AmcError,
+    DataError,
+    confined,
+    find_non_finite,
+    import_jsonschema,
+    is_name,
+    place_text,
+    read_yaml,
+    schema_validator,
+)
 from amc.selection import best_checkpoint_name
 
 PLACEHOLDERS = ("run", "raw_dir", "records_dir")
@@ -40,6 +55,22 @@ DEFAULT_MANIFEST = str(resources.resource(resources.MANIFEST))
 
 class GridError(ValueError):
     """A configuration that passes the schema but does not make a grid."""
+
+
+def _check_name(value: Any, where: str) -> str:
+    """A method, run or export name: one path component (amc.io.NAME_PATTERN, the schema's $defs.name)."""
+    if not is_name(value):
+        raise GridError(f"{where}: {value!r} is not a name ({NAME_RULE})")
+    return value
+
+
+def results_path(config: dict, relative: str) -> str:
+    """``results/<run>/<relative>``, refusing anything that would leave the run's results folder."""
+    run = _check_name(config["run"], "run")
+    try:
+        return confined(f"results/{run}", relative, "results path").as_posix()
+    except AmcError as error:
+        raise GridError(str(error)) from None
 
 
 def _format_path(value: str, context: dict[str, str]) -> str:
@@ -107,6 +138,7 @@ def expand_methods(config: dict) -> dict[str, dict]:
     seeds = list(config["seeds"])
     methods: dict[str, dict] = {}
     for name, spec in declared.items():
+        _check_name(name, f"methods.{name}")
         entry = copy.deepcopy(spec)
         entry.setdefault("objectives", {})
         entry.setdefault("optim", {})
@@ -130,7 +162,9 @@ def expand_methods(config: dict) -> dict[str, dict]:
         for value in sweep["values"]:
             if value == base_value:
                 continue  # the base method itself
-            name = sweep["name"].replace("{value}", value_text(value))
+            name = _check_name(
+                sweep["name"].replace("{value}", value_text(value)), f"sweeps[{number}] (value {value!r})"
+            )
             if name in methods:
                 raise GridError(f"sweeps[{number}]: method name {name!r} already exists")
             entry = copy.deepcopy(declared[base_name])
@@ -276,7 +310,7 @@ def checkpoint_path(config: dict, method: str, seed: int, benchmark: str | None 
         if benchmark not in spec["checkpoints"]:
             raise GridError(f"methods.{method}.checkpoints: no checkpoint for benchmark {benchmark!r}")
         return spec["checkpoints"][benchmark]
-    folder = f"results/{config['run']}/checkpoints/{method}/seed{seed}"
+    folder = results_path(config, f"checkpoints/{method}/seed{seed}")
     if benchmark is not None and benchmark in selection_benchmarks(config):
         return f"{folder}/{best_checkpoint_name(benchmark)}"
     return f"{folder}/checkpoint_final.pt"
@@ -284,7 +318,7 @@ def checkpoint_path(config: dict, method: str, seed: int, benchmark: str | None 
 
 def export_path(config: dict, name: str) -> str:
     """Where the export ``name`` (config ``exports``) is written."""
-    return f"results/{config['run']}/exports/{name}.pth"
+    return results_path(config, f"exports/{_check_name(name, f'exports.{name}')}.pth")
 
 
 def export_source(config: dict, name: str) -> str:
@@ -309,10 +343,103 @@ def eval_targets(config: dict) -> list[dict]:
                             "seed": seed,
                             "benchmark": benchmark,
                             "split": split,
-                            "path": f"results/{config['run']}/eval/{method}/seed{seed}/{benchmark}-{split}.json",
+                            "path": results_path(
+                                config, f"eval/{method}/seed{seed}/{benchmark}-{split}.json"
+                            ),
                         }
                     )
     return targets
+
+
+# ------------------------------------------------------------------ the explainer ablation
+
+EXPLAINER_EVAL_DIR = "eval_explainers"
+
+
+def explainers_enabled(config: dict) -> bool:
+    return bool((config.get("explainers") or {}).get("enabled"))
+
+
+def explainer_list(config: dict) -> list:
+    """The explainers of the ablation (:class:`amc.explainers.Explainer`, resolved on the run's model
+    config): ``explainers.explainers``, then GradCAM at ``explainers.layers`` (``all``: every fusion
+    layer), duplicates dropped (``gradcam`` is GradCAM at the model's ``gradcam_layer``)."""
+    from amc.explainers import parse_explainers
+    from amc.io import AmcError
+    from amc.models.config import ModelConfig
+
+    spec = config["explainers"]
+    try:
+        model = ModelConfig.from_file(config["model_config"])
+        layers = model.fusion_layers if spec["layers"] == "all" else spec["layers"]
+        return parse_explainers([*spec["explainers"], *(f"gradcam:layer={k}" for k in layers)], model)
+    except AmcError as error:
+        raise GridError(f"explainers: {error}") from None
+
+
+def explainer_splits(config: dict) -> list[tuple[str, str]]:
+    """(benchmark, split) of the explainer ablation: ``explainers.splits``, by default every split but val."""
+    splits = config["explainers"].get("splits")
+    if splits:
+        return [(entry["benchmark"], entry["split"]) for entry in splits]
+    return [(b, s) for b, spec in config["benchmarks"].items() for s in spec["splits"] if s != "val"]
+
+
+def explainer_eval_path(config: dict, method: str, seed, benchmark: str, split: str, slug: str) -> str:
+    """``results/<run>/eval_explainers/<method>/seed<k>/<benchmark>-<split>-<explainer slug>.json``."""
+    return results_path(config, f"{EXPLAINER_EVAL_DIR}/{method}/seed{seed}/{benchmark}-{split}-{slug}.json")
+
+
+def parse_explainer_eval_path(path: str | Path) -> tuple[str, int, str, str, str]:
+    """(method, seed, benchmark, split, explainer slug) of an :func:`explainer_eval_path`
+    (benchmark and split names hold no ``-``; the slug may)."""
+    path = Path(path)
+    parts = path.stem.split("-", 2)
+    if len(parts) != 3 or not path.parent.name.startswith("seed"):
+        raise GridError(f"{path}: not <method>/seed<k>/<benchmark>-<split>-<explainer>.json")
+    benchmark, split, slug = parts
+    return path.parent.parent.name, int(path.parent.name.removeprefix("seed")), benchmark, split, slug
+
+
+def explainer_targets(config: dict) -> list[dict]:
+    """Every evaluation of the explainer ablation: {method, seed, benchmark, split, explainer, path};
+    [] when ``explainers.enabled`` is off."""
+    if not explainers_enabled(config):
+        return []
+    methods = expand_methods(config)
+    explainers = explainer_list(config)
+    return [
+        {
+            "method": method,
+            "seed": seed,
+            "benchmark": benchmark,
+            "split": split,
+            "explainer": explainer,
+            "path": explainer_eval_path(config, method, seed, benchmark, split, explainer.slug),
+        }
+        for method in config["explainers"]["methods"]
+        for seed in methods[method]["seeds"]
+        for benchmark, split in explainer_splits(config)
+        for explainer in explainers
+    ]
+
+
+def _check_explainers(config: dict, methods: dict) -> None:
+    spec = config.get("explainers") or {}
+    if not spec.get("enabled"):
+        return
+    for name in spec["methods"]:
+        if name not in methods:
+            raise GridError(f"explainers.methods: method {name!r} is not in methods ({', '.join(methods)})")
+    reference = spec.get("reference")
+    if reference and reference not in spec["methods"]:
+        raise GridError(f"explainers.reference: {reference!r} is not among explainers.methods")
+    for benchmark, split in explainer_splits(config):
+        if split not in (config["benchmarks"].get(benchmark) or {}).get("splits", []):
+            raise GridError(
+                f"explainers.splits: {benchmark} {split} is not among the evaluated benchmarks/splits"
+            )
+    explainer_list(config)  # names, options and layers against the model config
 
 
 def check_grid(config: dict) -> None:
@@ -334,6 +461,18 @@ def check_grid(config: dict) -> None:
     for name in qualitative.get("methods") or []:
         if name not in methods:
             raise GridError(f"qualitative.methods: method {name!r} is not in methods")
+    first = config["table1"]["columns"][0]
+    benchmark = qualitative.get("benchmark") or first["benchmark"]
+    split = qualitative.get("split") or first["split"]
+    if split not in (config["benchmarks"].get(benchmark) or {}).get("splits", []):
+        raise GridError(f"qualitative: {benchmark} {split} is not among the evaluated benchmarks/splits")
+    pretrain = config.get("pretrain") or {}
+    if pretrain.get("enabled"):
+        out_dir = posixpath.normpath(str(pretrain.get("out_dir", "")))
+        if not out_dir.startswith(f"results/{config['run']}/"):
+            raise GridError(
+                f"pretrain.out_dir: {pretrain.get('out_dir')!r} must be a folder inside results/{config['run']}/"
+            )
     if config.get("pretrain", {}).get("enabled") and config["data"]["source"] != "synthetic":
         raise GridError(
             "pretrain.enabled needs data.source: synthetic (the pretrain rule trains on its captions)"
@@ -353,6 +492,7 @@ def check_grid(config: dict) -> None:
                 )
         elif spec["checkpoints"]:
             raise GridError(f"methods.{name}.checkpoints: only a method of kind released takes checkpoints")
+    _check_explainers(config, methods)
     for name, spec in (config.get("exports") or {}).items():
         method = methods.get(spec["method"])
         if method is None or method["kind"] != "finetune":
@@ -370,43 +510,30 @@ def resolved_config(config: dict) -> dict:
     config = resolve_paths(config)
     config["grid"] = expand_methods(config)
     config["sweep_axes"] = sweep_axes(config)
+    if explainers_enabled(config):  # the explainers in order, for the reports
+        config["explainer_list"] = [
+            {"slug": e.slug, "text": str(e), **e.to_dict()} for e in explainer_list(config)
+        ]
     return config
 
 
+@functools.cache
+def _config_schema() -> dict:
+    return read_yaml(resources.resource(resources.CONFIG_SCHEMA), "configuration schema")
+
+
 def config_schema() -> dict:
-    """The workflow configuration's JSON Schema (``amc/resources/config.schema.yaml``, package data)."""
-    return yaml.safe_load(resources.resource(resources.CONFIG_SCHEMA).read_text(encoding="utf-8"))
-
-
-def _import_jsonschema() -> ModuleType:
-    """jsonschema, imported (when this process has not yet) without its optional ``rfc3987_syntax``.
-
-    jsonschema's format checkers import ``rfc3987_syntax`` (installed with jsonschema[format-nongpl],
-    e.g. by Jupyter) for the ``iri`` formats, and that import builds some 40 Lark parsers: about 1 s
-    on an idle core, several on a busy machine, paid by every Snakemake run of this workflow (the
-    Snakefile validates the configuration, the HTML report's own Snakemake too). The configuration
-    schema uses no ``format``, so the module is hidden from that one import; jsonschema then goes
-    without the ``iri`` checkers, as when the module is not installed (jsonschema issue #1428).
-    """
-    if "jsonschema" not in sys.modules and "rfc3987_syntax" not in sys.modules:
-        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # importing it raises ImportError
-        try:
-            import jsonschema
-        finally:
-            del sys.modules["rfc3987_syntax"]
-    import jsonschema
-
-    return jsonschema
+    """The workflow configuration's JSON Schema (``amc/resources/config.schema.yaml``, package data);
+    a copy, so a caller may change it."""
+    return copy.deepcopy(_config_schema())
 
 
 def validate_config(config: dict) -> dict:
     """A copy of a workflow configuration, validated against :func:`config_schema`, with the defaults
     filled in (as Snakemake's ``validate`` does); a :class:`GridError` naming the key otherwise."""
-    jsonschema = _import_jsonschema()
-    from jsonschema import Draft202012Validator, validators
-
+    jsonschema = import_jsonschema()
     schema = config_schema()
-    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+    validate_properties = jsonschema.Draft202012Validator.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
         for name, subschema in properties.items():
@@ -414,25 +541,50 @@ def validate_config(config: dict) -> dict:
                 instance.setdefault(name, copy.deepcopy(subschema["default"]))
         yield from validate_properties(validator, properties, instance, schema)
 
-    validator_class = validators.extend(Draft202012Validator, {"properties": set_defaults})
     config = copy.deepcopy(config)
-    errors = list(validator_class(schema).iter_errors(config))
+    errors = list(schema_validator(schema, {"properties": set_defaults}).iter_errors(config))
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         where = "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in best.absolute_path)
+        if best.validator == "pattern" and best.validator_value == NAME_PATTERN:
+            raise GridError(f"{where}: {best.instance!r} is not a name ({NAME_RULE})")
         raise GridError(f"{where}: {best.message}")
+    _check_values(config, "config")
     return config
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_values(node: Any, where: str) -> None:
+    """What a JSON schema cannot say of every value: no NaN or infinite number, and no control
+    character (a newline in a path or label reaches file names and shell lines)."""
+    if (found := find_non_finite(node)) is not None:
+        raise GridError(f"{place_text(where, found[0])}: {found[1]!r} is not a finite number")
+    _check_text(node, where)
+
+
+def _check_text(node: Any, where: str) -> None:
+    if isinstance(node, str) and _CONTROL.search(node):
+        raise GridError(f"{where}: {node!r} holds a control character (a line break, a tab, ...)")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_text(key, f"{where} (key)")
+            _check_text(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for number, value in enumerate(node):
+            _check_text(value, f"{where}[{number}]")
 
 
 def load_config(path: str) -> dict:
     """A run's configuration for the reports: ``workflow-config.json`` as is, or a config YAML validated and resolved."""
-    with open(path, encoding="utf-8") as handle:
-        if str(path).endswith(".json"):
-            loaded = json.load(handle)
-            if "grid" in loaded:
-                return loaded
-        else:
-            loaded = yaml.safe_load(handle)
+    from amc.io import read_json
+
+    loaded = read_json(path) if str(path).endswith(".json") else read_yaml(path, "workflow configuration")
+    if not isinstance(loaded, dict):
+        raise DataError(f"{path}: expected a mapping, got {type(loaded).__name__}")
+    if str(path).endswith(".json") and "grid" in loaded:
+        return loaded
     config = validate_config(loaded)
     check_grid(resolve_paths(config))
     return resolved_config(config)

@@ -58,25 +58,29 @@ class EvalRun:
     cases: pd.DataFrame  # id, hit, miss, category, point
 
 
-def load_eval(path: str | Path) -> EvalRun:
-    """One result file, validated against its schema (amc/resources/result.schema.json)."""
-    path = Path(path)
+def read_cases(path: Path) -> tuple[dict, pd.DataFrame]:
+    """The summary and the cases (id, hit, miss, category, point, energy) of a result file, validated
+    (:func:`amc.result_format.read_result`: its schema, at least one case, each id once)."""
     data = read_result(path)
     summary = data["summary"]
     cases = pd.DataFrame(data["cases"])
-    if cases.empty:
-        cases = pd.DataFrame(columns=["id", "hit", "miss", "category", "point"])
-    if "category" not in cases:
-        cases["category"] = None
-    cases["id"] = cases["id"].astype(str)
+    for column in ("miss", "category", "point", "energy"):
+        if column not in cases:
+            cases[column] = None
     cases["hit"] = cases["hit"].astype(bool)
-    if cases["id"].duplicated().any():
-        raise DataError(f"{path}: duplicate case ids")
+    return summary, cases
+
+
+def load_eval(path: str | Path) -> EvalRun:
+    path = Path(path)
+    summary, cases = read_cases(path)
     # The path is authoritative (results/<run>/eval/<method>/seed<k>/<benchmark>-<split>.json).
     method = path.parent.parent.name
-    seed = int(path.parent.name.removeprefix("seed"))
+    seed_text = path.parent.name.removeprefix("seed")
+    if not seed_text.isdigit():
+        raise DataError(f"{path}: not under eval/<method>/seed<k>/")
     benchmark, _, split = path.stem.rpartition("-")
-    return EvalRun(method, seed, benchmark, split, path, summary, cases)
+    return EvalRun(method, int(seed_text), benchmark, split, path, summary, cases)
 
 
 def find_evals(
@@ -123,19 +127,29 @@ def cases_frame(results: dict[tuple[str, str, str], dict[int, EvalRun]]) -> pd.D
 
 def hit_matrix(by_seed: dict[int, EvalRun], ids: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """[seeds, cases] 0/1 matrix aligned on case ids (the first seed's order unless ``ids`` given)."""
+    return case_matrix(by_seed, "hit", ids)
+
+
+def case_matrix(
+    by_seed: dict[int, EvalRun], column: str, ids: list[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """[seeds, cases] matrix of a per-case number (``hit``, ``energy``), aligned on case ids.
+
+    An energy of None (a map without positive mass) counts 0: none of its mass is in the boxes.
+    """
     seeds = sorted(by_seed)
     if ids is None:
         ids = list(by_seed[seeds[0]].cases["id"])
     rows = []
     for seed in seeds:
-        hits = by_seed[seed].cases.set_index("id")["hit"]
-        missing = set(ids) - set(hits.index)
+        values = by_seed[seed].cases.set_index("id")[column]
+        missing = set(ids) - set(values.index)
         if missing:
             raise DataError(
                 f"{by_seed[seed].path}: {len(missing)} case id(s) of the other runs are missing "
                 f"(e.g. {sorted(missing)[0]!r}); runs of one split must cover the same cases"
             )
-        rows.append(hits.loc[ids].to_numpy(dtype=float))
+        rows.append(values.loc[ids].astype(float).fillna(0.0).to_numpy(dtype=float))
     return np.vstack(rows), ids
 
 
@@ -517,3 +531,162 @@ def category_frame(results: dict[tuple[str, str, str], dict[int, EvalRun]]) -> p
     )
     grouped["accuracy"] *= 100
     return grouped
+
+
+# ------------------------------------------------------------------ the explainer ablation
+
+
+def load_explainer_evals(run_dir: str | Path) -> dict[tuple[str, str, str, str], dict[int, EvalRun]]:
+    """(method, benchmark, split, explainer slug) -> {seed: EvalRun} for every result under
+    ``run_dir/eval_explainers/`` (:func:`amc.report.grid.explainer_eval_path`)."""
+    from amc.report.grid import EXPLAINER_EVAL_DIR, parse_explainer_eval_path
+
+    results: dict[tuple[str, str, str, str], dict[int, EvalRun]] = {}
+    for path in sorted(Path(run_dir).glob(f"{EXPLAINER_EVAL_DIR}/*/seed*/*.json")):
+        method, seed, benchmark, split, slug = parse_explainer_eval_path(path)
+        summary, cases = read_cases(path)
+        run = EvalRun(method, seed, benchmark, split, path, summary, cases)
+        results.setdefault((method, benchmark, split, slug), {})[seed] = run
+    return results
+
+
+def _paired(a: np.ndarray, b: np.ndarray, n_boot: int) -> dict[str, float]:
+    paired = stats.paired_bootstrap(a, b, n_boot=n_boot)
+    return {"diff": paired.diff, "low": paired.low, "high": paired.high, "p": paired.p_value}
+
+
+def explainer_frame(
+    results: dict[tuple[str, str, str, str], dict[int, EvalRun]], config: dict, n_boot: int = 10000
+) -> pd.DataFrame:
+    """One row per (explainer, method, split): pointing accuracy and mean energy in the boxes, each
+    with its 95% bootstrap interval (cases, and seeds when several), and each paired with the
+    reference method (``explainers.reference``) under the same explainer on the same cases.
+
+    Energy: a case whose map has no positive mass counts 0 (``energy_undefined`` counts them,
+    over all seeds)."""
+    spec = config.get("explainers") or {}
+    grid = config.get("grid") or {}
+    reference = spec.get("reference")
+    listed = [e["slug"] for e in config.get("explainer_list") or []]
+    found = {key[3] for key in results}
+    slugs = [s for s in listed if s in found] + sorted(found - set(listed))
+    methods = [m for m in spec.get("methods") or [] if m in {key[0] for key in results}]
+    methods += sorted({key[0] for key in results} - set(methods))
+    splits = list(dict.fromkeys((key[1], key[2]) for key in sorted(results, key=lambda k: (k[1], k[2]))))
+    rows = []
+    for slug in slugs:
+        for method in methods:
+            for benchmark, split in splits:
+                by_seed = results.get((method, benchmark, split, slug))
+                if not by_seed:
+                    continue
+                hits, ids = hit_matrix(by_seed)
+                energy, _ = case_matrix(by_seed, "energy", ids)
+                pointing = stats.bootstrap_ci(hits, n_boot=n_boot)
+                mass = stats.bootstrap_ci(energy, n_boot=n_boot)
+                explainer = by_seed[min(by_seed)].summary.get("explainer") or {}
+                record = {
+                    "explainer": slug,
+                    "explainer_name": explainer.get("name", slug),
+                    "layer": explainer.get("layer", math.nan),
+                    "method": method,
+                    "label": grid.get(method, {}).get("label", method),
+                    "benchmark": benchmark,
+                    "split": split,
+                    "n_seeds": pointing.n_seeds,
+                    "n_cases": pointing.n_cases,
+                    "accuracy": 100 * pointing.mean,
+                    "low": 100 * pointing.low,
+                    "high": 100 * pointing.high,
+                    "energy": 100 * mass.mean,
+                    "energy_low": 100 * mass.low,
+                    "energy_high": 100 * mass.high,
+                    "energy_undefined": int(
+                        sum(run.cases["energy"].isna().sum() for run in by_seed.values())
+                    ),
+                    "reference": reference or "",
+                }
+                for metric in ("accuracy", "energy"):
+                    for suffix in ("diff", "diff_low", "diff_high", "p"):
+                        record[f"{metric}_{suffix}"] = math.nan
+                ref_by_seed = results.get((reference, benchmark, split, slug)) if reference else None
+                if ref_by_seed and method != reference:
+                    for metric, mine, column in (("accuracy", hits, "hit"), ("energy", energy, "energy")):
+                        theirs, _ = case_matrix(ref_by_seed, column, ids)
+                        paired = _paired(mine, theirs, n_boot)
+                        record.update(
+                            {
+                                f"{metric}_diff": 100 * paired["diff"],
+                                f"{metric}_diff_low": 100 * paired["low"],
+                                f"{metric}_diff_high": 100 * paired["high"],
+                                f"{metric}_p": paired["p"],
+                            }
+                        )
+                rows.append(record)
+    return pd.DataFrame(rows)
+
+
+def write_explainers(
+    frame: pd.DataFrame, out_dir: str | Path, run_name: str, reference: str | None
+) -> list[Path]:
+    """``explainers.csv``, ``.md`` and ``.tex`` under ``out_dir``."""
+    out_dir = Path(out_dir)
+    versus = f"vs {reference}" if reference else "vs reference"
+    header = [
+        "Explainer",
+        "Method",
+        "Split",
+        "Seeds",
+        "Pointing [95% CI]",
+        f"Δ pointing {versus} [95% CI]",
+        "p",
+        "Energy [95% CI]",
+        f"Δ energy {versus} [95% CI]",
+        "p",
+        "No positive mass",
+    ]
+
+    def difference(row, metric: str) -> str:
+        if math.isnan(row[f"{metric}_diff"]):
+            return "–"
+        return f"{row[f'{metric}_diff']:+.2f} [{row[f'{metric}_diff_low']:+.2f}, {row[f'{metric}_diff_high']:+.2f}]"
+
+    rows = [
+        [
+            str(r["explainer"]),
+            str(r["label"]),
+            f"{r['benchmark']} {r['split']}",
+            str(int(r["n_seeds"])),
+            f"{r['accuracy']:.2f} [{r['low']:.2f}, {r['high']:.2f}]",
+            difference(r, "accuracy"),
+            fmt_p(r["accuracy_p"]),
+            f"{r['energy']:.2f} [{r['energy_low']:.2f}, {r['energy_high']:.2f}]",
+            difference(r, "energy"),
+            fmt_p(r["energy_p"]),
+            str(int(r["energy_undefined"])),
+        ]
+        for _, r in frame.iterrows()
+    ]
+    note = (
+        f"Run `{run_name}`. Every map goes through the same pointing protocol (bicubic upsampling to the "
+        "original size, first maximum, strictly inside a box). Pointing: accuracy (%); energy: the share (%) "
+        "of the map's positive mass inside the union of the case's boxes, a map without positive mass "
+        "counting 0 (last column: how many, over all seeds). Mean over seeds with a 95% bootstrap interval "
+        f"over cases (and seeds when several); Δ: paired difference with {reference or 'the reference'} "
+        "under the same explainer on the same cases (points; per-case values averaged over seeds; 95% "
+        "paired bootstrap interval, two-sided p-value). gradcam-layerK: GradCAM at fusion layer K; "
+        "attention-layerK: raw cross-attention; gradcam-mean: GradCAM averaged over the fusion layers; "
+        "rollout: attention rollout through the fusion layers (docs/workflow.md)."
+    )
+    paths = [out_dir / "explainers.csv", out_dir / "explainers.md", out_dir / "explainers.tex"]
+    atomic_write_text(paths[0], frame.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(
+        paths[1],
+        "# Explainers: does the model ground, or only its GradCAM?\n\n"
+        + markdown_table(header, rows)
+        + "\n"
+        + note
+        + "\n",
+    )
+    atomic_write_text(paths[2], latex_table(header, rows, note, "tab:explainers"))
+    return paths

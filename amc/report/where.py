@@ -22,6 +22,7 @@ def locate(config_path: str) -> dict[str, list[Path]]:
         "table1": [root / "tables" / f"table1.{ext}" for ext in ("md", "csv", "tex")],
         "table1_released": [root / "tables" / f"table1_released.{ext}" for ext in ("md", "csv", "tex")],
         "ablation": [root / "tables" / f"ablation.{ext}" for ext in ("md", "csv", "tex")],
+        "explainers": [root / "tables" / f"explainers.{ext}" for ext in ("md", "csv", "tex")],
         "figures": figures,
         "report": [root / "report.html"],
     }
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             out.write(released.read_text(encoding="utf-8") + "\n")
     ablation = places["ablation"][0]
     out.write(f"  Ablations: {ablation}{'' if ablation.is_file() else '  (not made yet)'}\n")
+    explainers = places["explainers"][0]
+    if explainers.is_file():  # config explainers.enabled
+        out.write(f"  Explainers: {explainers}\n")
     out.write(f"  Figures:   {root / 'figures'}/\n")
     for figure in places["figures"]:
         out.write(f"             {figure}  (+ .pdf)\n")

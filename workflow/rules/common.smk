@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
+from amc import download as amc_download
 from amc.report import grid as amc_grid
 from amc.report import stages as amc_stages
 
@@ -64,27 +65,26 @@ wildcard_constraints:
 # ------------------------------------------------------------------ raw data (downloads)
 
 
-def load_manifest() -> dict[str, dict]:
-    """name -> artifact entry of the download manifest (none for a synthetic run that names none)."""
+def load_manifest() -> dict[str, amc_download.Artifact]:
+    """name -> artifact of the download manifest (none for a synthetic run that names none).
+
+    Read and validated by amc.download, as `amc download` reads it: an artifact's name becomes a
+    rule name and a shell argument, so a name outside amc.io.NAME_PATTERN stops the workflow here.
+    """
     if config["data"]["manifest"] is None:
         return {}
-    path = Path(config["data"]["manifest"])
-    if not path.is_file():
-        raise WorkflowError(f"{path}: download manifest not found (config data.manifest)")
-    with path.open(encoding="utf-8") as handle:
-        manifest = yaml.safe_load(handle) or {}
-    artifacts = manifest.get("artifacts", manifest)
-    if isinstance(artifacts, dict):
-        artifacts = [{"name": name, **entry} for name, entry in artifacts.items()]
-    return {entry["name"]: entry for entry in artifacts}
+    try:
+        return amc_download.load_manifest(config["data"]["manifest"])
+    except amc_download.ManifestError as error:
+        raise WorkflowError(f"Invalid download manifest (config data.manifest): {error}") from None
 
 
 MANIFEST = load_manifest()
 
 
-def artifact_outputs(entry: dict) -> list[str]:
+def artifact_outputs(entry: amc_download.Artifact) -> list[str]:
     """The paths an artifact produces, under raw_dir (a path without suffix is a folder)."""
-    return [f"{RAW}/{p.rstrip('/')}" for p in entry.get("produces", [])]
+    return [f"{RAW}/{p.rstrip('/')}" for p in entry.produces]
 
 
 def is_folder(path: str) -> bool:
@@ -226,8 +226,30 @@ def figure_paths(name: str) -> list[str]:
     return [f"{RESULTS}/figures/{name}.png", f"{RESULTS}/figures/{name}.pdf"]
 
 
+# ------------------------------------------------------------------ the explainer ablation
+
+EXPLAINERS_ON = amc_grid.explainers_enabled(config)
+EXPLAINER_METHODS = config["explainers"]["methods"] if EXPLAINERS_ON else []
+EXPLAINER_LIST = amc_grid.explainer_list(config) if EXPLAINERS_ON else []
+EXPLAINER_SPLITS = amc_grid.explainer_splits(config) if EXPLAINERS_ON else []
+
+
+def explainer_evals() -> list[str]:
+    return [target["path"] for target in amc_grid.explainer_targets(config)]
+
+
+def explainer_report_outputs() -> list[str]:
+    """The explainer table and figure (none when explainers.enabled is off)."""
+    if not EXPLAINERS_ON:
+        return []
+    return [f"{RESULTS}/tables/explainers.{ext}" for ext in ("csv", "md", "tex")] + figure_paths(
+        "explainer_layers"
+    )
+
+
 def all_outputs() -> list[str]:
     outputs = [f"{RESULTS}/tables/{t}.{ext}" for t in ("table1", "ablation") for ext in ("csv", "md", "tex")]
+    outputs += explainer_report_outputs()
     for name in FIGURES:
         outputs += figure_paths(name)
     if QUALITATIVE["enabled"]:

@@ -30,8 +30,8 @@ if SYNTHETIC:
             mem_mb=2000,
             runtime=30,
         shell:
-            "amc synth --out {params.out:q} --seed {params.seed} --scale {params.scale}"
-            " --workers {params.workers} > {log:q} 2>&1"
+            "amc synth --out {params.out:q} --seed {params.seed:q} --scale {params.scale:q}"
+            " --workers {params.workers:q} > {log:q} 2>&1"
 
 
 # One local rule per artifact: downloads run on the machine Snakemake runs on (the
@@ -45,7 +45,7 @@ for _name, _entry in MANIFEST.items():
             f"download_{_name}"
         localrule: True
         input:
-            [_entry["local"]] if "local" in _entry else [],
+            [_entry.local] if _entry.local is not None else [],
         output:
             [directory(p) if is_folder(p) else p for p in artifact_outputs(_entry)],
         log:
@@ -56,13 +56,13 @@ for _name, _entry in MANIFEST.items():
             name=_name,
             dest=RAW,
             manifest=config["data"]["manifest"],
-            update_lock="--update-lock" if "local" in _entry else "",
+            update_lock="--update-lock" if _entry.local is not None else "",
         threads: 1
         resources:
             mem_mb=1000,
             runtime=600,
         shell:
-            "amc download {params.name} --dest {params.dest:q} --manifest {params.manifest:q}"
+            "amc download {params.name:q} --dest {params.dest:q} --manifest {params.manifest:q}"
             " --no-progress {params.update_lock} > {log:q} 2>&1"
 
 
@@ -107,7 +107,7 @@ rule prepare_vg:
         mem_mb=16000 if not SYNTHETIC else 1000,
         runtime=120,
     shell:
-        "amc prepare vg --format {params.format} --root {params.root:q} --images {params.images:q}"
+        "amc prepare vg --format {params.format:q} --root {params.root:q} --images {params.images:q}"
         " --out {output.records:q} {params.exclude} > {log:q} 2>&1"
 
 

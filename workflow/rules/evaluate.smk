@@ -26,10 +26,10 @@ rule evaluate:
         vocab=config["vocab"],
         benchmarks=" ".join(q(b) for b, _ in EVAL_SPLITS),
         splits=" ".join(q(s) for _, s in EVAL_SPLITS),
-        image_res=" ".join(str(BENCHMARKS[b]["image_res"]) for b, _ in EVAL_SPLITS),
-        resize=" ".join(BENCHMARKS[b].get("resize", "auto") for b, _ in EVAL_SPLITS),
+        image_res=" ".join(q(BENCHMARKS[b]["image_res"]) for b, _ in EVAL_SPLITS),
+        resize=" ".join(q(BENCHMARKS[b].get("resize", "auto")) for b, _ in EVAL_SPLITS),
         num_workers=config["evaluate"]["num_workers"],
-        extra=config["evaluate"]["extra_args"],
+        extra=" ".join(q(arg) for arg in config["evaluate"]["extra_args"]),
     threads: config["evaluate"]["threads"]
     resources:
         gpu=config["evaluate"]["gpus"],
@@ -39,7 +39,7 @@ rule evaluate:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} evaluate --checkpoint {input.checkpoints:q} --model-config {input.model_config:q}"
         " --vocab {params.vocab:q} --records {input.records:q} --benchmark {params.benchmarks}"
         " --split {params.splits} --image-res {params.image_res} --resize {params.resize} --method {wildcards.method:q}"
-        " --seed {wildcards.seed} --num-workers {params.num_workers} {params.extra}"
+        " --seed {wildcards.seed:q} --num-workers {params.num_workers:q} {params.extra}"
         " --out {output:q} > {log:q} 2>&1"
 
 

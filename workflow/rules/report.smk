@@ -81,7 +81,7 @@ rule table1_released:
         runtime=10,
     shell:
         "amc report table1 --run {params.run:q} --config {input.config:q} --methods {params.methods}"
-        " --name {params.name} > {log:q} 2>&1"
+        " --name {params.name:q} > {log:q} 2>&1"
 
 
 rule ablation:
@@ -157,7 +157,7 @@ rule html_report:
         report="|".join(HTML_REPORTS),
     localrule: True
     params:
-        snakemake=f"{sys.executable} -m snakemake",
+        snakemake=f"{q(sys.executable)} -m snakemake",
         snakefile=workflow.main_snakefile,
         config=lambda wc: json.dumps(config, sort_keys=True),
         configfile=lambda wc: f"{LOGS}/report/{wc.report}-html.config.json",
