@@ -18,10 +18,12 @@ machine shared with other work the CPU seconds move far less than the wall secon
 alternate round by round (before, after, before, after, ...), so a change in the machine's load hits
 both; the tables give the median over the rounds.
 
-It also checks that both versions made the same results: every evaluation's cases (the summary holds
-the time and the code version), the tables (csv, md, tex) and the PNG figures, byte for byte.
+It also checks that both versions made the same results: every evaluation's cases, the explainer
+evaluations' included (the summary holds the time and the code version), the tables (csv, md, tex)
+and the PNG figures, byte for byte.
 
-    python benchmarks/demo_stages.py --before <rev> [--after <rev>] [--rounds 3] [--out timing.json]
+    python benchmarks/demo_stages.py --before <rev> [--after <rev>] [--rules evaluate] [--per-rule N]
+        [--rounds 3] [--out timing.json]
 """
 
 from __future__ import annotations
@@ -124,8 +126,12 @@ def timed(
     return wall, cpu, result
 
 
-def plan(version: Version, config: str, rules: list[str]) -> tuple[list[Job], float, float]:
-    """The forced jobs and their commands, in the workflow's order, from the version's own dry run."""
+def plan(
+    version: Version, config: str, rules: list[str], per_rule: int | None = None
+) -> tuple[list[Job], float, float]:
+    """The forced jobs and their commands, in the workflow's order, from the version's own dry run;
+    with ``per_rule``, the first ``per_rule`` jobs of each rule by command (the same jobs in every
+    version and round; the jobs left out keep their copied outputs, which the reports then read)."""
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(version.code / "Snakefile"), "all",
         "--configfile", config, "-n", "--forcerun", *rules, "--rerun-triggers", "mtime",
@@ -138,7 +144,12 @@ def plan(version: Version, config: str, rules: list[str]) -> tuple[list[Job], fl
         shell = re.search(r"^Shell command: (.*)$", block, flags=re.MULTILINE)
         if shell and shell.group(1) != "None":  # the target rule `all` runs nothing
             jobs.append(Job(rule, shell.group(1)))
-    jobs.sort(key=lambda job: stages.rule_order(job.rule))  # stable: the dry run's order within a rule
+    jobs.sort(key=lambda job: (stages.rule_order(job.rule), job.command))
+    if per_rule is not None:
+        by_rule: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_rule.setdefault(job.rule, []).append(job)
+        jobs = [job for rule_jobs in by_rule.values() for job in rule_jobs[:per_rule]]
     return jobs, wall, cpu
 
 
@@ -159,10 +170,11 @@ def run_round(version: Version) -> dict[str, tuple[float, float]]:
 
 
 def digest_results(work: Path, run: str) -> dict[str, str]:
-    """sha256 of what must not change: every evaluation's cases, the tables, the PNG figures."""
+    """sha256 of what must not change: every evaluation's cases (the explainers' too: points and
+    energies), the tables, the PNG figures."""
     root = work / "results" / run
     digests = {}
-    for path in sorted(root.glob("eval/*/seed*/*.json")):
+    for path in sorted([*root.glob("eval/*/seed*/*.json"), *root.glob("eval_explainers/*/seed*/*.json")]):
         cases = json.loads(path.read_text())["cases"]
         digests[str(path.relative_to(root))] = hashlib.sha256(json.dumps(cases).encode()).hexdigest()
     for path in sorted([*root.glob("tables/*"), *root.glob("figures/*.png")]):
@@ -217,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rules", default="evaluate", help="comma-separated rules to force (and all after them)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each version, alternating")
+    parser.add_argument(
+        "--per-rule", type=int, help="run only the first N forced jobs of each rule (default: all)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--out", type=Path, help="also write every round's figures here (JSON)")
     args = parser.parse_args(argv)
@@ -235,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.info(
                     "round %d/%d: %s (%s)", round_number + 1, args.rounds, version.label, version.revision
                 )
-                jobs, wall, cpu = plan(version, args.config, args.rules.split(","))
+                jobs, wall, cpu = plan(version, args.config, args.rules.split(","), args.per_rule)
                 version.jobs = version.jobs or jobs
                 if [job.command for job in jobs] != [job.command for job in version.jobs]:
                     raise SystemExit(
@@ -248,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nbefore: {before.revision}   after: {after.revision}   rounds: {args.rounds} each, alternating"
         )
-        print(f"forced: {args.rules} and every job after it, run one at a time; load average (1 min) during the "
+        subset = f" ({args.per_rule} job(s) of each rule)" if args.per_rule else ""
+        print(f"forced: {args.rules} and every job after it{subset}, run one at a time; load average (1 min) during the "
               f"rounds: {min(x[0] for x in load):.1f} to {max(x[0] for x in load):.1f}")  # fmt: skip
         print(f"results identical (evaluation cases, tables, PNG figures): {'yes' if same else 'NO'}\n")
         print(median_table(before, after, "stage", stages.stage_of) + "\n")
