@@ -49,6 +49,7 @@ from amc.io import (
     atomic_write_text,
     check_outputs,
     find_non_finite,
+    import_jsonschema,
     read_append_log,
     read_yaml,
     schema_validator,
@@ -303,8 +304,7 @@ def _source_of(dotted: str, sources: dict[str, str]) -> str:
 def validate_run_config(config: dict, sources: dict[str, str] | None = None) -> None:
     """Check ``config`` against :data:`RUN_CONFIG_SCHEMA` (and every number finite); an AmcError
     names where the value came from (the file or the ``key=value`` override) and the key."""
-    from jsonschema.exceptions import best_match
-
+    best_match = import_jsonschema().exceptions.best_match
     validator = schema_validator(RUN_CONFIG_SCHEMA)
     sources = sources or {}
     error = best_match(validator.iter_errors(config))

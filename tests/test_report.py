@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -392,3 +393,42 @@ def test_where_prints_locations(tmp_path, monkeypatch, capsys):
     assert where.main(["--config", "cfg.yaml"]) == 0
     out = capsys.readouterr().out
     assert "snakemake released): results/fab/tables/table1_released.md" in out and "| ALBEF | 79.14 |" in out
+
+
+def test_each_report_reads_only_the_results_it_shows(fabricated, caplog):
+    """Table 1 reads its rows' and columns' results (the workflow rule's inputs), no other file; the
+    ablation reads every result. A broken result of a method Table 1 does not show stops only the ablation."""
+    run_dir, _ = fabricated
+    path = run_dir / "eval/amc_dmean0.05/seed0/flickr30k-test.json"
+    path.write_text("{not json")
+    assert report("table1", "--run", str(run_dir), "--n-boot", "100") == 0
+    assert report("ablation", "--run", str(run_dir), "--n-boot", "100") == 2
+    assert str(path) in caplog.text
+    found = tables.find_evals(run_dir, methods=["amc"], splits=[("refcoco+", "testA")])
+    assert [p.relative_to(run_dir).as_posix() for p in found] == [
+        "eval/amc/seed0/refcoco+-testA.json",
+        "eval/amc/seed1/refcoco+-testA.json",
+    ]
+
+
+def test_config_validation_leaves_out_jsonschemas_iri_parsers():
+    """Validating a configuration (every Snakemake run of the workflow does) imports jsonschema without
+    its optional rfc3987_syntax, whose import builds ~40 parsers; the module stays importable after."""
+    pytest.importorskip("rfc3987_syntax", reason="the slow optional module is not installed here")
+    code = (
+        "import sys, yaml\n"
+        "from amc.report import grid\n"
+        "config = yaml.safe_load(open('config/demo.yaml'))\n"
+        "grid.validate_config(config)\n"
+        "assert 'rfc3987_syntax' not in sys.modules and 'lark' not in sys.modules, 'imported'\n"
+        "config['data']['scal'] = 1\n"
+        "try:\n"
+        "    grid.validate_config(config)\n"
+        "    raise SystemExit('not refused')\n"
+        "except grid.GridError as error:\n"
+        "    print(error)\n"
+        "import rfc3987_syntax\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "config.data: Additional properties are not allowed ('scal' was unexpected)" in result.stdout

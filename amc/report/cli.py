@@ -6,10 +6,15 @@
     amc report figures     --run results/<run> --config CONFIG
     amc report qualitative --run results/<run> --config CONFIG
     amc report explainers  --run results/<run> --config CONFIG
+    amc report stages      --run results/<run> [--by stage|rule] [--out stages.md]
 
 CONFIG is the run's ``workflow-config.json`` (written by the workflow's run_config
 rule) or a workflow configuration YAML (``config/demo.yaml``). Outputs go to
-``results/<run>/tables/`` and ``results/<run>/figures/``.
+``results/<run>/tables/`` and ``results/<run>/figures/``. ``stages`` prints the run's time and
+memory per stage from the workflow's benchmark files (:mod:`amc.report.stages`).
+
+The table and figure modules (pandas, matplotlib, torch for the heatmaps) are imported by the
+actions that use them only: ``config`` and ``stages`` start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -17,16 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from amc.cli import positive_int
-from amc.io import AmcError, atomic_write_json, check_name, check_outputs
-from amc.records import load_records
-from amc.report import figures, grid, tables
+from amc.io import AmcError, atomic_write_json, atomic_write_text, check_name, check_outputs
+from amc.report import grid, stages
 
 log = logging.getLogger("amc.report")
 
-ACTIONS = ("config", "table1", "ablation", "figures", "qualitative", "explainers")
+ACTIONS = ("config", "table1", "ablation", "figures", "qualitative", "explainers", "stages")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +39,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=Path, help="results/<run> folder")
     parser.add_argument("--config", help="workflow-config.json of the run, or a config YAML")
     parser.add_argument("--json", help="config: the resolved configuration as JSON text")
-    parser.add_argument("--out", type=Path, help="config: where to write workflow-config.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="config: where to write workflow-config.json; stages: also write the table there",
+    )
     parser.add_argument(
         "--n-boot", type=positive_int, default=None, help="bootstrap replicates (default: config's)"
     )
@@ -43,6 +52,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--name", default="table1", help="table1: file name stem under tables/ (default table1)"
+    )
+    parser.add_argument(
+        "--by", choices=("stage", "rule"), default="stage", help="stages: one row per stage or per rule"
     )
 
 
@@ -72,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.run is None:
         raise AmcError(f"amc report {args.action} needs --run results/<run>")
+    if args.action == "stages":
+        check_outputs({"--out": args.out})
+        table = stages.format_table(stages.stage_table(stages.read_jobs(args.run), by=args.by), by=args.by)
+        sys.stdout.write(f"\nTime and memory per {args.by} of {args.run} (its benchmarks/):\n\n{table}")
+        if args.out:
+            atomic_write_text(args.out, table)
+            log.info("wrote %s", args.out)
+        return 0
+    from amc.report import tables
+
     check_name(args.name, "--name")
     check_outputs(
         {}, folders={"--run (tables)": args.run / "tables", "--run (figures)": args.run / "figures"}
@@ -82,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         for path in make_explainers(args.run, config, n_boot):
             log.info("wrote %s", path)
         return 0
-    results = tables.load_all(args.run)
+    results = tables.load_all(args.run, *_results_needed(args, config))
     if not results:
         raise AmcError(f"{args.run}: no evaluation results under eval/")
     run_name = config.get("run", args.run.name)
@@ -102,7 +124,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_needed(
+    args: argparse.Namespace, config: dict
+) -> tuple[list[str] | None, list[tuple[str, str]] | None]:
+    """The methods and (benchmark, split)s whose results ``args.action`` reads (None: all), as the
+    workflow's rule declares them as inputs: Table 1 its rows and columns, qualitative its methods and split."""
+    if args.action == "table1":
+        methods = args.methods or [row["method"] for row in config["table1"]["rows"]]
+        return methods, [(c["benchmark"], c["split"]) for c in config["table1"]["columns"]]
+    if args.action == "qualitative":
+        benchmark, split, methods = qualitative_setup(config)
+        return methods, [(benchmark, split)]
+    return None, None
+
+
 def make_figures(run_dir: Path, config: dict, results, n_boot: int) -> list[Path]:
+    from amc.report import figures, tables
+
     out = run_dir / "figures"
     labels = {name: spec["label"] for name, spec in (config.get("grid") or {}).items()}
     ablation = tables.ablation_frame(results, config, n_boot=n_boot)
@@ -114,6 +152,8 @@ def make_figures(run_dir: Path, config: dict, results, n_boot: int) -> list[Path
 
 def make_explainers(run_dir: Path, config: dict, n_boot: int) -> list[Path]:
     """tables/explainers.{csv,md,tex} and figures/explainer_layers.{png,pdf} from eval_explainers/."""
+    from amc.report import figures, tables
+
     results = tables.load_explainer_evals(run_dir)
     if not results:
         raise AmcError(f"{run_dir}: no explainer results under {grid.EXPLAINER_EVAL_DIR}/")
@@ -137,6 +177,9 @@ def qualitative_setup(config: dict) -> tuple[str, str, list[str]]:
 def make_qualitative(run_dir: Path, config: dict, results) -> list[Path]:
     """Choose examples where the methods disagree, compute each method's heatmaps of them (one model
     load per method, amc evaluate's loop and inputs), draw the grid."""
+    from amc.records import load_records
+    from amc.report import figures
+
     benchmark, split, methods = qualitative_setup(config)
     spec = config.get("qualitative") or {}
     method_grid = config["grid"]

@@ -38,6 +38,7 @@ from amc.io import (
     DataError,
     confined,
     find_non_finite,
+    import_jsonschema,
     is_name,
     place_text,
     read_yaml,
@@ -530,11 +531,9 @@ def config_schema() -> dict:
 def validate_config(config: dict) -> dict:
     """A copy of a workflow configuration, validated against :func:`config_schema`, with the defaults
     filled in (as Snakemake's ``validate`` does); a :class:`GridError` naming the key otherwise."""
-    import jsonschema
-    from jsonschema import Draft202012Validator
-
+    jsonschema = import_jsonschema()
     schema = config_schema()
-    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+    validate_properties = jsonschema.Draft202012Validator.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
         for name, subschema in properties.items():

@@ -83,14 +83,27 @@ def load_eval(path: str | Path) -> EvalRun:
     return EvalRun(method, int(seed_text), benchmark, split, path, summary, cases)
 
 
-def find_evals(run_dir: str | Path) -> list[Path]:
-    return sorted(Path(run_dir).glob("eval/*/seed*/*-*.json"))
+def find_evals(
+    run_dir: str | Path, methods: list[str] | None = None, splits: list[tuple[str, str]] | None = None
+) -> list[Path]:
+    """The result files under ``run_dir/eval``; only those of ``methods`` and (benchmark, split) ``splits``
+    when given."""
+    paths = sorted(Path(run_dir).glob("eval/*/seed*/*-*.json"))
+    if methods is not None:
+        paths = [p for p in paths if p.parent.parent.name in methods]
+    if splits is not None:
+        stems = {f"{benchmark}-{split}" for benchmark, split in splits}
+        paths = [p for p in paths if p.stem in stems]
+    return paths
 
 
-def load_all(run_dir: str | Path) -> dict[tuple[str, str, str], dict[int, EvalRun]]:
-    """(method, benchmark, split) -> {seed: EvalRun} for every result under ``run_dir``."""
+def load_all(
+    run_dir: str | Path, methods: list[str] | None = None, splits: list[tuple[str, str]] | None = None
+) -> dict[tuple[str, str, str], dict[int, EvalRun]]:
+    """(method, benchmark, split) -> {seed: EvalRun} for every result under ``run_dir`` (only those of
+    ``methods`` and ``splits`` when given: a report reads and validates what it shows, no more)."""
     results: dict[tuple[str, str, str], dict[int, EvalRun]] = {}
-    for path in find_evals(run_dir):
+    for path in find_evals(run_dir, methods, splits):
         run = load_eval(path)
         results.setdefault((run.method, run.benchmark, run.split), {})[run.seed] = run
     return results

@@ -15,6 +15,7 @@ from snakemake.exceptions import WorkflowError
 
 from amc import download as amc_download
 from amc.report import grid as amc_grid
+from amc.report import stages as amc_stages
 
 
 # Validated with the defaults filled in, in place; the error is one line that says where and
@@ -46,6 +47,12 @@ BENCHMARKS = config["benchmarks"]
 EVAL_SPLITS = [(b, s) for b, spec in BENCHMARKS.items() for s in spec["splits"]]
 SYNTH_FLAG = f"{RAW}/SYNTH_INFO.json"
 VG_TRAIN = f"{RECORDS}/vg-train.jsonl"
+
+
+def benchmark_path(rule: str, wildcards: str = "") -> str:
+    """A job's Snakemake benchmark TSV (seconds, memory) under results/<run>/benchmarks/, by rule:
+    every rule has one; `amc report stages` sums them per stage (`make demo` ends with that table)."""
+    return amc_stages.benchmark_path(RESULTS, rule, wildcards)
 
 
 wildcard_constraints:

@@ -18,6 +18,8 @@ if SYNTHETIC:
             SYNTH_FLAG,
         log:
             f"{LOGS}/synth.log",
+        benchmark:
+            benchmark_path("synth")
         params:
             out=RAW,
             seed=config["data"]["synthetic"]["seed"],
@@ -48,6 +50,8 @@ for _name, _entry in MANIFEST.items():
             [directory(p) if is_folder(p) else p for p in artifact_outputs(_entry)],
         log:
             f"{LOGS}/download/{_name}.log",
+        benchmark:
+            benchmark_path(f"download_{_name}")
         params:
             name=_name,
             dest=RAW,
@@ -91,6 +95,8 @@ rule prepare_vg:
         report=str(prepare_report_path(VG_TRAIN)),
     log:
         f"{LOGS}/prepare/vg-train.log",
+    benchmark:
+        benchmark_path("prepare_vg")
     params:
         format=VG_LAYOUT["format"],
         root=layout_path("vg", "root"),
@@ -115,6 +121,8 @@ rule prepare_eval:
         report=str(prepare_report_path(f"{RECORDS}/{{benchmark}}-{{split}}.jsonl")),
     log:
         f"{LOGS}/prepare/{{benchmark}}-{{split}}.log",
+    benchmark:
+        benchmark_path("prepare_eval", "{benchmark}-{split}")
     params:
         root=lambda wc: layout_path(wc.benchmark, "root"),
         images=lambda wc: layout_path(wc.benchmark, "images"),

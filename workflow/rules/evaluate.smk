@@ -19,6 +19,8 @@ rule evaluate:
         [f"{RESULTS}/eval/{{method}}/seed{{seed}}/{b}-{s}.json" for b, s in EVAL_SPLITS],
     log:
         f"{LOGS}/evaluate/{{method}}/seed{{seed}}.log",
+    benchmark:
+        benchmark_path("evaluate", "{method}/seed{seed}")
     params:
         launcher=gpu_launcher(config["evaluate"]["gpus"]),
         vocab=config["vocab"],
@@ -52,6 +54,8 @@ rule export_checkpoint:
         f"{RESULTS}/exports/{{export}}.pth",
     log:
         f"{LOGS}/export/{{export}}.log",
+    benchmark:
+        benchmark_path("export_checkpoint", "{export}")
     wildcard_constraints:
         export="|".join(map(re.escape, EXPORTS)) or "NO_EXPORT",
     params:

@@ -25,6 +25,8 @@ if EXPLAINERS_ON:
             ],
         log:
             f"{LOGS}/evaluate_explainers/{{method}}/seed{{seed}}.log",
+        benchmark:
+            benchmark_path("evaluate_explainers", "{method}/seed{seed}")
         wildcard_constraints:
             method="|".join(map(re.escape, EXPLAINER_METHODS)),
         params:
@@ -71,6 +73,8 @@ if EXPLAINERS_ON:
             pdf=f"{RESULTS}/figures/explainer_layers.pdf",
         log:
             f"{LOGS}/report/explainers.log",
+        benchmark:
+            benchmark_path("explainers")
         params:
             run=RESULTS,
         threads: 1

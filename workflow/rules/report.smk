@@ -17,6 +17,8 @@ rule run_config:
         REPORT_CONFIG,
     log:
         f"{LOGS}/report/run_config.log",
+    benchmark:
+        benchmark_path("run_config")
     params:
         config=lambda wc: json.dumps(amc_grid.resolved_config(config), sort_keys=True),
     threads: 1
@@ -39,6 +41,8 @@ rule table1:
         tex=f"{RESULTS}/tables/table1.tex",
     log:
         f"{LOGS}/report/table1.log",
+    benchmark:
+        benchmark_path("table1")
     params:
         run=RESULTS,
     threads: 1
@@ -65,6 +69,8 @@ rule table1_released:
         tex=f"{RESULTS}/tables/{RELEASED_TABLE}.tex",
     log:
         f"{LOGS}/report/{RELEASED_TABLE}.log",
+    benchmark:
+        benchmark_path(RELEASED_TABLE)
     params:
         run=RESULTS,
         methods=" ".join(q(m) for m in RELEASED_ROWS),
@@ -89,6 +95,8 @@ rule ablation:
         tex=f"{RESULTS}/tables/ablation.tex",
     log:
         f"{LOGS}/report/ablation.log",
+    benchmark:
+        benchmark_path("ablation")
     params:
         run=RESULTS,
     threads: 1
@@ -115,6 +123,8 @@ rule figures:
         ],
     log:
         f"{LOGS}/report/figures.log",
+    benchmark:
+        benchmark_path("figures")
     params:
         run=RESULTS,
     threads: 1
@@ -141,6 +151,8 @@ rule html_report:
         f"{RESULTS}/{{report}}.html",
     log:
         f"{LOGS}/report/{{report}}-html.log",
+    benchmark:
+        benchmark_path("html_report", "{report}")
     wildcard_constraints:
         report="|".join(HTML_REPORTS),
     localrule: True
@@ -185,6 +197,8 @@ if QUALITATIVE["enabled"]:
             pdf=f"{RESULTS}/figures/qualitative.pdf",
         log:
             f"{LOGS}/report/qualitative.log",
+        benchmark:
+            benchmark_path("qualitative")
         params:
             launcher=gpu_launcher(QUALITATIVE["gpus"]),
             run=RESULTS,
@@ -194,4 +208,5 @@ if QUALITATIVE["enabled"]:
             mem_mb=4000,
             runtime=30,
         shell:
-            "{params.launcher} report qualitative --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"
+            "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} report qualitative"
+            " --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"

@@ -25,6 +25,8 @@ if config["pretrain"]["enabled"]:
             f"{config['pretrain']['out_dir']}/checkpoint_final.pt",
         log:
             f"{LOGS}/pretrain.log",
+        benchmark:
+            benchmark_path("pretrain")
         params:
             launcher=gpu_launcher(config["pretrain"]["gpus"], torchrun=True),
             out=config["pretrain"]["out_dir"],
@@ -59,6 +61,8 @@ rule train:
         selected=[f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}/{name}" for name in SELECTED_CHECKPOINTS],
     log:
         f"{LOGS}/train/{{method}}/seed{{seed}}.log",
+    benchmark:
+        benchmark_path("train", "{method}/seed{seed}")
     wildcard_constraints:
         method="|".join(map(re.escape, FINETUNED)) or "NO_METHOD",
     params:
