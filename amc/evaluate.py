@@ -39,7 +39,7 @@ from amc.explainers import GRADCAM, Explainer, explain, parse_explainers
 from amc.io import AmcError, DataError, atomic_write_json, check_outputs, is_finite_number, sha256_file
 from amc.metrics import argmax_points, box_hit, classify_miss, energy_in_boxes, upsample_heatmap
 from amc.records import Record, load_records, read_prepare_report
-from amc.result_format import CaseResult, EvaluationResult, read_result, result_from_dict, validate_result
+from amc.result_format import CaseResult, EvaluationResult, validate_result
 
 log = logging.getLogger(__name__)
 
@@ -755,8 +755,3 @@ EXPLAINER_PLACEHOLDER = "{explainer}"
 def explainer_out(out: str, explainer: Explainer) -> str:
     """``out`` with ``{explainer}`` replaced by the explainer's slug (``gradcam-layer8``, ``rollout``)."""
     return out.replace(EXPLAINER_PLACEHOLDER, explainer.slug)
-
-
-def load_result(path: str) -> EvaluationResult:
-    """Read a result file written by ``amc evaluate`` (validated: :func:`amc.result_format.read_result`)."""
-    return result_from_dict(read_result(path))

@@ -623,8 +623,6 @@ def to_train_batch(raw: dict, tokenizer, config: dict, device: torch.device):
         input_ids=tokens.input_ids.to(device),
         attention_mask=tokens.attention_mask.to(device),
         box_mask=None if box_mask is None else box_mask.to(device, non_blocking=True),
-        has_box=None if box_mask is None else torch.ones(len(texts), dtype=torch.bool),
-        texts=texts,
     )
 
 

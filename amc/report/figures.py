@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -317,10 +316,6 @@ def qualitative_grid(examples: list[dict], methods: list[tuple[str, str]], stem:
     )
     fig.tight_layout()
     return save(fig, stem)
-
-
-def finite(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 # ------------------------------------------------------------------ the explainer ablation

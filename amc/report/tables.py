@@ -36,12 +36,6 @@ from amc.result_format import read_result
 
 log = logging.getLogger(__name__)
 
-PAPER_SOURCE = (
-    "Yang et al., Improving Visual Grounding by Encouraging Consistent "
-    "Gradient-based Explanations, CVPR 2023, Table 1"
-)
-
-
 # ------------------------------------------------------------------ loading
 
 
@@ -270,10 +264,6 @@ def latex_table(header: list[str], rows: list[list[str]], caption: str, label: s
     lines += [r"\hline", r"\end{tabular}", rf"\caption{{{tex_escape(caption)}}}", rf"\label{{{label}}}"]
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
-
-
-def interval_text(mean: float, low: float, high: float) -> str:
-    return f"{pct(mean)} [{pct(low)}, {pct(high)}]"
 
 
 # ------------------------------------------------------------------ Table 1

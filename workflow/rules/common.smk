@@ -14,6 +14,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from amc import download as amc_download
+from amc.records import prepare_report_path
 from amc.report import grid as amc_grid
 from amc.report import stages as amc_stages
 
@@ -101,10 +102,10 @@ def raw_input(path: str) -> str:
     synth rule's flag file for anything under raw_dir. Other paths are taken as they
     are (they must exist, e.g. a hand-made file).
     """
-    if not path.startswith(RAW + "/"):
+    if not path.startswith(f"{RAW}/"):
         return path
     for produced in sorted(PRODUCED, key=len, reverse=True):
-        if path == produced or path.startswith(produced + "/"):
+        if path == produced or path.startswith(f"{produced}/"):
             return produced
     return SYNTH_FLAG if SYNTHETIC else path
 
@@ -136,6 +137,24 @@ def eval_records(benchmark: str, split: str) -> str:
 
 def all_eval_records() -> list[str]:
     return [eval_records(b, s) for b, s in EVAL_SPLITS]
+
+
+# The fine-tuning records (prepare_vg in data.smk).
+VG_LAYOUT = config["data"]["layout"]["vg"]
+VG_RELEASED = VG_LAYOUT["format"] == "released"
+EXCLUDE_EVAL = config["data"]["exclude_eval_images"]
+# The released phrase files carry no COCO/Flickr id: excluding evaluation images maps VG ids through image_data.json.
+VG_IMAGE_DATA = layout_path("vg", "image_data") if EXCLUDE_EVAL and VG_RELEASED else None
+
+
+def vg_exclude_args(wildcards, input) -> str:
+    """prepare_vg's flags that leave out the evaluation images (none when exclude_eval_images is off)."""
+    if not EXCLUDE_EVAL:
+        return ""
+    args = "--exclude-records " + " ".join(q(p) for p in input.exclude)
+    if VG_IMAGE_DATA:
+        args += f" --image-data {q(VG_IMAGE_DATA)}"
+    return args
 
 
 # ------------------------------------------------------------------ training and evaluation

@@ -66,24 +66,6 @@ for _name, _entry in MANIFEST.items():
             " --no-progress {params.update_lock} > {log:q} 2>&1"
 
 
-from amc.records import prepare_report_path
-
-VG_LAYOUT = config["data"]["layout"]["vg"]
-VG_RELEASED = VG_LAYOUT["format"] == "released"
-EXCLUDE_EVAL = config["data"]["exclude_eval_images"]
-# The released phrase files carry no COCO/Flickr id: excluding evaluation images maps VG ids through image_data.json.
-VG_IMAGE_DATA = layout_path("vg", "image_data") if EXCLUDE_EVAL and VG_RELEASED else None
-
-
-def _exclude_args(wildcards, input) -> str:
-    if not EXCLUDE_EVAL:
-        return ""
-    args = "--exclude-records " + " ".join(q(p) for p in input.exclude)
-    if VG_IMAGE_DATA:
-        args += f" --image-data {q(VG_IMAGE_DATA)}"
-    return args
-
-
 rule prepare_vg:
     """The fine-tuning records: VG phrases with boxes (the released phrase files, or rebuilt from raw VG)."""
     input:
@@ -101,7 +83,7 @@ rule prepare_vg:
         format=VG_LAYOUT["format"],
         root=layout_path("vg", "root"),
         images=layout_path("vg", "images"),
-        exclude=_exclude_args,
+        exclude=vg_exclude_args,
     threads: 1
     resources:
         mem_mb=16000 if not SYNTHETIC else 1000,
