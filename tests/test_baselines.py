@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from amc import grid
 from amc.io import AmcError
 from amc.models.albef import ALBEF
 from amc.models.config import ModelConfig
 from amc.objectives import StepContext, TrainBatch, build_objectives
-from amc.report import grid
 from amc.train import TrainingStep, build_optimizer, load_run_config
 from baselines.vmrm_style import (
     VmrmConsistency,
@@ -327,7 +327,7 @@ def test_bad_consistency_hyperparameters_are_errors():
 
 @dataclass
 class WorkflowMethod:
-    """A method as the workflow trains it (amc.report.grid): ``amc train --config base`` + ``overrides``."""
+    """A method as the workflow trains it (amc.grid): ``amc train --config base`` + ``overrides``."""
 
     entry: dict  # the expanded entry of the configuration's ``methods``
     base: Path  # the base run configuration (finetune.config)

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from amc import grid
 from amc.cli import main as amc_main
-from amc.report import figures, grid, tables
+from amc.report import figures, tables
 from amc.result_format import RESULT_FORMAT
 from tests.system_tools import require_tool
 
@@ -417,7 +418,7 @@ def test_config_validation_leaves_out_jsonschemas_iri_parsers():
     pytest.importorskip("rfc3987_syntax", reason="the slow optional module is not installed here")
     code = (
         "import sys, yaml\n"
-        "from amc.report import grid\n"
+        "from amc import grid\n"
         "config = yaml.safe_load(open('config/demo.yaml'))\n"
         "grid.validate_config(config)\n"
         "assert 'rfc3987_syntax' not in sys.modules and 'lark' not in sys.modules, 'imported'\n"

@@ -1,5 +1,5 @@
 """The explainer table and figure (amc report explainers) from results fabricated in the documented
-format, with numbers checked by hand; the result paths of amc.report.grid."""
+format, with numbers checked by hand; the result paths of amc.grid."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 import yaml
 from test_report import result_document
 
+from amc import grid
 from amc.cli import main as amc_main
-from amc.report import grid, tables
+from amc.report import tables
 
 REPO = Path(__file__).resolve().parent.parent
 

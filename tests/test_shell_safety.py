@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from amc import download as amc_download
+from amc import grid
 from amc.io import AmcError
-from amc.report import grid
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -32,7 +32,7 @@ import pytest
 import torch
 import yaml
 
-from amc.report import grid
+from amc import grid
 from tests.slurm_cluster import CPU_PARTITION, GPU_PARTITION, ClusterUnavailable, Job, SlurmCluster
 from tests.test_workflow import job_counts
 

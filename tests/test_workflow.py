@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amc.report import grid, stages
+from amc import grid
+from amc.report import stages
 from amc.result_format import RESULT_FORMAT, read_result
 from tests.browser import open_page
 from tests.system_tools import require_tool
@@ -193,7 +194,7 @@ def test_paper_runs_select_the_best_epoch_per_benchmark():
 
 
 def test_a_benchmark_resize_reaches_evaluation_and_selection(tmp_path):
-    from amc.report import grid
+    from amc import grid
 
     config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
     config["benchmarks"]["flickr30k"]["resize"] = "pil-bicubic"

@@ -25,9 +25,10 @@ import logging
 import sys
 from pathlib import Path
 
+from amc import grid
 from amc.cli import positive_int
 from amc.io import AmcError, atomic_write_json, atomic_write_text, check_name, check_outputs
-from amc.report import grid, stages
+from amc.report import stages
 
 log = logging.getLogger("amc.report")
 

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from amc import stats
+from amc.grid import UNTRAINED_KINDS
 from amc.io import DataError, atomic_write_text
-from amc.report.grid import UNTRAINED_KINDS
 from amc.result_format import read_result
 
 log = logging.getLogger(__name__)
@@ -528,8 +528,8 @@ def category_frame(results: dict[tuple[str, str, str], dict[int, EvalRun]]) -> p
 
 def load_explainer_evals(run_dir: str | Path) -> dict[tuple[str, str, str, str], dict[int, EvalRun]]:
     """(method, benchmark, split, explainer slug) -> {seed: EvalRun} for every result under
-    ``run_dir/eval_explainers/`` (:func:`amc.report.grid.explainer_eval_path`)."""
-    from amc.report.grid import EXPLAINER_EVAL_DIR, parse_explainer_eval_path
+    ``run_dir/eval_explainers/`` (:func:`amc.grid.explainer_eval_path`)."""
+    from amc.grid import EXPLAINER_EVAL_DIR, parse_explainer_eval_path
 
     results: dict[tuple[str, str, str, str], dict[int, EvalRun]] = {}
     for path in sorted(Path(run_dir).glob(f"{EXPLAINER_EVAL_DIR}/*/seed*/*.json")):

@@ -2,7 +2,7 @@
 #
 # The configuration is validated against the package's amc/resources/config.schema.yaml
 # (defaults filled in), then its paths are resolved ({run}, {raw_dir}, {records_dir}) and the
-# grid is expanded by amc.report.grid, the same code `amc report` and the notebook use.
+# grid is expanded by amc.grid, the same code `amc report` and the notebook use.
 
 import json
 import re
@@ -15,7 +15,7 @@ from snakemake.exceptions import WorkflowError
 
 from amc import download as amc_download
 from amc.records import prepare_report_path
-from amc.report import grid as amc_grid
+from amc import grid as amc_grid
 from amc.report import stages as amc_stages
 
 

@@ -5,7 +5,7 @@
 #
 # A method of kind `none` (the ALBEF row) is its init checkpoint evaluated as is, a method
 # of kind `released` its checkpoint per benchmark (the authors' best_flickr.pth and
-# best_refcoco.pth): each is evaluated once, under the first seed (see amc.report.grid).
+# best_refcoco.pth): each is evaluated once, under the first seed (see amc.grid).
 
 
 rule evaluate:

@@ -3,7 +3,7 @@
 # chosen splits with every explainer and with GradCAM at every chosen fusion layer: one job per
 # checkpoint (`amc evaluate --explainer ...`: the model loaded once, each image encoded once, one
 # backward pass per batch for all the GradCAM maps), results in results/<run>/eval_explainers/
-# (amc.report.grid.explainer_eval_path), apart from eval/ so that Table 1 and the ablation are untouched.
+# (amc.grid.explainer_eval_path), apart from eval/ so that Table 1 and the ablation are untouched.
 
 if EXPLAINERS_ON:
 
