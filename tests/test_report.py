@@ -18,6 +18,7 @@ import pytest
 
 from amc import grid
 from amc.cli import main as amc_main
+from amc.io import DataError
 from amc.report import figures, tables
 from amc.result_format import RESULT_FORMAT
 from tests.system_tools import require_tool
@@ -129,6 +130,37 @@ def result_document(benchmark: str, split: str, method: str, seed: int, cases: l
     return {"format": RESULT_FORMAT, "summary": summary, "cases": cases}
 
 
+def test_the_result_paths_have_one_owner_and_parse_back():
+    """amc.grid writes every result path of a run (the workflow's outputs, the reports' inputs);
+    the evaluation path parses back to what it was made from, and the reports' glob finds it."""
+    config = {"run": "fab", "data": {"records_dir": "data/fab/records"}}
+    path = grid.eval_path(config, "amc_dmean0.05", 2, "refcoco+", "testA")
+    assert path == "results/fab/eval/amc_dmean0.05/seed2/refcoco+-testA.json"
+    assert grid.parse_eval_path(path) == grid.EvalKey("amc_dmean0.05", 2, "refcoco+", "testA")
+    assert Path(path).match(grid.EVAL_GLOB) and grid.EVAL_GLOB == "eval/*/seed*/*-*.json"
+    with pytest.raises(DataError, match="not under eval/<method>/seed<k>/"):
+        grid.parse_eval_path("results/fab/eval/amc/latest/flickr30k-test.json")
+    assert (
+        grid.final_checkpoint_path(config, "amc", 1)
+        == "results/fab/checkpoints/amc/seed1/checkpoint_final.pt"
+    )
+    assert (
+        grid.best_checkpoint_path(config, "amc", 1, "flickr30k")
+        == "results/fab/checkpoints/amc/seed1/checkpoint_best_flickr30k.pt"
+    )
+    assert grid.train_metrics_path(config, "amc", 1) == "results/fab/train/amc/seed1/metrics.jsonl"
+    assert grid.records_path(config, "flickr30k", "test") == "data/fab/records/flickr30k-test.jsonl"
+    assert grid.table_paths(grid.run_dir(config), "table1") == [
+        Path("results/fab/tables/table1.csv"),
+        Path("results/fab/tables/table1.md"),
+        Path("results/fab/tables/table1.tex"),
+    ]
+    # the Snakemake rules pass wildcards for the parts
+    assert grid.eval_path(config, "{method}", "{seed}", "flickr30k", "test") == (
+        "results/fab/eval/{method}/seed{seed}/flickr30k-test.json"
+    )
+
+
 def fabricate_run(root: Path, with_metrics: bool = True) -> tuple[Path, dict]:
     """results/fab/ under ``root``: eval JSONs, metrics.jsonl, workflow-config.json."""
     run_dir = root / "results" / "fab"
@@ -149,13 +181,13 @@ def fabricate_run(root: Path, with_metrics: bool = True) -> tuple[Path, dict]:
                     "category": CATEGORIES[i % 2],
                 }
             )
-        path = run_dir / "eval" / method / f"seed{seed}" / f"{name}.json"
+        path = run_dir / grid.eval_file(method, seed, benchmark, split)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result_document(benchmark, split, method, seed, cases)))
     if with_metrics:
         for method, seeds in (("amc", [0, 1]), ("vmrm_style", [0, 1]), ("amc_dmean0.05", [0])):
             for seed in seeds:
-                path = run_dir / "train" / method / f"seed{seed}" / "metrics.jsonl"
+                path = root / grid.train_metrics_path(config, method, seed)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 lines = [
                     {

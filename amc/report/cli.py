@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_name(args.name, "--name")
     check_outputs(
-        {}, folders={"--run (tables)": args.run / "tables", "--run (figures)": args.run / "figures"}
+        {}, folders={"--run (tables)": args.run / grid.TABLES_DIR, "--run (figures)": args.run / "figures"}
     )
     config = _load(args)
     n_boot = args.n_boot or (config.get("ablation") or {}).get("n_boot") or 10000
@@ -107,15 +107,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     results = tables.load_all(args.run, *_results_needed(args, config))
     if not results:
-        raise AmcError(f"{args.run}: no evaluation results under eval/")
+        raise AmcError(f"{args.run}: no evaluation results under {grid.EVAL_DIR}/")
     run_name = config.get("run", args.run.name)
     if args.action == "table1":
         frame = tables.table1_frame(results, config, n_boot=n_boot, methods=args.methods)
-        paths = tables.write_table1(frame, args.run / "tables", run_name, stem=args.name)
+        paths = tables.write_table1(frame, args.run, run_name, stem=args.name)
     elif args.action == "ablation":
         frame = tables.ablation_frame(results, config, n_boot=n_boot)
         reference = (config.get("ablation") or {}).get("reference")
-        paths = tables.write_ablation(frame, args.run / "tables", run_name, reference)
+        paths = tables.write_ablation(frame, args.run, run_name, reference)
     elif args.action == "figures":
         paths = make_figures(args.run, config, results, n_boot)
     else:
@@ -160,7 +160,7 @@ def make_explainers(run_dir: Path, config: dict, n_boot: int) -> list[Path]:
         raise AmcError(f"{run_dir}: no explainer results under {grid.EXPLAINER_EVAL_DIR}/")
     frame = tables.explainer_frame(results, config, n_boot=n_boot)
     reference = (config.get("explainers") or {}).get("reference")
-    paths = tables.write_explainers(frame, run_dir / "tables", config.get("run", run_dir.name), reference)
+    paths = tables.write_explainers(frame, run_dir, config.get("run", run_dir.name), reference)
     first = next(iter(next(iter(results.values())).values()))
     trained = (first.summary.get("model_config") or {}).get("gradcam_layer")
     return paths + figures.explainer_layers(frame, run_dir / "figures" / "explainer_layers", trained)
@@ -192,7 +192,7 @@ def make_qualitative(run_dir: Path, config: dict, results) -> list[Path]:
         runs[method] = by_seed[min(by_seed)]
     reference = (config.get("ablation") or {}).get("reference")
     ids = figures.choose_examples(runs, spec.get("examples", 6), prefer=reference)
-    records_path = Path(config["data"]["records_dir"]) / f"{benchmark}-{split}.jsonl"
+    records_path = Path(grid.records_path(config, benchmark, split))
     by_id = {r.id: r for r in load_records(records_path)}
     missing = [case_id for case_id in ids if case_id not in by_id]
     if missing:

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from amc.grid import table_paths
+
+TABLES = ("table1", "table1_released", "ablation", "explainers")
+
 
 def locate(config_path: str) -> dict[str, list[Path]]:
     with open(config_path, encoding="utf-8") as handle:
@@ -19,10 +23,8 @@ def locate(config_path: str) -> dict[str, list[Path]]:
     figures = sorted((root / "figures").glob("*.png"))
     return {
         "run": [root],
-        "table1": [root / "tables" / f"table1.{ext}" for ext in ("md", "csv", "tex")],
-        "table1_released": [root / "tables" / f"table1_released.{ext}" for ext in ("md", "csv", "tex")],
-        "ablation": [root / "tables" / f"ablation.{ext}" for ext in ("md", "csv", "tex")],
-        "explainers": [root / "tables" / f"explainers.{ext}" for ext in ("md", "csv", "tex")],
+        # the Markdown first: it is what is shown
+        **{name: table_paths(root, name, ("md", "csv", "tex")) for name in TABLES},
         "figures": figures,
         "report": [root / "report.html"],
     }

@@ -98,9 +98,9 @@ rule prepare_eval:
     input:
         lambda wc: dataset_inputs(wc.benchmark),
     output:
-        records=f"{RECORDS}/{{benchmark}}-{{split}}.jsonl",
+        records=eval_records("{benchmark}", "{split}"),
         # what prepare skipped, by reason; amc evaluate copies it into its result
-        report=str(prepare_report_path(f"{RECORDS}/{{benchmark}}-{{split}}.jsonl")),
+        report=str(prepare_report_path(eval_records("{benchmark}", "{split}"))),
     log:
         f"{LOGS}/prepare/{{benchmark}}-{{split}}.log",
     benchmark:

@@ -16,7 +16,7 @@ rule evaluate:
         vocab=raw_input(config["vocab"]),
         model_config=config["model_config"],
     output:
-        [f"{RESULTS}/eval/{{method}}/seed{{seed}}/{b}-{s}.json" for b, s in EVAL_SPLITS],
+        [eval_path("{method}", "{seed}", b, s) for b, s in EVAL_SPLITS],
     log:
         f"{LOGS}/evaluate/{{method}}/seed{{seed}}.log",
     benchmark:

@@ -62,9 +62,7 @@ if EXPLAINERS_ON:
             config=REPORT_CONFIG,
             evals=explainer_evals(),
         output:
-            csv=report(f"{RESULTS}/tables/explainers.csv", category="Tables", labels={"table": "Explainers"}),
-            md=f"{RESULTS}/tables/explainers.md",
-            tex=f"{RESULTS}/tables/explainers.tex",
+            **table_outputs("explainers", "Explainers"),
             png=report(
                 f"{RESULTS}/figures/explainer_layers.png",
                 category="Figures",

@@ -36,9 +36,7 @@ rule table1:
         paper=config["table1"]["paper"],
         evals=all_evals(TABLE1_METHODS, TABLE1_SPLITS),
     output:
-        csv=report(f"{RESULTS}/tables/table1.csv", category="Tables", labels={"table": "Table 1"}),
-        md=f"{RESULTS}/tables/table1.md",
-        tex=f"{RESULTS}/tables/table1.tex",
+        **table_outputs("table1", "Table 1"),
     log:
         f"{LOGS}/report/table1.log",
     benchmark:
@@ -60,13 +58,7 @@ rule table1_released:
         paper=config["table1"]["paper"],
         evals=all_evals(RELEASED_ROWS, TABLE1_SPLITS),
     output:
-        csv=report(
-            f"{RESULTS}/tables/{RELEASED_TABLE}.csv",
-            category="Tables",
-            labels={"table": "Table 1, released checkpoints"},
-        ),
-        md=f"{RESULTS}/tables/{RELEASED_TABLE}.md",
-        tex=f"{RESULTS}/tables/{RELEASED_TABLE}.tex",
+        **table_outputs(RELEASED_TABLE, "Table 1, released checkpoints"),
     log:
         f"{LOGS}/report/{RELEASED_TABLE}.log",
     benchmark:
@@ -90,9 +82,7 @@ rule ablation:
         config=REPORT_CONFIG,
         evals=all_evals(),
     output:
-        csv=report(f"{RESULTS}/tables/ablation.csv", category="Tables", labels={"table": "Ablation"}),
-        md=f"{RESULTS}/tables/ablation.md",
-        tex=f"{RESULTS}/tables/ablation.tex",
+        **table_outputs("ablation", "Ablation"),
     log:
         f"{LOGS}/report/ablation.log",
     benchmark:

@@ -56,9 +56,11 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        checkpoint=f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}/checkpoint_final.pt",
-        metrics=f"{RESULTS}/train/{{method}}/seed{{seed}}/metrics.jsonl",
-        selected=[f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}/{name}" for name in SELECTED_CHECKPOINTS],
+        checkpoint=amc_grid.final_checkpoint_path(config, "{method}", "{seed}"),
+        metrics=amc_grid.train_metrics_path(config, "{method}", "{seed}"),
+        selected=[
+            amc_grid.best_checkpoint_path(config, "{method}", "{seed}", b) for b in SELECTION_BENCHMARKS
+        ],
     log:
         f"{LOGS}/train/{{method}}/seed{{seed}}.log",
     benchmark:
