@@ -87,8 +87,13 @@ EVAL_DIR = "eval"
 EXPLAINER_EVAL_DIR = "eval_explainers"
 TABLES_DIR = "tables"
 TABLE_SUFFIXES = ("csv", "md", "tex")
+# in the run folder of amc train (amc.train.RunFolder), and the metrics' copy under train/
 FINAL_CHECKPOINT = "checkpoint_final.pt"
 TRAIN_METRICS = "metrics.jsonl"
+FIGURES_DIR = "figures"
+FIGURE_SUFFIXES = ("png", "pdf")
+# the run's configuration as the reports read it (amc report config writes it)
+RUN_CONFIG_FILE = "workflow-config.json"
 
 
 class EvalKey(NamedTuple):
@@ -153,6 +158,11 @@ def parse_eval_path(path: str | Path) -> EvalKey:
 def table_paths(run_dir: str | Path, name: str, suffixes: tuple[str, ...] = TABLE_SUFFIXES) -> list[Path]:
     """``<run_dir>/tables/<name>.{csv,md,tex}``: one table of ``amc report`` (in ``suffixes`` order)."""
     return [Path(run_dir) / TABLES_DIR / f"{name}.{suffix}" for suffix in suffixes]
+
+
+def figure_paths(run_dir: str | Path, name: str) -> list[Path]:
+    """``<run_dir>/figures/<name>.png`` and ``.pdf``: one figure of ``amc report``."""
+    return [Path(run_dir) / FIGURES_DIR / f"{name}.{suffix}" for suffix in FIGURE_SUFFIXES]
 
 
 def _format_path(value: str, context: dict[str, str]) -> str:

@@ -43,6 +43,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from amc.grid import FINAL_CHECKPOINT, TRAIN_METRICS
 from amc.io import (
     AmcError,
     append_jsonl,
@@ -687,8 +688,8 @@ class RunFolder:
         self.out_dir = out_dir
         self.config_path = out_dir / "config.resolved.yaml"
         self.last = out_dir / "checkpoint_last.pt"
-        self.final = out_dir / "checkpoint_final.pt"
-        self.metrics = metrics_path or out_dir / "metrics.jsonl"
+        self.final = out_dir / FINAL_CHECKPOINT
+        self.metrics = metrics_path or out_dir / TRAIN_METRICS
 
     def outputs(self) -> dict[str, Path]:
         """The files a run writes (for :func:`amc.io.check_outputs`)."""

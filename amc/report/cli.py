@@ -61,7 +61,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> dict:
     if not args.config:
-        candidate = args.run / "workflow-config.json" if args.run else None
+        candidate = args.run / grid.RUN_CONFIG_FILE if args.run else None
         if candidate is None or not candidate.is_file():
             raise AmcError("--config is required (the run's workflow-config.json or a config YAML)")
         args.config = str(candidate)
@@ -97,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
 
     check_name(args.name, "--name")
     check_outputs(
-        {}, folders={"--run (tables)": args.run / grid.TABLES_DIR, "--run (figures)": args.run / "figures"}
+        {},
+        folders={
+            "--run (tables)": args.run / grid.TABLES_DIR,
+            "--run (figures)": args.run / grid.FIGURES_DIR,
+        },
     )
     config = _load(args)
     n_boot = args.n_boot or (config.get("ablation") or {}).get("n_boot") or 10000
@@ -142,7 +146,7 @@ def _results_needed(
 def make_figures(run_dir: Path, config: dict, results, n_boot: int) -> list[Path]:
     from amc.report import figures, tables
 
-    out = run_dir / "figures"
+    out = run_dir / grid.FIGURES_DIR
     labels = {name: spec["label"] for name, spec in (config.get("grid") or {}).items()}
     ablation = tables.ablation_frame(results, config, n_boot=n_boot)
     paths = figures.ablation_delta(ablation, config.get("sweep_axes") or [], out / "ablation_delta")
@@ -163,7 +167,7 @@ def make_explainers(run_dir: Path, config: dict, n_boot: int) -> list[Path]:
     paths = tables.write_explainers(frame, run_dir, config.get("run", run_dir.name), reference)
     first = next(iter(next(iter(results.values())).values()))
     trained = (first.summary.get("model_config") or {}).get("gradcam_layer")
-    return paths + figures.explainer_layers(frame, run_dir / "figures" / "explainer_layers", trained)
+    return paths + figures.explainer_layers(frame, run_dir / grid.FIGURES_DIR / "explainer_layers", trained)
 
 
 def qualitative_setup(config: dict) -> tuple[str, str, list[str]]:
@@ -229,4 +233,4 @@ def make_qualitative(run_dir: Path, config: dict, results) -> list[Path]:
             }
         )
     labels = [(m, method_grid.get(m, {}).get("label", m)) for m in methods]
-    return figures.qualitative_grid(examples, labels, run_dir / "figures" / "qualitative")
+    return figures.qualitative_grid(examples, labels, run_dir / grid.FIGURES_DIR / "qualitative")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from amc.grid import table_paths
+from amc.grid import FIGURES_DIR, table_paths
 
 TABLES = ("table1", "table1_released", "ablation", "explainers")
 
@@ -20,7 +20,7 @@ def locate(config_path: str) -> dict[str, list[Path]]:
     with open(config_path, encoding="utf-8") as handle:
         run = (yaml.safe_load(handle) or {}).get("run", "reproduction")
     root = Path("results") / run
-    figures = sorted((root / "figures").glob("*.png"))
+    figures = sorted((root / FIGURES_DIR).glob("*.png"))
     return {
         "run": [root],
         # the Markdown first: it is what is shown
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     explainers = places["explainers"][0]
     if explainers.is_file():  # config explainers.enabled
         out.write(f"  Explainers: {explainers}\n")
-    out.write(f"  Figures:   {root / 'figures'}/\n")
+    out.write(f"  Figures:   {root / FIGURES_DIR}/\n")
     for figure in places["figures"]:
         out.write(f"             {figure}  (+ .pdf)\n")
     report = places["report"][0]

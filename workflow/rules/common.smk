@@ -252,7 +252,7 @@ def table_outputs(name: str, label: str) -> dict:
 
 
 def figure_paths(name: str) -> list[str]:
-    return [f"{RESULTS}/figures/{name}.png", f"{RESULTS}/figures/{name}.pdf"]
+    return [str(path) for path in amc_grid.figure_paths(RESULTS, name)]
 
 
 # ------------------------------------------------------------------ the explainer ablation

@@ -8,7 +8,7 @@
 # notebook read it, so they know labels, seeds and sweeps without Snakemake. It is
 # rewritten when the configuration changes (Snakemake reruns on changed params).
 
-REPORT_CONFIG = f"{RESULTS}/workflow-config.json"
+REPORT_CONFIG = f"{RESULTS}/{amc_grid.RUN_CONFIG_FILE}"
 
 
 rule run_config:

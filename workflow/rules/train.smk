@@ -70,6 +70,7 @@ rule train:
     params:
         launcher=gpu_launcher(config["finetune"]["gpus"], torchrun=True),
         out=lambda wc: checkpoint_dir(wc.method, wc.seed),
+        run_metrics=lambda wc: f"{checkpoint_dir(wc.method, wc.seed)}/{amc_grid.TRAIN_METRICS}",
         resume="--resume" if config["finetune"]["resume"] else "",
         overrides=train_overrides,
     threads: config["finetune"]["threads"]
@@ -80,5 +81,5 @@ rule train:
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} train --config {input.base_config:q} --out {params.out:q} {params.resume}"
         " {params.overrides} > {log:q} 2>&1"
-        " && cp {params.out:q}/metrics.jsonl {output.metrics:q}.tmp"
+        " && cp {params.run_metrics:q} {output.metrics:q}.tmp"
         " && mv {output.metrics:q}.tmp {output.metrics:q}"
