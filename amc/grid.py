@@ -125,9 +125,18 @@ def best_checkpoint_path(config: dict, method: str, seed: int | str, benchmark: 
     return f"{checkpoint_dir(config, method, seed)}/{best_checkpoint_name(benchmark)}"
 
 
+def train_metrics_file(method: str, seed: int | str) -> str:
+    """``train/<method>/seed<k>/metrics.jsonl``, relative to the run's results folder."""
+    return f"train/{method}/seed{seed}/{TRAIN_METRICS}"
+
+
+# Every run's metrics, relative to the run's results folder (the training curves read them).
+TRAIN_METRICS_GLOB = train_metrics_file("*", "*")
+
+
 def train_metrics_path(config: dict, method: str, seed: int | str) -> str:
     """``results/<run>/train/<method>/seed<k>/metrics.jsonl``: a run's metrics, copied out of its folder."""
-    return results_path(config, f"train/{method}/seed{seed}/{TRAIN_METRICS}")
+    return results_path(config, train_metrics_file(method, seed))
 
 
 def eval_file(method: str, seed: int | str, benchmark: str, split: str) -> str:

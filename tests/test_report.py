@@ -149,6 +149,7 @@ def test_the_result_paths_have_one_owner_and_parse_back():
         == "results/fab/checkpoints/amc/seed1/checkpoint_best_flickr30k.pt"
     )
     assert grid.train_metrics_path(config, "amc", 1) == "results/fab/train/amc/seed1/metrics.jsonl"
+    assert grid.TRAIN_METRICS_GLOB == "train/*/seed*/metrics.jsonl"
     assert grid.records_path(config, "flickr30k", "test") == "data/fab/records/flickr30k-test.jsonl"
     assert grid.table_paths(grid.run_dir(config), "table1") == [
         Path("results/fab/tables/table1.csv"),
