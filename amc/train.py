@@ -43,6 +43,8 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from amc.data.datasets import CaptionDataset, PhraseBoxDataset, load_captions
+from amc.data.transforms import build_train_transform
 from amc.grid import FINAL_CHECKPOINT, TRAIN_METRICS
 from amc.io import (
     AmcError,
@@ -56,6 +58,12 @@ from amc.io import (
     schema_validator,
 )
 from amc.losses import DELTA_MAX, DELTA_MEAN, WEIGHT_MAX, WEIGHT_MEAN
+from amc.models.albef import ALBEF
+from amc.models.checkpoint import load_model, read_checkpoint, save_checkpoint
+from amc.models.config import ModelConfig
+from amc.models.tokenizer import load_tokenizer, pre_caption
+from amc.objectives import StepContext, TrainBatch, build_objectives
+from amc.records import load_records
 from amc.selection import SELECTION_DIR, SELECTION_LOG, BestCheckpoints, best_checkpoint_name, parse_selection
 from amc.tensorboard_log import TensorBoardLog
 
@@ -428,10 +436,6 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def build_dataset(config: dict):
-    from amc.data.datasets import CaptionDataset, PhraseBoxDataset, load_captions
-    from amc.data.transforms import build_train_transform
-    from amc.records import load_records
-
     data = config["data"]
     augment = data["augment"]
     transform = build_train_transform(
@@ -591,8 +595,6 @@ class TrainingStep(nn.Module):
         self.model.momentum_update()
 
     def forward(self, batch, alpha: float, generator: torch.Generator) -> MicroBatchOutput:
-        from amc.objectives import StepContext
-
         ctx = StepContext(self.model, batch, alpha, generator, self.needs_gradcam, self.special_ids)
         total, logs = 0.0, {}
         for objective in self.objectives:
@@ -613,9 +615,6 @@ class TrainingStep(nn.Module):
 
 
 def to_train_batch(raw: dict, tokenizer, config: dict, device: torch.device):
-    from amc.models.tokenizer import pre_caption
-    from amc.objectives import TrainBatch
-
     texts = [pre_caption(t, config["data"]["max_words"]) for t in raw["text"]]
     tokens = tokenizer(texts, max_length=config["data"]["max_tokens"])
     box_mask = raw.get("box_mask")
@@ -761,8 +760,6 @@ class Run:
 
     def save_last(self, next_epoch: int, next_batch: int) -> None:
         """``checkpoint_last.pt``: everything a resumed run needs to go on from (next_epoch, next_batch)."""
-        from amc.models.checkpoint import save_checkpoint
-
         if self.procs.is_main:
             save_checkpoint(
                 self.folder.last,
@@ -779,8 +776,6 @@ class Run:
 
     def select_best(self, finished_epoch: int, at_step: int) -> None:
         """Evaluate on the selection splits; a split's best checkpoint is rewritten when it improves."""
-        from amc.models.checkpoint import save_checkpoint
-
         if self.selector is not None:
             self.selector.evaluate(
                 self.model,
@@ -850,12 +845,6 @@ def _may_resume(folder: RunFolder, config: dict, resume: bool) -> bool:
 
 def _build(config: dict, folder: RunFolder, procs: Processes) -> Run:
     """The model, tokenizer and objectives, the data, the selection and the optimiser of a run."""
-    from amc.models.albef import ALBEF
-    from amc.models.checkpoint import load_model
-    from amc.models.config import ModelConfig
-    from amc.models.tokenizer import load_tokenizer
-    from amc.objectives import build_objectives
-
     seed, optim = config["seed"], config["optim"]
 
     # Model, tokenizer and objectives.
@@ -940,8 +929,6 @@ def _build(config: dict, folder: RunFolder, procs: Processes) -> Run:
 
 def _resume(run: Run, resume: bool) -> None:
     """Go on from the newest checkpoint of this run when there is one, else start the folder afresh."""
-    from amc.models.checkpoint import read_checkpoint
-
     folder, config, procs = run.folder, run.config, run.procs
     saved = read_checkpoint(folder.last) if resume and folder.last.exists() else None
     if saved is not None and saved.extra.get("run_config") != config:
@@ -1056,8 +1043,6 @@ def _loop(run: Run) -> None:
 
 def _finish(run: Run) -> None:
     """Check the replicas, publish the best checkpoints, then write the final one: the run is complete."""
-    from amc.models.checkpoint import save_checkpoint
-
     procs = run.procs
     if procs.world_size > 1:
         _check_replicas_identical(run.model, procs)
