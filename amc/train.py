@@ -758,19 +758,23 @@ class Run:
         if self.procs.world_size > 1:
             dist.barrier()
 
+    def save(self, path: Path, **fields) -> None:
+        """A checkpoint of the model with ``fields``, the run configuration and the vocabulary (with the
+        model config the checkpoint carries, amc evaluate/gradcam need no other file)."""
+        save_checkpoint(
+            path, self.model, **fields, run_config=self.config, vocab=self.tokenizer.ids_to_tokens
+        )
+
     def save_last(self, next_epoch: int, next_batch: int) -> None:
         """``checkpoint_last.pt``: everything a resumed run needs to go on from (next_epoch, next_batch)."""
         if self.procs.is_main:
-            save_checkpoint(
+            self.save(
                 self.folder.last,
-                self.model,
                 optimizer=self.optimizer.state_dict(),
                 step=self.step,
                 epoch=next_epoch,
                 batch_in_epoch=next_batch,
                 images_replaced=self.images_replaced,
-                run_config=self.config,
-                vocab=self.tokenizer.ids_to_tokens,
             )
         self.barrier()
 
@@ -781,14 +785,8 @@ class Run:
                 self.model,
                 epoch=finished_epoch,
                 step=at_step,
-                save=lambda path: save_checkpoint(
-                    path,
-                    self.model,
-                    step=at_step,
-                    epoch=finished_epoch,
-                    run_config=self.config,
-                    method=self.config["method"]["name"],
-                    vocab=self.tokenizer.ids_to_tokens,
+                save=lambda path: self.save(
+                    path, step=at_step, epoch=finished_epoch, method=self.config["method"]["name"]
                 ),
             )
         self.barrier()
@@ -1051,15 +1049,7 @@ def _finish(run: Run) -> None:
             run.selector.publish()  # before the final checkpoint, which marks the run complete
         # the epoch of the last step
         last_epoch = run.epoch - 1 if run.batch_in_epoch == 0 and run.epoch > 0 else run.epoch
-        save_checkpoint(
-            run.folder.final,
-            run.model,
-            step=run.step,
-            epoch=last_epoch,
-            run_config=run.config,
-            method=run.config["method"]["name"],
-            vocab=run.tokenizer.ids_to_tokens,  # with model_config: amc evaluate/gradcam need no other file
-        )
+        run.save(run.folder.final, step=run.step, epoch=last_epoch, method=run.config["method"]["name"])
         log.info("finished %d steps: %s", run.step, run.folder.final)
     run.barrier()
 
