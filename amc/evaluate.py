@@ -22,6 +22,7 @@ images and, for the gradient explainers, one backward pass per batch.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import subprocess
 from collections import Counter, defaultdict
@@ -36,9 +37,9 @@ from amc.data.images import ImageChecker, load_image
 from amc.data.transforms import EVAL_RESIZES, EvalTransform
 from amc.explainers import GRADCAM, Explainer, explain, parse_explainers
 from amc.io import AmcError, DataError, atomic_write_json, check_outputs, is_finite_number, sha256_file
-from amc.metrics import argmax_point, box_hit, classify_miss, energy_in_boxes, upsample_heatmap
+from amc.metrics import argmax_points, box_hit, classify_miss, energy_in_boxes, upsample_heatmap
 from amc.records import Record, load_records, read_prepare_report
-from amc.result_format import CaseResult, EvaluationResult, read_result, result_from_dict, validate_result
+from amc.result_format import CaseResult, EvaluationResult, validate_result
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class _ImageSet(torch.utils.data.Dataset):
         return self.transform(load_image(self.paths[index], self.names[index]))
 
 
+@functools.cache  # one `git` call per process, not one per split
 def _code_version() -> str:
     import amc
 
@@ -287,9 +289,9 @@ def evaluate(
             .float()
             .cpu()
         )
-        for record, heatmap in zip(batch.records, heatmaps, strict=True):
-            cases.append(_score(record, heatmap, proposals))
-            if on_heatmap is not None:
+        cases.extend(score_cases(batch.records, heatmaps, proposals))
+        if on_heatmap is not None:
+            for record, heatmap in zip(batch.records, heatmaps, strict=True):
                 on_heatmap(record, heatmap)
     return cases, skipped
 
@@ -333,14 +335,38 @@ def evaluate_explainers(
             image_index=batch.image_index,
         )
         for explainer, heatmaps in maps.items():
-            for record, heatmap in zip(batch.records, heatmaps.float().cpu(), strict=True):
-                cases[explainer].append(_score(record, heatmap, proposals))
+            cases[explainer].extend(score_cases(batch.records, heatmaps.float().cpu(), proposals))
     return cases, skipped
 
 
+def score_cases(
+    records: list[Record], heatmaps: torch.Tensor, proposals: dict[str, list] | None = None
+) -> list[CaseResult]:
+    """Point and score each record's ``[h, w]`` map of ``heatmaps`` ``[B, h, w]``, in order.
+
+    The maps of records of the same original size (the phrases of one image) are upsampled in one
+    call: the same numbers as one call per map (the kernel computes each output pixel alone), with
+    the per-call work (interpolation weights, dispatch) paid once per image instead of once per phrase.
+    """
+    by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        by_size[(record.height, record.width)].append(index)
+    results: list[CaseResult | None] = [None] * len(records)
+    for (height, width), indices in by_size.items():
+        upsampled = upsample_heatmap(heatmaps[indices], height, width)
+        for index, one, point in zip(indices, upsampled, argmax_points(upsampled), strict=True):
+            results[index] = _score_upsampled(records[index], one, point, proposals)
+    return results  # type: ignore[return-value]
+
+
 def _score(record: Record, heatmap: torch.Tensor, proposals: dict[str, list] | None) -> CaseResult:
-    upsampled = upsample_heatmap(heatmap, record.height, record.width)
-    point = argmax_point(upsampled)
+    """One record's ``[h, w]`` map, pointed and scored."""
+    return score_cases([record], heatmap[None], proposals)[0]
+
+
+def _score_upsampled(
+    record: Record, upsampled: torch.Tensor, point: tuple[int, int], proposals: dict[str, list] | None
+) -> CaseResult:
     miss = classify_miss(point, record.boxes, record.other_boxes)
     energy = energy_in_boxes(upsampled, record.boxes)
     result = CaseResult(
@@ -729,8 +755,3 @@ EXPLAINER_PLACEHOLDER = "{explainer}"
 def explainer_out(out: str, explainer: Explainer) -> str:
     """``out`` with ``{explainer}`` replaced by the explainer's slug (``gradcam-layer8``, ``rollout``)."""
     return out.replace(EXPLAINER_PLACEHOLDER, explainer.slug)
-
-
-def load_result(path: str) -> EvaluationResult:
-    """Read a result file written by ``amc evaluate`` (validated: :func:`amc.result_format.read_result`)."""
-    return result_from_dict(read_result(path))

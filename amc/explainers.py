@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 GRADCAM, ATTENTION, GRADCAM_MEAN, ROLLOUT = "gradcam", "attention", "gradcam-mean", "rollout"
 NAMES = (GRADCAM, ATTENTION, GRADCAM_MEAN, ROLLOUT)
 LAYERED = (GRADCAM, ATTENTION)  # the ones that take ``:layer=K``
-GRADIENT = (GRADCAM, GRADCAM_MEAN)  # the ones that need a backward pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +83,6 @@ class Explainer:
                 f"{fusion.start}, {fusion.stop} layers in all)"
             )
         return dataclasses.replace(self, layer=layer)
-
-    @property
-    def needs_gradient(self) -> bool:
-        return self.name in GRADIENT
 
     def to_dict(self) -> dict:
         """What the result JSON records (``summary.explainer``)."""

@@ -16,10 +16,12 @@ import logging
 import math
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
@@ -237,16 +239,37 @@ def place_text(root: str, place: Place) -> str:
     return root + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in place)
 
 
+def import_jsonschema() -> ModuleType:
+    """jsonschema, imported (when this process has not yet) without its optional ``rfc3987_syntax``.
+
+    jsonschema's format checkers import ``rfc3987_syntax`` (installed with jsonschema[format-nongpl],
+    e.g. by Jupyter) for the ``iri`` formats, and that import builds some 40 Lark parsers: about 1 s
+    on an idle core, several on a busy machine, paid by every process that validates a configuration
+    (each Snakemake run of the workflow, the HTML report's own Snakemake, each ``amc train``). Our
+    schemas use no ``format``, so the module is hidden from that one import; jsonschema then goes
+    without the ``iri`` checkers, as when the module is not installed (jsonschema issue #1428).
+    """
+    if "jsonschema" not in sys.modules and "rfc3987_syntax" not in sys.modules:
+        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # importing it raises ImportError
+        try:
+            import jsonschema
+        finally:
+            del sys.modules["rfc3987_syntax"]
+    import jsonschema
+
+    return jsonschema
+
+
 def schema_validator(schema: dict, checks: Mapping[str, Any] | None = None) -> Any:
     """A JSON Schema (draft 2020-12) validator of ``schema`` whose "integer" is a Python int: JSON
     Schema also takes 2.0, which a batch size or a seed is not. ``checks``: keywords replaced
     (e.g. ``properties``, to fill in defaults)."""
-    from jsonschema import Draft202012Validator, validators
-
-    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+    jsonschema = import_jsonschema()
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
         "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
     )
-    return validators.extend(Draft202012Validator, dict(checks or {}), type_checker=checker)(schema)
+    return jsonschema.validators.extend(base, dict(checks or {}), type_checker=checker)(schema)
 
 
 # --------------------------------------------------------------------------- names and paths

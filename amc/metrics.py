@@ -30,9 +30,14 @@ def upsample_heatmap(heatmap: torch.Tensor, height: int, width: int) -> torch.Te
 
 def argmax_point(upsampled: torch.Tensor) -> tuple[int, int]:
     """(x, y) of the first maximum of a ``[H, W]`` map in row-major order."""
-    flat_index = int(torch.argmax(upsampled.reshape(-1)))  # torch returns the first maximal index
-    y, x = divmod(flat_index, upsampled.shape[1])
-    return x, y
+    return argmax_points(upsampled[None])[0]
+
+
+def argmax_points(upsampled: torch.Tensor) -> list[tuple[int, int]]:
+    """:func:`argmax_point` of each map of a ``[B, H, W]`` batch, in one call."""
+    batch, _, width = upsampled.shape
+    flat_indices = torch.argmax(upsampled.reshape(batch, -1), dim=1)  # the first maximal index of each row
+    return [(index % width, index // width) for index in flat_indices.tolist()]
 
 
 def pointing_point(heatmap: torch.Tensor, height: int, width: int) -> tuple[int, int]:

@@ -156,13 +156,16 @@ def load_records(path: str | os.PathLike, resolve_images: bool = True) -> list[R
     if not rows:
         raise DataError(f"{path}: no records (empty file)")
     records, seen = [], set()
+    resolved: dict[str, str] = {}  # many phrases share an image: resolve (a stat per folder level) once
     for number, row in enumerate(rows, start=1):
         record = record_from_dict(row, f"{path}: record {number}")
         if record.id in seen:
             raise DataError(f"{path}: record {number}: duplicate id {record.id!r}")
         seen.add(record.id)
         if resolve_images and not os.path.isabs(record.image):
-            record.image = str((path.parent / record.image).resolve())
+            if record.image not in resolved:
+                resolved[record.image] = str((path.parent / record.image).resolve())
+            record.image = resolved[record.image]
         records.append(record)
     return records
 

@@ -2,7 +2,7 @@
 
 ``amc evaluate --out`` writes ``{"format": RESULT_FORMAT, "summary": {...}, "cases": [...]}``;
 ``amc/resources/result.schema.json`` (package data) describes it. Every reader (the reports, the
-notebook, model selection, :func:`amc.evaluate.load_result`) goes through :func:`read_result`,
+notebook, model selection) goes through :func:`read_result`,
 which checks the file where it enters: the schema (a case's ``hit`` is a JSON boolean, so the
 string ``"false"`` is not a miss counted as a hit; a file of another version is refused), then
 what a schema cannot say: every number finite, at least one case, no case id twice, and the

@@ -116,14 +116,6 @@ class BestCheckpoints:
             if self.work_path(row["split"]).exists():
                 self.best[row["split"]] = max(self.best.get(row["split"], float("-inf")), row["accuracy"])
 
-    def reset(self) -> None:
-        """A run starting afresh: forget the log, the best checkpoints and their published links."""
-        self.log_path.unlink(missing_ok=True)
-        shutil.rmtree(self.work_dir, ignore_errors=True)
-        for split in self.splits:
-            (self.out_dir / best_checkpoint_name(split.name)).unlink(missing_ok=True)
-        self.best = {}
-
     def work_path(self, name: str) -> Path:
         return self.work_dir / f"best_{name}.pt"
 

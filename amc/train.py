@@ -43,17 +43,27 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from amc.data.datasets import CaptionDataset, PhraseBoxDataset, load_captions
+from amc.data.transforms import build_train_transform
+from amc.grid import FINAL_CHECKPOINT, TRAIN_METRICS
 from amc.io import (
     AmcError,
     append_jsonl,
     atomic_write_text,
     check_outputs,
     find_non_finite,
+    import_jsonschema,
     read_append_log,
     read_yaml,
     schema_validator,
 )
 from amc.losses import DELTA_MAX, DELTA_MEAN, WEIGHT_MAX, WEIGHT_MEAN
+from amc.models.albef import ALBEF
+from amc.models.checkpoint import load_model, read_checkpoint, save_checkpoint
+from amc.models.config import ModelConfig
+from amc.models.tokenizer import load_tokenizer, pre_caption
+from amc.objectives import StepContext, TrainBatch, build_objectives
+from amc.records import load_records
 from amc.selection import SELECTION_DIR, SELECTION_LOG, BestCheckpoints, best_checkpoint_name, parse_selection
 from amc.tensorboard_log import TensorBoardLog
 
@@ -303,8 +313,7 @@ def _source_of(dotted: str, sources: dict[str, str]) -> str:
 def validate_run_config(config: dict, sources: dict[str, str] | None = None) -> None:
     """Check ``config`` against :data:`RUN_CONFIG_SCHEMA` (and every number finite); an AmcError
     names where the value came from (the file or the ``key=value`` override) and the key."""
-    from jsonschema.exceptions import best_match
-
+    best_match = import_jsonschema().exceptions.best_match
     validator = schema_validator(RUN_CONFIG_SCHEMA)
     sources = sources or {}
     error = best_match(validator.iter_errors(config))
@@ -427,10 +436,6 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def build_dataset(config: dict):
-    from amc.data.datasets import CaptionDataset, PhraseBoxDataset, load_captions
-    from amc.data.transforms import build_train_transform
-    from amc.records import load_records
-
     data = config["data"]
     augment = data["augment"]
     transform = build_train_transform(
@@ -590,8 +595,6 @@ class TrainingStep(nn.Module):
         self.model.momentum_update()
 
     def forward(self, batch, alpha: float, generator: torch.Generator) -> MicroBatchOutput:
-        from amc.objectives import StepContext
-
         ctx = StepContext(self.model, batch, alpha, generator, self.needs_gradcam, self.special_ids)
         total, logs = 0.0, {}
         for objective in self.objectives:
@@ -612,9 +615,6 @@ class TrainingStep(nn.Module):
 
 
 def to_train_batch(raw: dict, tokenizer, config: dict, device: torch.device):
-    from amc.models.tokenizer import pre_caption
-    from amc.objectives import TrainBatch
-
     texts = [pre_caption(t, config["data"]["max_words"]) for t in raw["text"]]
     tokens = tokenizer(texts, max_length=config["data"]["max_tokens"])
     box_mask = raw.get("box_mask")
@@ -623,8 +623,6 @@ def to_train_batch(raw: dict, tokenizer, config: dict, device: torch.device):
         input_ids=tokens.input_ids.to(device),
         attention_mask=tokens.attention_mask.to(device),
         box_mask=None if box_mask is None else box_mask.to(device, non_blocking=True),
-        has_box=None if box_mask is None else torch.ones(len(texts), dtype=torch.bool),
-        texts=texts,
     )
 
 
@@ -689,8 +687,8 @@ class RunFolder:
         self.out_dir = out_dir
         self.config_path = out_dir / "config.resolved.yaml"
         self.last = out_dir / "checkpoint_last.pt"
-        self.final = out_dir / "checkpoint_final.pt"
-        self.metrics = metrics_path or out_dir / "metrics.jsonl"
+        self.final = out_dir / FINAL_CHECKPOINT
+        self.metrics = metrics_path or out_dir / TRAIN_METRICS
 
     def outputs(self) -> dict[str, Path]:
         """The files a run writes (for :func:`amc.io.check_outputs`)."""
@@ -731,8 +729,67 @@ class RunFolder:
 @dataclass
 class TrainResult:
     steps: int
-    final_checkpoint: Path
-    last_metrics: dict
+
+
+@dataclass
+class Run:
+    """One training run: what :func:`_build` makes, and where the run stands (the step counters)."""
+
+    config: dict
+    folder: RunFolder
+    procs: Processes
+    model: nn.Module
+    tokenizer: Any
+    training_step: TrainingStep
+    step_module: nn.Module  # runs the micro-batches' forward: the training step, DDP-wrapped if several
+    dataset: Any
+    sampler: EpochSampler
+    loader: torch.utils.data.DataLoader
+    optimizer: torch.optim.Optimizer
+    selection_splits: list
+    selector: BestCheckpoints | None  # on the main process only
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    images_replaced: int = 0
+
+    def barrier(self) -> None:
+        if self.procs.world_size > 1:
+            dist.barrier()
+
+    def save(self, path: Path, **fields) -> None:
+        """A checkpoint of the model with ``fields``, the run configuration and the vocabulary (with the
+        model config the checkpoint carries, amc evaluate/gradcam need no other file)."""
+        save_checkpoint(
+            path, self.model, **fields, run_config=self.config, vocab=self.tokenizer.ids_to_tokens
+        )
+
+    def save_last(self, next_epoch: int, next_batch: int) -> None:
+        """``checkpoint_last.pt``: everything a resumed run needs to go on from (next_epoch, next_batch)."""
+        if self.procs.is_main:
+            self.save(
+                self.folder.last,
+                optimizer=self.optimizer.state_dict(),
+                step=self.step,
+                epoch=next_epoch,
+                batch_in_epoch=next_batch,
+                images_replaced=self.images_replaced,
+            )
+        self.barrier()
+
+    def select_best(self, finished_epoch: int, at_step: int) -> None:
+        """Evaluate on the selection splits; a split's best checkpoint is rewritten when it improves."""
+        if self.selector is not None:
+            self.selector.evaluate(
+                self.model,
+                epoch=finished_epoch,
+                step=at_step,
+                save=lambda path: self.save(
+                    path, step=at_step, epoch=finished_epoch, method=self.config["method"]["name"]
+                ),
+            )
+        self.barrier()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -741,15 +798,8 @@ class TrainResult:
 def train(
     config: dict, out_dir: str | os.PathLike, *, resume: bool = False, metrics_path: str | None = None
 ) -> TrainResult:
-    from amc.models.albef import ALBEF
-    from amc.models.checkpoint import load_model, read_checkpoint, save_checkpoint
-    from amc.models.config import ModelConfig
-    from amc.models.tokenizer import load_tokenizer
-    from amc.objectives import build_objectives
-
     out_dir = Path(out_dir)
     folder = RunFolder(out_dir, Path(metrics_path) if metrics_path else None)
-    last_path, final_path, metrics_file = folder.last, folder.final, folder.metrics
     # Where the run writes, first: no input is one of its outputs, every output can be created.
     check_outputs(
         folder.outputs(),
@@ -763,24 +813,37 @@ def train(
         folders={"--out": out_dir},
     )
     procs = setup_processes()
+    resume = _may_resume(folder, config, resume)
+    if resume and folder.final.exists():
+        log.info("%s exists: the run is complete, nothing to resume", folder.final)
+        return TrainResult(0)
+    torch.manual_seed(config["seed"])
+    run = _build(config, folder, procs)
+    _resume(run, resume)
+    _loop(run)
+    _finish(run)
+    return TrainResult(run.step)
 
-    # Which run the folder holds: nothing is written until every input has been read and checked.
+
+def _may_resume(folder: RunFolder, config: dict, resume: bool) -> bool:
+    """Whether the folder holds this run: nothing is written until every input has been read and checked."""
     recorded = folder.recorded_config() if resume else None
     if resume and recorded is not None and recorded != config:
         # The workflow reruns a job whose configuration changed: the old files belong to another run.
         log.warning("%s: the configuration changed since the last run; starting afresh", folder.config_path)
-        resume = False
-    elif resume and recorded is None and (final_path.exists() or last_path.exists()):
+        return False
+    if resume and recorded is None and (folder.final.exists() or folder.last.exists()):
         log.warning(
             "%s: missing or unreadable, so the checkpoints beside it cannot be trusted; starting afresh",
             folder.config_path,
         )
-        resume = False
-    if resume and final_path.exists():
-        log.info("%s exists: the run is complete, nothing to resume", final_path)
-        return TrainResult(0, final_path, {})
+        return False
+    return resume
+
+
+def _build(config: dict, folder: RunFolder, procs: Processes) -> Run:
+    """The model, tokenizer and objectives, the data, the selection and the optimiser of a run."""
     seed, optim = config["seed"], config["optim"]
-    torch.manual_seed(seed)
 
     # Model, tokenizer and objectives.
     model_config = ModelConfig.from_file(config["model_config"])
@@ -808,7 +871,7 @@ def train(
         "mask": tokenizer.mask_token_id,
     }
     training_step = TrainingStep(model, objectives, special_ids)
-    step_module: nn.Module = training_step  # what runs the micro-batches' forward (DDP-wrapped if several)
+    step_module: nn.Module = training_step
     if procs.world_size > 1:
         step_module = nn.parallel.DistributedDataParallel(
             training_step,
@@ -819,8 +882,9 @@ def train(
 
     # Data.
     dataset = build_dataset(config)
-    accum = optim["grad_accum"]
-    sampler = EpochSampler(len(dataset), optim["batch_size"], seed, procs.rank, procs.world_size, accum)
+    sampler = EpochSampler(
+        len(dataset), optim["batch_size"], seed, procs.rank, procs.world_size, optim["grad_accum"]
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=optim["batch_size"],
@@ -831,168 +895,163 @@ def train(
         drop_last=True,
         persistent_workers=False,
     )
-    steps_per_epoch = sampler.steps_per_epoch
-    total_steps = optim["epochs"] * steps_per_epoch
+    total_steps = optim["epochs"] * sampler.steps_per_epoch
     if optim["max_steps"]:
         total_steps = min(total_steps, optim["max_steps"])
 
     selection_splits = parse_selection(config["selection"])
     selector = None
     if selection_splits and procs.is_main:
-        selector = BestCheckpoints(out_dir, selection_splits, tokenizer, procs.device, config["num_workers"])
+        selector = BestCheckpoints(
+            folder.out_dir, selection_splits, tokenizer, procs.device, config["num_workers"]
+        )
 
     optimizer = build_optimizer(model, optim, procs.device)
+    return Run(
+        config=config,
+        folder=folder,
+        procs=procs,
+        model=model,
+        tokenizer=tokenizer,
+        training_step=training_step,
+        step_module=step_module,
+        dataset=dataset,
+        sampler=sampler,
+        loader=loader,
+        optimizer=optimizer,
+        selection_splits=selection_splits,
+        selector=selector,
+        total_steps=total_steps,
+    )
 
-    # Resume from the newest checkpoint of this run.
-    step, epoch, batch_in_epoch, images_replaced = 0, 0, 0, 0
-    saved = read_checkpoint(last_path) if resume and last_path.exists() else None
+
+def _resume(run: Run, resume: bool) -> None:
+    """Go on from the newest checkpoint of this run when there is one, else start the folder afresh."""
+    folder, config, procs = run.folder, run.config, run.procs
+    saved = read_checkpoint(folder.last) if resume and folder.last.exists() else None
     if saved is not None and saved.extra.get("run_config") != config:
-        log.warning("%s: saved by another configuration; starting afresh", last_path)
+        log.warning("%s: saved by another configuration; starting afresh", folder.last)
         saved = None
     if saved is not None:
-        model.load_state_dict(saved.state_dict)  # our own file: the model's exact keys
+        run.model.load_state_dict(saved.state_dict)  # our own file: the model's exact keys
         state = saved.extra
-        optimizer.load_state_dict(state["optimizer"])  # the lr and alpha are functions of the step
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        images_replaced = state.get("images_replaced", 0)
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", last_path, step, epoch, batch_in_epoch)
-    if procs.world_size > 1:
-        dist.barrier()  # every process has read the folder before the main one changes it
+        run.optimizer.load_state_dict(state["optimizer"])  # the lr and alpha are functions of the step
+        run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        run.images_replaced = state.get("images_replaced", 0)
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            folder.last,
+            run.step,
+            run.epoch,
+            run.batch_in_epoch,
+        )
+    run.barrier()  # every process has read the folder before the main one changes it
     if procs.is_main:
         if saved is not None:
-            _trim_metrics(metrics_file, step)
+            _trim_metrics(folder.metrics, run.step)
         else:
             folder.start_afresh()
             folder.write_config(config)
-    if selector is not None:
-        selector.restore(step)
+    if run.selector is not None:
+        run.selector.restore(run.step)
+
+
+def _loop(run: Run) -> None:
+    """The optimiser steps from ``run.step`` to ``run.total_steps``: a checkpoint per epoch, selection
+    at each epoch's end, the metrics every ``log_every`` steps."""
+    config, optim, procs = run.config, run.config["optim"], run.procs
+    seed, accum, total_steps = config["seed"], optim["grad_accum"], run.total_steps
+    steps_per_epoch = run.sampler.steps_per_epoch
     # TensorBoard event files beside metrics.jsonl when tensorboard is installed (amc.tensorboard_log)
-    board = TensorBoardLog(metrics_file.parent, resume_step=step or None) if procs.is_main else None
-
-    def save_last(next_epoch: int, next_batch: int) -> None:
-        if procs.is_main:
-            save_checkpoint(
-                last_path,
-                model,
-                optimizer=optimizer.state_dict(),
-                step=step,
-                epoch=next_epoch,
-                batch_in_epoch=next_batch,
-                images_replaced=images_replaced,
-                run_config=config,
-                vocab=tokenizer.ids_to_tokens,
-            )
-        if procs.world_size > 1:
-            dist.barrier()
-
-    def select_best(finished_epoch: int, at_step: int) -> None:
-        if selector is not None:
-            selector.evaluate(
-                model,
-                epoch=finished_epoch,
-                step=at_step,
-                save=lambda path: save_checkpoint(
-                    path,
-                    model,
-                    step=at_step,
-                    epoch=finished_epoch,
-                    run_config=config,
-                    method=config["method"]["name"],
-                    vocab=tokenizer.ids_to_tokens,
-                ),
-            )
-        if procs.world_size > 1:
-            dist.barrier()
-
+    board = TensorBoardLog(run.folder.metrics.parent, resume_step=run.step or None) if procs.is_main else None
     autocast = numerics(config["precision"], procs.device)
-    progress = _progress_bar(procs.is_main, total_steps, step, config["method"]["name"])
-    window_start, window_pairs, last_logs = time.perf_counter(), 0, {}
+    progress = _progress_bar(procs.is_main, total_steps, run.step, config["method"]["name"])
+    window_start, window_pairs = time.perf_counter(), 0
     global_batch = optim["batch_size"] * accum * procs.world_size
 
-    while step < total_steps:
-        sampler.set_epoch(epoch, batch_in_epoch)
-        dataset.set_epoch(epoch)
+    while run.step < total_steps:
+        run.sampler.set_epoch(run.epoch, run.batch_in_epoch)
+        run.dataset.set_epoch(run.epoch)
         micro = 0
-        for micro, raw in enumerate(loader, start=batch_in_epoch):
+        for micro, raw in enumerate(run.loader, start=run.batch_in_epoch):
             position = micro % accum  # of this micro-batch within the optimiser step
             if position == 0:  # a new optimiser step
-                training_step.begin_step()  # the momentum update, once per step
+                run.training_step.begin_step()  # the momentum update, once per step
                 outputs: list[MicroBatchOutput] = []
-                lr = lr_at(step, steps_per_epoch, total_steps, optim)
-                alpha = alpha_at(step, steps_per_epoch, config["alpha"])
+                lr = lr_at(run.step, steps_per_epoch, total_steps, optim)
+                alpha = alpha_at(run.step, steps_per_epoch, config["alpha"])
             virtual_rank = procs.rank * accum + position
-            torch.manual_seed(step_seed(seed, step, virtual_rank))  # dropout
-            generator = torch.Generator().manual_seed(step_seed(seed, step, virtual_rank) + 1)
-            batch = to_train_batch(raw, tokenizer, config, procs.device)
-            images_replaced += _images_replaced(raw, procs)
+            torch.manual_seed(step_seed(seed, run.step, virtual_rank))  # dropout
+            generator = torch.Generator().manual_seed(step_seed(seed, run.step, virtual_rank) + 1)
+            batch = to_train_batch(raw, run.tokenizer, config, procs.device)
+            run.images_replaced += _images_replaced(raw, procs)
             last_micro = position == accum - 1
-            sync = contextlib.nullcontext() if last_micro or procs.world_size == 1 else step_module.no_sync()
+            sync = (
+                contextlib.nullcontext() if last_micro or procs.world_size == 1 else run.step_module.no_sync()
+            )
             with sync:
                 with autocast:
-                    out = step_module(batch, alpha, generator)
+                    out = run.step_module(batch, alpha, generator)
                 (out.loss / accum).backward()  # DDP then averages over processes: the global batch's mean
             outputs.append(out)
             if not last_micro:
                 continue
-            training_step.end_step(outputs)  # the step's momentum features into the queues, once
-            for group in optimizer.param_groups:
+            run.training_step.end_step(outputs)  # the step's momentum features into the queues, once
+            for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.step += 1
             window_pairs += global_batch
-            if procs.is_main and (step % config["log_every"] == 0 or step == total_steps or step == 1):
+            if procs.is_main and (
+                run.step % config["log_every"] == 0 or run.step == total_steps or run.step == 1
+            ):
                 elapsed = time.perf_counter() - window_start
-                last_logs = {
-                    "step": step,
-                    "epoch": epoch,
+                logs = {
+                    "step": run.step,
+                    "epoch": run.epoch,
                     "lr": lr,  # the learning rate this step used
                     **_mean_logs(outputs),  # loss and objective terms over this process's micro-batches
                     "alpha": alpha,
                     "pairs_per_s": window_pairs / max(elapsed, 1e-9),
                     "max_memory_mb": _memory_mb(procs.device),
-                    "images_replaced": images_replaced,
+                    "images_replaced": run.images_replaced,
                 }
-                append_jsonl(metrics_file, last_logs)
-                board.log(step, last_logs)
-                progress.set_postfix(
-                    loss=f"{last_logs['loss']:.3f}", pairs_s=f"{last_logs['pairs_per_s']:.0f}"
-                )
+                append_jsonl(run.folder.metrics, logs)
+                board.log(run.step, logs)
+                progress.set_postfix(loss=f"{logs['loss']:.3f}", pairs_s=f"{logs['pairs_per_s']:.0f}")
                 window_start, window_pairs = time.perf_counter(), 0
             progress.update(1)
-            if config["save_every_steps"] and step % config["save_every_steps"] == 0 and step < total_steps:
-                save_last(epoch, micro + 1)
-            if step >= total_steps:
+            save_every = config["save_every_steps"]
+            if save_every and run.step % save_every == 0 and run.step < total_steps:
+                run.save_last(run.epoch, micro + 1)
+            if run.step >= total_steps:
                 break
-        finished_epoch = micro + 1 >= sampler.batches_per_epoch
-        if selection_splits and (finished_epoch or step >= total_steps):
-            select_best(epoch, step)
-        epoch, batch_in_epoch = (epoch + 1, 0) if finished_epoch else (epoch, micro + 1)
-        if step < total_steps or finished_epoch:
-            save_last(epoch, batch_in_epoch)  # one checkpoint per epoch (and at the very end)
+        finished_epoch = micro + 1 >= run.sampler.batches_per_epoch
+        if run.selection_splits and (finished_epoch or run.step >= total_steps):
+            run.select_best(run.epoch, run.step)
+        run.epoch, run.batch_in_epoch = (run.epoch + 1, 0) if finished_epoch else (run.epoch, micro + 1)
+        if run.step < total_steps or finished_epoch:
+            run.save_last(run.epoch, run.batch_in_epoch)  # one checkpoint per epoch (and at the very end)
 
     progress.close()
     if board is not None:
         board.close()
+
+
+def _finish(run: Run) -> None:
+    """Check the replicas, publish the best checkpoints, then write the final one: the run is complete."""
+    procs = run.procs
     if procs.world_size > 1:
-        _check_replicas_identical(model, procs)
+        _check_replicas_identical(run.model, procs)
     if procs.is_main:
-        if selector is not None:
-            selector.publish()  # before the final checkpoint, which marks the run complete
-        last_epoch = epoch - 1 if batch_in_epoch == 0 and epoch > 0 else epoch  # the epoch of the last step
-        save_checkpoint(
-            final_path,
-            model,
-            step=step,
-            epoch=last_epoch,
-            run_config=config,
-            method=config["method"]["name"],
-            vocab=tokenizer.ids_to_tokens,  # with model_config: amc evaluate/gradcam need no other file
-        )
-        log.info("finished %d steps: %s", step, final_path)
-    if procs.world_size > 1:
-        dist.barrier()
-    return TrainResult(step, final_path, last_logs)
+        if run.selector is not None:
+            run.selector.publish()  # before the final checkpoint, which marks the run complete
+        # the epoch of the last step
+        last_epoch = run.epoch - 1 if run.batch_in_epoch == 0 and run.epoch > 0 else run.epoch
+        run.save(run.folder.final, step=run.step, epoch=last_epoch, method=run.config["method"]["name"])
+        log.info("finished %d steps: %s", run.step, run.folder.final)
+    run.barrier()
 
 
 def _check_replicas_identical(model: nn.Module, procs: Processes) -> None:

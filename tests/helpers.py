@@ -23,6 +23,7 @@ import torch
 import yaml
 from PIL import Image
 
+from amc import grid
 from amc.cli import main as amc_main
 from amc.models import ALBEF, ModelConfig
 from amc.objectives import StepContext, TrainBatch
@@ -478,8 +479,6 @@ def result_document(benchmark: str, split: str, method: str, seed: int, cases: l
 def fabricate_run(root: Path, with_metrics: bool = True) -> tuple[Path, dict]:
     """results/fab/ under ``root``: eval JSONs, metrics.jsonl, workflow-config.json (numbers one can
     check by hand: on Flickr30k test AMC hits 8 (seed 0) and 6 (seed 1) of 10 cases, ALBEF 5)."""
-    from amc.report import grid
-
     run_dir = root / "results" / "fab"
     config = grid.resolved_config(grid.validate_config(run_config(REPO / "results/paper/table1.csv")))
     (run_dir).mkdir(parents=True, exist_ok=True)
@@ -498,13 +497,13 @@ def fabricate_run(root: Path, with_metrics: bool = True) -> tuple[Path, dict]:
                     "category": CATEGORIES[i % 2],
                 }
             )
-        path = run_dir / "eval" / method / f"seed{seed}" / f"{name}.json"
+        path = run_dir / grid.eval_file(method, seed, benchmark, split)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result_document(benchmark, split, method, seed, cases)))
     if with_metrics:
         for method, seeds in (("amc", [0, 1]), ("vmrm_style", [0, 1]), ("amc_dmean0.05", [0])):
             for seed in seeds:
-                path = run_dir / "train" / method / f"seed{seed}" / "metrics.jsonl"
+                path = root / grid.train_metrics_path(config, method, seed)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 lines = [
                     {
@@ -542,8 +541,6 @@ EXPLAINERS = {
 
 def fabricate_explainer_results(run_dir: Path, config: dict) -> None:
     """eval_explainers/ results of EXPLAINER_CASES at the grid's own paths."""
-    from amc.report import grid
-
     for (method, seed, slug), cases in EXPLAINER_CASES.items():
         path = run_dir.parent.parent / grid.explainer_eval_path(
             config, method, seed, "flickr30k", "test", slug

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 
 from amc.data import Problems
-from amc.data.datasets import MAX_CONSECUTIVE_REPLACEMENTS, CaptionDataset, EvalDataset, PhraseBoxDataset
+from amc.data.datasets import MAX_CONSECUTIVE_REPLACEMENTS, CaptionDataset, PhraseBoxDataset
 from amc.data.flickr30k import read_flickr30k
 from amc.data.images import ImageReadError, image_size, load_image
 from amc.data.transforms import EvalTransform, TrainTransform
 from amc.data.vg import read_vg
-from amc.evaluate import check_images
+from amc.evaluate import _ImageSet, check_images
 from amc.io import DataError
 from amc.records import Record, load_records, save_records
 from tests.helpers import (
@@ -94,7 +94,7 @@ def test_too_many_bad_images_in_a_row_is_a_clear_error(files, tmp_path):
 
 def test_evaluation_never_replaces(files):
     with pytest.raises(ImageReadError, match=rf"record bad: cannot read image {files['garbage']}"):
-        EvalDataset([record(files["garbage"], "bad")], EvalTransform(16, "pil-bicubic"))[0]
+        _ImageSet([str(files["garbage"])], EvalTransform(16, "pil-bicubic"), ["record bad"])[0]
     records = [record(files["empty"], "bad"), record(files["good"], "good")]
     with pytest.raises(
         DataError, match=rf"record bad: cannot read image {files['empty']}.*--skip-missing-images"

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from amc import grid
 from amc.io import AmcError
 from amc.objectives import TrainBatch, build_objectives
-from amc.report import grid
 from amc.train import TrainingStep, build_optimizer, load_run_config
 from baselines.vmrm_style import (
     VmrmConsistency,
@@ -421,7 +421,7 @@ def test_the_documented_defaults_and_a_given_target_temperature():
 
 @dataclass
 class WorkflowMethod:
-    """A method as the workflow trains it (amc.report.grid): ``amc train --config base`` + ``overrides``."""
+    """A method as the workflow trains it (amc.grid): ``amc train --config base`` + ``overrides``."""
 
     entry: dict  # the expanded entry of the configuration's ``methods``
     base: Path  # the base run configuration (finetune.config)

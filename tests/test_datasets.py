@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from amc.data.datasets import CaptionDataset, EvalDataset, PhraseBoxDataset, load_captions
+from amc.data.datasets import CaptionDataset, PhraseBoxDataset, load_captions
 from amc.data.transforms import EvalTransform, TrainTransform
+from amc.evaluate import _ImageSet
 from amc.io import DataError
 from amc.records import Record
 
@@ -94,10 +95,8 @@ def test_images_are_converted_to_rgb(tmp_path):
     Image.new("L", (30, 20), 128).save(gray)
     Image.new("RGBA", (30, 20), (10, 20, 30, 0)).save(rgba)
     for path in (gray, rgba):
-        item = EvalDataset(
-            [record(path, [[1, 1, 5, 5]], width=30, height=20)], EvalTransform(16, "pil-bicubic")
-        )[0]
-        assert item["image"].shape == (3, 16, 16)
+        image = _ImageSet([str(path)], EvalTransform(16, "pil-bicubic"), ["record r"])[0]
+        assert image.shape == (3, 16, 16)
 
 
 def test_caption_dataset_has_no_mask_and_is_reproducible(tmp_path, image_path):

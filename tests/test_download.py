@@ -54,7 +54,7 @@ DATA_SHA = hashlib.sha256(DATA).hexdigest()
 def sleeps(monkeypatch):
     """Record the back-off delays instead of sleeping."""
     delays: list[float] = []
-    monkeypatch.setattr(dl.time, "sleep", delays.append)
+    monkeypatch.setattr(dl.fetch.time, "sleep", delays.append)
     return delays
 
 
@@ -107,7 +107,7 @@ def test_partial_file_left_by_an_earlier_run_is_resumed(server, tmp_path):
 
 def test_progress_lines_give_bytes_rate_and_time_left(caplog):
     now = [0.0]
-    lines = dl._ProgressLog("coco", total=10 * 2**30, done=2**30, interval=30, clock=lambda: now[0])
+    lines = dl.progress._ProgressLog("coco", total=10 * 2**30, done=2**30, interval=30, clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="amc.download"):
         now[0] = 29.0
         lines.update(2**20)  # within the interval: nothing
@@ -116,7 +116,7 @@ def test_progress_lines_give_bytes_rate_and_time_left(caplog):
         lines.update(600 * 2**20 - 2**20)  # 600 MiB in the last 60 s: 10 MiB/s, 9.4 GiB to go
         lines.report(lines.done)  # the interval starts again: nothing
     assert caplog.messages == ["coco: 1.6 GiB of 10.0 GiB (16%), 10.0 MiB/s, about 14 min left"]
-    unknown = dl._ProgressLog("vg", total=None, done=0, interval=0, clock=lambda: now[0])
+    unknown = dl.progress._ProgressLog("vg", total=None, done=0, interval=0, clock=lambda: now[0])
     now[0] += 4
     with caplog.at_level(logging.INFO, logger="amc.download"):
         unknown.update(2**21)
@@ -124,7 +124,7 @@ def test_progress_lines_give_bytes_rate_and_time_left(caplog):
 
 
 def test_without_a_bar_a_download_logs_progress_lines(server, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(dl, "PROGRESS_LOG_INTERVAL_S", 0.0)  # a line per chunk instead of every 30 s
+    monkeypatch.setattr(dl.progress, "PROGRESS_LOG_INTERVAL_S", 0.0)  # a line per chunk instead of every 30 s
     url = server.add("/blob.bin", DATA)
     with caplog.at_level(logging.INFO, logger="amc.download"):
         download(artifact(urls=[url]), tmp_path, **FAST)  # progress=False: no bar
@@ -698,7 +698,7 @@ def test_google_drive_file_is_found_in_the_folder_downloaded_and_locked(drive, t
 def test_google_drive_download_without_a_bar_logs_progress_lines(drive, tmp_path, monkeypatch, caplog):
     import gdown
 
-    monkeypatch.setattr(dl, "PROGRESS_LOG_INTERVAL_S", 0.01)
+    monkeypatch.setattr(dl.progress, "PROGRESS_LOG_INTERVAL_S", 0.01)
 
     def slow_download(id=None, output=None, quiet=False, resume=False, **kwargs):
         part = Path(output + "XYZ.part")  # gdown's partial file, growing

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from amc.cli import main as amc_main
-from amc.evaluate import _score
+from amc.evaluate import _score, score_cases
 from amc.io import DataError
+from amc.metrics import classify_miss, energy_in_boxes, pointing_point, upsample_heatmap
 from amc.records import Record, load_records, prepare_report_path
 from tests.helpers import box_object, evaluate_flickr, write_flickr
 
@@ -32,6 +33,29 @@ def test_a_box_reaching_outside_the_image_is_kept_and_scored_as_annotated(tmp_pa
     assert case.point[1] == 0 and case.point[0] < 3 and case.hit
     clipped = Record(**{**vars(record), "boxes": [[0.0, 0.0, 3.0, 3.0]]})
     assert not _score(clipped, heatmap, None).hit
+
+
+def test_scoring_a_batch_equals_scoring_each_case_alone():
+    """score_cases upsamples the maps of one image size together: the same points and energies, bit for
+    bit, as upsampling each map alone (amc.metrics.pointing_point), in the records' order."""
+    generator = torch.Generator().manual_seed(0)
+    sizes = [(120, 97), (333, 500), (120, 97), (64, 64), (333, 500), (120, 97)] * 5
+    records = [
+        Record(id=f"c{i}", dataset="flickr30k", split="test", image=f"{w}x{h}.jpg", width=w, height=h,
+               phrase="a thing", boxes=[[10.0, 10.0, 60.0, 50.0]], other_boxes=[[0.0, 0.0, 30.0, 30.0]])
+        for i, (w, h) in enumerate(sizes)
+    ]  # fmt: skip
+    heatmaps = torch.rand(len(records), 12, 12, generator=generator) * 1e-3
+    heatmaps[3] = heatmaps[3].round(decimals=3)  # ties
+    cases = score_cases(records, heatmaps)
+    assert [case.id for case in cases] == [record.id for record in records]
+    for record, heatmap, case in zip(records, heatmaps, cases, strict=True):
+        point = pointing_point(heatmap, record.height, record.width)
+        assert tuple(case.point) == point
+        assert case.miss == classify_miss(point, record.boxes, record.other_boxes)
+        assert case.hit == (case.miss is None)
+        energy = energy_in_boxes(upsample_heatmap(heatmap, record.height, record.width), record.boxes)
+        assert case.energy is not None and case.energy == round(energy, 6)
 
 
 def test_prepare_skip_counts_reach_the_result(tmp_path, ci_data, random_checkpoint):
@@ -115,3 +139,40 @@ def test_a_point_in_any_of_the_entitys_boxes_is_a_hit_and_a_miss_is_classified()
     boxed = Record(**{**vars(record), "boxes": [[25, 25, 40, 40]], "image_id": "7"})
     assert _score(boxed, heatmap, proposals).box_hit is True
     assert _score(Record(**{**vars(boxed), "image_id": "8"}), heatmap, proposals).box_hit is False
+
+
+def test_record_images_resolve_against_the_records_folder(tmp_path):
+    """Each relative image path resolves (symlinks followed) against the records file's folder, once
+    per distinct path; absolute paths are kept."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "link").symlink_to(tmp_path / "real")
+    images = ["../real/a.jpg", "link/b.jpg", "../real/a.jpg", "/elsewhere/c.jpg", "link/b.jpg", "d.jpg"]
+    path = tmp_path / "records" / "r.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"r/{i}",
+                    "dataset": "flickr30k",
+                    "split": "test",
+                    "image": image,
+                    "width": 40,
+                    "height": 30,
+                    "phrase": "a cat",
+                    "boxes": [[0, 0, 10, 10]],
+                }
+            )
+            + "\n"
+            for i, image in enumerate(images)
+        )  # fmt: skip
+    )
+    assert [r.image for r in load_records(path)] == [
+        str(tmp_path / "real/a.jpg"),
+        str(tmp_path / "real/b.jpg"),
+        str(tmp_path / "real/a.jpg"),
+        "/elsewhere/c.jpg",
+        str(tmp_path / "real/b.jpg"),
+        str(tmp_path / "records/d.jpg"),
+    ]
+    assert [r.image for r in load_records(path, resolve_images=False)] == images

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from amc.report import grid
+from amc import grid
 from tests.helpers import REPO
 
 

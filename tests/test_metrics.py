@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from amc.metrics import (
+    argmax_point,
+    argmax_points,
     best_proposal,
     box_hit,
     box_iou,
@@ -162,6 +164,18 @@ def test_upsample_rejects_other_shapes_naming_them():
         ValueError, match=r"^heatmap must be \[h, w\] or \[B, h, w\], got shape \(1, 2, 3, 4\)$"
     ):
         upsample_heatmap(torch.zeros(1, 2, 3, 4), 5, 5)
+
+
+def test_argmax_points_of_a_batch_are_each_maps_first_maximum():
+    rng = np.random.default_rng(1)
+    maps = torch.tensor(rng.integers(0, 3, size=(40, 7, 9)), dtype=torch.float32)  # many ties
+    maps[5] = 0.0  # all equal: the very first pixel
+    points = argmax_points(maps)
+    assert points[5] == (0, 0)
+    for one, point in zip(maps, points, strict=True):
+        flat = one.reshape(-1).tolist()
+        y, x = divmod(flat.index(max(flat)), one.shape[1])  # the first maximum in row-major order
+        assert point == (x, y) == argmax_point(one)
 
 
 # ------------------------------------------------------------------ energy in the boxes

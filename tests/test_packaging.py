@@ -147,13 +147,13 @@ def test_the_package_works_from_a_wheel(tmp_path, repo_root, ci_data):
     assert installed("-c", "import amc; print(amc.__file__)").startswith(str(site))
     listing = installed("-m", "amc", "download", "--list")
     assert "albef_14m" in listing and "amc_best_refcoco" in listing and "flickr30k_images" in listing
-    # The workflow's validation (amc.report.grid.validate_config) with the shipped schema; a real-data
+    # The workflow's validation (amc.grid.validate_config) with the shipped schema; a real-data
     # run that names no manifest gets the shipped one. The model configurations a run configuration
     # names are the user's files, relative to where the workflow runs (the explainer check reads them).
     shutil.copytree(repo_root / "config/models", elsewhere / "config/models")
     check = f"""
 import yaml
-from amc.report import grid
+from amc import grid
 for name in ("config.yaml", "demo.yaml", "ci.yaml"):
     config = grid.validate_config(yaml.safe_load(open({str(repo_root / "config")!r} + "/" + name)))
     grid.check_grid(grid.resolve_paths(config))

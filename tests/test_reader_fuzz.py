@@ -21,7 +21,9 @@ from amc.data.flickr30k import read_flickr30k
 from amc.data.refcoco import read_refcoco
 from amc.data.vg import read_vg
 from amc.data.vg_released import FILES, read_vg_released
-from amc.download import Artifact, _expected, _parse_artifact
+from amc.download import Artifact
+from amc.download.manifest import _parse_artifact
+from amc.download.verify import _expected
 from amc.evaluate import _load_proposals
 from amc.io import AmcError
 from amc.models.config import ModelConfig

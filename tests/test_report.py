@@ -9,15 +9,51 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from amc import grid
 from amc.cli import main as amc_main
-from amc.report import figures, grid, tables
+from amc.io import DataError
+from amc.report import figures, tables
 from tests.helpers import REPO, fabricate_run, run_config
 from tests.system_tools import require_tool
+
+
+def test_the_result_paths_have_one_owner_and_parse_back():
+    """amc.grid writes every result path of a run (the workflow's outputs, the reports' inputs);
+    the evaluation path parses back to what it was made from, and the reports' glob finds it."""
+    config = {"run": "fab", "data": {"records_dir": "data/fab/records"}}
+    path = grid.eval_path(config, "amc_dmean0.05", 2, "refcoco+", "testA")
+    assert path == "results/fab/eval/amc_dmean0.05/seed2/refcoco+-testA.json"
+    assert grid.parse_eval_path(path) == grid.EvalKey("amc_dmean0.05", 2, "refcoco+", "testA")
+    assert Path(path).match(grid.EVAL_GLOB) and grid.EVAL_GLOB == "eval/*/seed*/*-*.json"
+    with pytest.raises(DataError, match="not under eval/<method>/seed<k>/"):
+        grid.parse_eval_path("results/fab/eval/amc/latest/flickr30k-test.json")
+    assert (
+        grid.final_checkpoint_path(config, "amc", 1)
+        == "results/fab/checkpoints/amc/seed1/checkpoint_final.pt"
+    )
+    assert (
+        grid.best_checkpoint_path(config, "amc", 1, "flickr30k")
+        == "results/fab/checkpoints/amc/seed1/checkpoint_best_flickr30k.pt"
+    )
+    assert grid.train_metrics_path(config, "amc", 1) == "results/fab/train/amc/seed1/metrics.jsonl"
+    assert grid.TRAIN_METRICS_GLOB == "train/*/seed*/metrics.jsonl"
+    assert grid.records_path(config, "flickr30k", "test") == "data/fab/records/flickr30k-test.jsonl"
+    assert grid.table_paths(grid.run_dir(config), "table1") == [
+        Path("results/fab/tables/table1.csv"),
+        Path("results/fab/tables/table1.md"),
+        Path("results/fab/tables/table1.tex"),
+    ]
+    # the Snakemake rules pass wildcards for the parts
+    assert grid.eval_path(config, "{method}", "{seed}", "flickr30k", "test") == (
+        "results/fab/eval/{method}/seed{seed}/flickr30k-test.json"
+    )
 
 
 def report(*args: str) -> int:
@@ -266,3 +302,42 @@ def test_where_prints_what_exists_and_what_is_not_made_yet(tmp_path, monkeypatch
     assert where.main(["--config", "cfg.yaml"]) == 0
     out = capsys.readouterr().out
     assert "snakemake released): results/fab/tables/table1_released.md" in out and "| ALBEF | 79.14 |" in out
+
+
+def test_each_report_reads_only_the_results_it_shows(fabricated, caplog):
+    """Table 1 reads its rows' and columns' results (the workflow rule's inputs), no other file; the
+    ablation reads every result. A broken result of a method Table 1 does not show stops only the ablation."""
+    run_dir, _ = fabricated
+    path = run_dir / "eval/amc_dmean0.05/seed0/flickr30k-test.json"
+    path.write_text("{not json")
+    assert report("table1", "--run", str(run_dir), "--n-boot", "100") == 0
+    assert report("ablation", "--run", str(run_dir), "--n-boot", "100") == 2
+    assert str(path) in caplog.text
+    found = tables.find_evals(run_dir, methods=["amc"], splits=[("refcoco+", "testA")])
+    assert [p.relative_to(run_dir).as_posix() for p in found] == [
+        "eval/amc/seed0/refcoco+-testA.json",
+        "eval/amc/seed1/refcoco+-testA.json",
+    ]
+
+
+def test_config_validation_leaves_out_jsonschemas_iri_parsers():
+    """Validating a configuration (every Snakemake run of the workflow does) imports jsonschema without
+    its optional rfc3987_syntax, whose import builds ~40 parsers; the module stays importable after."""
+    pytest.importorskip("rfc3987_syntax", reason="the slow optional module is not installed here")
+    code = (
+        "import sys, yaml\n"
+        "from amc import grid\n"
+        "config = yaml.safe_load(open('config/demo.yaml'))\n"
+        "grid.validate_config(config)\n"
+        "assert 'rfc3987_syntax' not in sys.modules and 'lark' not in sys.modules, 'imported'\n"
+        "config['data']['scal'] = 1\n"
+        "try:\n"
+        "    grid.validate_config(config)\n"
+        "    raise SystemExit('not refused')\n"
+        "except grid.GridError as error:\n"
+        "    print(error)\n"
+        "import rfc3987_syntax\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "config.data: Additional properties are not allowed ('scal' was unexpected)" in result.stdout

@@ -1,5 +1,5 @@
 """The explainer table and figure (amc report explainers) from results fabricated in the documented
-format, with numbers checked by hand; the result paths of amc.report.grid."""
+format, with numbers checked by hand; the result paths of amc.grid."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from amc import grid
 from amc.cli import main as amc_main
-from amc.report import grid, tables
+from amc.report import tables
 from tests.helpers import REPO, fabricate_explainer_results
 
 

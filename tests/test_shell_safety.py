@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from amc import download as amc_download
+from amc import grid
 from amc.io import AmcError
-from amc.report import grid
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -81,7 +81,7 @@ def artifact_refused(artifact: dict, names: set[str]) -> str | None:
     """What the manifest reader says of one artifact (the workflow reads the manifest through it),
     and whether the configuration's data.layout still finds it by name."""
     try:
-        parsed = amc_download._parse_artifact(artifact, "manifest: artifact")
+        parsed = amc_download.manifest._parse_artifact(artifact, "manifest: artifact")
     except AmcError as error:
         return str(error)
     return (

@@ -31,7 +31,7 @@ import pytest
 import torch
 import yaml
 
-from amc.report import grid
+from amc import grid
 from tests.helpers import BIN, REPO, SNAKEMAKE, job_counts
 from tests.slurm_cluster import CPU_PARTITION, GPU_PARTITION, ClusterUnavailable, Job, SlurmCluster
 

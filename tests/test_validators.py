@@ -19,6 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from amc import grid
 from amc.io import (
     NAME_PATTERN,
     AmcError,
@@ -34,7 +35,6 @@ from amc.io import (
     read_yaml,
 )
 from amc.records import load_records, record_from_dict, save_records
-from amc.report import grid
 from amc.result_format import RESULT_FORMAT, read_result, validate_result
 from amc.train import DEFAULTS, RUN_CONFIG_SCHEMA, load_run_config
 

@@ -5,16 +5,33 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from amc.report import grid
+from amc import grid
+from amc.report import stages
 from amc.result_format import RESULT_FORMAT, read_result
 from tests.browser import open_page
 from tests.helpers import REPO, job_counts, planned_outputs, snakemake
 from tests.system_tools import require_tool
+
+# The Snakefile's targets: they only gather inputs, no job of theirs runs a command.
+TARGET_RULES = {"all", "released", "all_results", "released_results"}
+
+
+def job_benchmarks(output: str) -> dict[str, list[str | None]]:
+    """rule -> the benchmark file of each of its jobs (None: no benchmark line) in a (non-quiet) dry run."""
+    found: dict[str, list[str | None]] = {}
+    for block in re.split(r"^(?=(?:local)?rule \S+:$)", output, flags=re.MULTILINE)[1:]:
+        rule = re.match(r"(?:local)?rule (\S+):", block).group(1)
+        match = re.search(r"^\s+benchmark: (.*)$", block.split("\n\n", 1)[0], flags=re.MULTILINE)
+        found.setdefault(rule, []).append(match.group(1).strip() if match else None)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +103,25 @@ def test_paper_grid_names(paper_dry_run):
     assert f"{run}/report.html" in outputs  # `all` ends with the HTML report
 
 
+def test_every_job_writes_a_benchmark_file(paper_dry_run):
+    """Every rule but the targets has a benchmark: directive, at results/<run>/benchmarks/<rule>[/<wildcards>].tsv."""
+    released = snakemake("-n", "--forceall", "released").stdout
+    jobs = job_benchmarks(paper_dry_run)
+    for rule, paths in job_benchmarks(released).items():
+        jobs.setdefault(rule, []).extend(paths)
+    assert {"table1_released", "html_report", "download_albef_14m", "train", "evaluate"} <= set(jobs)
+    for rule, paths in jobs.items():
+        if rule in TARGET_RULES:
+            continue
+        for path in paths:
+            assert path is not None, f"rule {rule} has no benchmark: directive"
+            assert re.fullmatch(rf"results/reproduction/benchmarks/{re.escape(rule)}(/[^ ]+)?\.tsv", path), (
+                path
+            )
+    train = sorted(jobs["train"])
+    assert "results/reproduction/benchmarks/train/amc/seed0.tsv" in train and len(set(train)) == len(train)
+
+
 @pytest.mark.subprocess
 def test_the_html_report_rule_runs_snakemake_report_on_the_same_configuration(paper_dry_run):
     text = paper_dry_run
@@ -128,7 +164,7 @@ def test_paper_runs_select_the_best_epoch_per_benchmark(paper_dry_run):
 
 @pytest.mark.subprocess
 def test_a_benchmark_resize_reaches_evaluation_and_selection(tmp_path):
-    from amc.report import grid
+    from amc import grid
 
     config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
     config["benchmarks"]["flickr30k"]["resize"] = "pil-bicubic"
@@ -228,6 +264,10 @@ def test_ci_grid_and_gpu_commands(tmp_path):
     assert "amc gpu-run --gpus 2 -- torchrun --standalone --nproc-per-node 2 -m amc train" in text
     assert "--resume" in text and "method.objectives.amc.delta_mean=0.1" in text
     assert re.search(r"amc gpu-run --gpus 1 -- amc evaluate .*--image-res 96", text)
+    # torch in the qualitative figure keeps to the rule's threads too (jobs run side by side)
+    assert re.search(
+        r"OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 amc gpu-run --gpus \d -- amc report qualitative", text
+    )
     assert "gpu=2" in text
 
 
@@ -362,6 +402,19 @@ def test_ci_config_end_to_end(ci_run):
     assert (run / "figures/explainer_layers.png").is_file() and (
         run / "figures/explainer_layers.pdf"
     ).is_file()
+    # Every job of the run wrote its benchmark file (seconds, memory), which `amc report stages` reads.
+    planned = job_counts(
+        snakemake("-n", "--forceall", "--quiet", "rules", *ci_args(ci_run), cwd=ci_run).stdout
+    )
+    written = Counter(job.rule for job in stages.read_jobs(run))
+    assert written == {rule: n for rule, n in planned.items() if rule not in TARGET_RULES}
+    assert all(job.seconds > 0 for job in stages.read_jobs(run))
+    table = subprocess.run(
+        [sys.executable, "-m", "amc", "report", "stages", "--run", str(run)],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for stage in ("data", "pretrain", "train", "evaluate", "reports", "total"):
+        assert re.search(rf"^\| {stage} \| \d+ \|", table, flags=re.MULTILINE), table
     # Rerun after losing one result: only that evaluation and the reports that read it.
     lost = run / "eval/amc/seed0/refcoco+-testA.json"
     kept = lost.read_bytes()

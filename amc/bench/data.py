@@ -57,7 +57,6 @@ def make_train_batch(config, batch_size: int, text_len: int, seed: int, device: 
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         box_mask=box_mask.to(device),
-        has_box=torch.ones(batch_size, dtype=torch.bool),
     )
 
 

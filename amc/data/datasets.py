@@ -1,4 +1,4 @@
-"""Torch datasets: phrase + box (fine-tuning), captions (pretraining), evaluation.
+"""Torch datasets: phrase + box (fine-tuning), captions (pretraining).
 
 Training samples are reproducible: item ``i`` of epoch ``e`` draws all its randomness (which
 box, which caption, flip, colour jitter) from a ``torch.Generator`` seeded from ``(seed, e, i)``,
@@ -11,7 +11,8 @@ decoded, the item is replaced by another one, drawn from a generator seeded from
 ``(seed, e, i, attempt)`` (so a resumed run replaces it the same way), with a warning naming
 the file; the item reports ``replaced`` (how many tries failed) and the trainer logs the running
 total as ``images_replaced``. After :data:`MAX_CONSECUTIVE_REPLACEMENTS` failures in a row the
-item raises (the image folder is probably missing). Evaluation never replaces.
+item raises (the image folder is probably missing). Evaluation (``amc.evaluate``, which loads
+each image once) never replaces.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from amc.data.images import ImageReadError, load_image
-from amc.data.transforms import EvalTransform, TrainTransform
+from amc.data.transforms import TrainTransform
 from amc.io import DataError, read_json
 from amc.records import Record
 
@@ -153,20 +154,6 @@ class CaptionDataset(_TrainingItems):
             caption = caption[int(torch.randint(len(caption), (), generator=generator))]
         sample = self.transform(image, None, caption, generator)
         return {"image": sample.image, "text": sample.text, "index": index, "replaced": replaced}
-
-
-class EvalDataset(Dataset):
-    """Grounding records for evaluation: ``{"image", "text", "index"}``; no randomness."""
-
-    def __init__(self, records: list[Record], transform: EvalTransform):
-        self.records, self.transform = records, transform
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
-        return {"image": self.transform(_load_record_image(record)), "text": record.phrase, "index": index}
 
 
 def load_captions(path: str | os.PathLike) -> list[dict]:

@@ -100,10 +100,6 @@ class AlbefTokenizer:
     def mask_token_id(self) -> int:
         return self.vocab["[MASK]"]
 
-    @property
-    def special_token_ids(self) -> list[int]:
-        return [self.vocab[token] for token in SPECIAL_TOKENS]
-
     # -------------------------------------------------------------- tokenize
     def tokenize(self, text: str) -> list[str]:
         """Word pieces of one text (no special tokens added)."""

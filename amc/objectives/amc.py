@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from amc.gradcam import gradcam_train
 from amc.io import AmcError
 from amc.losses import DELTA_MAX, DELTA_MEAN, PER_SAMPLE_MEAN, WEIGHT_MAX, WEIGHT_MEAN, amc_loss
@@ -13,7 +11,7 @@ from amc.objectives.registry import Objective, ObjectiveOutput, register_objecti
 
 @register_objective("amc")
 class AttentionMapConsistency(Objective):
-    """The AMC loss on the training-recipe GradCAM of the positive pairs that carry a box."""
+    """The AMC loss on the training-recipe GradCAM of the positive pairs, each with its box mask."""
 
     needs_gradcam = True
     needs_boxes = True
@@ -40,10 +38,6 @@ class AttentionMapConsistency(Objective):
         batch = ctx.batch
         if batch.box_mask is None:
             raise AmcError("the amc objective needs box masks: train on records (data.kind: records)")
-        has_box = batch.has_box if batch.has_box is not None else torch.ones(batch.size, dtype=torch.bool)
-        if not bool(has_box.any()):
-            zero = ctx.itm_positive_logits.sum() * 0.0
-            return ObjectiveOutput(zero, {"loss_amc": 0.0, "l_mean": 0.0, "l_max": 0.0})
         fusion = ctx.positive_fusion
         heatmap = gradcam_train(
             fusion.cross_attention,
@@ -52,7 +46,6 @@ class AttentionMapConsistency(Objective):
             ctx.model.image_grid,
             batch.box_mask.shape[-1],
         )
-        has_box = has_box.to(heatmap.device)
-        terms = amc_loss(heatmap[has_box].float(), batch.box_mask[has_box].float(), **self.params)
+        terms = amc_loss(heatmap.float(), batch.box_mask.float(), **self.params)
         logs = {"loss_amc": terms.total.item(), "l_mean": terms.l_mean.item(), "l_max": terms.l_max.item()}
         return ObjectiveOutput(self.weight * terms.total, logs)

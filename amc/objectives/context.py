@@ -7,7 +7,7 @@ released ``model_pretrain.forward`` computes them once for all its losses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -22,9 +22,8 @@ class TrainBatch:
     image: torch.Tensor  # [B, 3, R, R]
     input_ids: torch.Tensor  # [B, L]
     attention_mask: torch.Tensor  # [B, L]
-    box_mask: torch.Tensor | None = None  # [B, S, S] in [0, 1]
-    has_box: torch.Tensor | None = None  # [B] bool: which samples carry a box mask
-    texts: list[str] = field(default_factory=list)
+    # [B, S, S] in [0, 1]: every sample's box mask (records data); None for captions (pretraining)
+    box_mask: torch.Tensor | None = None
 
     @property
     def size(self) -> int:

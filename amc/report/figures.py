@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from amc.grid import TRAIN_METRICS_GLOB  # noqa: E402
 from amc.io import atomic_write_bytes, read_append_log  # noqa: E402
 from amc.records import Record  # noqa: E402
 from amc.report.tables import EvalRun  # noqa: E402
@@ -113,7 +113,7 @@ def ablation_delta(ablation: pd.DataFrame, sweep_axes: list[dict], stem: str | P
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """Every ``train/<method>/seed<k>/metrics.jsonl`` as one long frame (method, seed, step, ...)."""
     frames = []
-    for path in sorted(Path(run_dir).glob("train/*/seed*/metrics.jsonl")):
+    for path in sorted(Path(run_dir).glob(TRAIN_METRICS_GLOB)):
         seed = path.parent.name.removeprefix("seed")
         rows = read_append_log(path)  # a run still going (or killed) may have a torn last line
         if not rows or not seed.isdigit():
@@ -317,10 +317,6 @@ def qualitative_grid(examples: list[dict], methods: list[tuple[str, str]], stem:
     )
     fig.tight_layout()
     return save(fig, stem)
-
-
-def finite(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 # ------------------------------------------------------------------ the explainer ablation

@@ -30,17 +30,18 @@ import numpy as np
 import pandas as pd
 
 from amc import stats
+from amc.grid import (
+    EVAL_GLOB,
+    EXPLAINER_EVAL_DIR,
+    UNTRAINED_KINDS,
+    parse_eval_path,
+    parse_explainer_eval_path,
+    table_paths,
+)
 from amc.io import DataError, atomic_write_text
-from amc.report.grid import UNTRAINED_KINDS
 from amc.result_format import read_result
 
 log = logging.getLogger(__name__)
-
-PAPER_SOURCE = (
-    "Yang et al., Improving Visual Grounding by Encouraging Consistent "
-    "Gradient-based Explanations, CVPR 2023, Table 1"
-)
-
 
 # ------------------------------------------------------------------ loading
 
@@ -74,23 +75,31 @@ def read_cases(path: Path) -> tuple[dict, pd.DataFrame]:
 def load_eval(path: str | Path) -> EvalRun:
     path = Path(path)
     summary, cases = read_cases(path)
-    # The path is authoritative (results/<run>/eval/<method>/seed<k>/<benchmark>-<split>.json).
-    method = path.parent.parent.name
-    seed_text = path.parent.name.removeprefix("seed")
-    if not seed_text.isdigit():
-        raise DataError(f"{path}: not under eval/<method>/seed<k>/")
-    benchmark, _, split = path.stem.rpartition("-")
-    return EvalRun(method, int(seed_text), benchmark, split, path, summary, cases)
+    method, seed, benchmark, split = parse_eval_path(path)
+    return EvalRun(method, seed, benchmark, split, path, summary, cases)
 
 
-def find_evals(run_dir: str | Path) -> list[Path]:
-    return sorted(Path(run_dir).glob("eval/*/seed*/*-*.json"))
+def find_evals(
+    run_dir: str | Path, methods: list[str] | None = None, splits: list[tuple[str, str]] | None = None
+) -> list[Path]:
+    """The result files under ``run_dir/eval``; only those of ``methods`` and (benchmark, split) ``splits``
+    when given."""
+    paths = sorted(Path(run_dir).glob(EVAL_GLOB))
+    if methods is not None:
+        paths = [p for p in paths if p.parent.parent.name in methods]
+    if splits is not None:
+        stems = {f"{benchmark}-{split}" for benchmark, split in splits}
+        paths = [p for p in paths if p.stem in stems]
+    return paths
 
 
-def load_all(run_dir: str | Path) -> dict[tuple[str, str, str], dict[int, EvalRun]]:
-    """(method, benchmark, split) -> {seed: EvalRun} for every result under ``run_dir``."""
+def load_all(
+    run_dir: str | Path, methods: list[str] | None = None, splits: list[tuple[str, str]] | None = None
+) -> dict[tuple[str, str, str], dict[int, EvalRun]]:
+    """(method, benchmark, split) -> {seed: EvalRun} for every result under ``run_dir`` (only those of
+    ``methods`` and ``splits`` when given: a report reads and validates what it shows, no more)."""
     results: dict[tuple[str, str, str], dict[int, EvalRun]] = {}
-    for path in find_evals(run_dir):
+    for path in find_evals(run_dir, methods, splits):
         run = load_eval(path)
         results.setdefault((run.method, run.benchmark, run.split), {})[run.seed] = run
     return results
@@ -259,10 +268,6 @@ def latex_table(header: list[str], rows: list[list[str]], caption: str, label: s
     return "\n".join(lines) + "\n"
 
 
-def interval_text(mean: float, low: float, high: float) -> str:
-    return f"{pct(mean)} [{pct(low)}, {pct(high)}]"
-
-
 # ------------------------------------------------------------------ Table 1
 
 
@@ -337,9 +342,8 @@ def table1_frame(
     return pd.DataFrame(rows)
 
 
-def write_table1(frame: pd.DataFrame, out_dir: str | Path, run_name: str, stem: str = "table1") -> list[Path]:
-    """``<stem>.csv``, ``.md`` and ``.tex`` under ``out_dir``."""
-    out_dir = Path(out_dir)
+def write_table1(frame: pd.DataFrame, run_dir: str | Path, run_name: str, stem: str = "table1") -> list[Path]:
+    """``tables/<stem>.csv``, ``.md`` and ``.tex`` under the run's results folder ``run_dir``."""
     columns = list(dict.fromkeys(frame["column"]))
     header = ["Method"]
     for column in columns:
@@ -364,7 +368,7 @@ def write_table1(frame: pd.DataFrame, out_dir: str | Path, run_name: str, stem: 
         f"Reproduced: mean over {'/'.join(map(str, seeds)) or '0'} seed(s) with a 95% bootstrap interval "
         "over cases (and seeds when several); Δ = reproduced − paper, in points."
     )
-    paths = [out_dir / f"{stem}.csv", out_dir / f"{stem}.md", out_dir / f"{stem}.tex"]
+    paths = table_paths(run_dir, stem)
     atomic_write_text(paths[0], frame.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(
         paths[1], "# Table 1: pointing accuracy\n\n" + markdown_table(header, rows) + "\n" + note + "\n"
@@ -458,9 +462,9 @@ def ablation_frame(
 
 
 def write_ablation(
-    frame: pd.DataFrame, out_dir: str | Path, run_name: str, reference: str | None
+    frame: pd.DataFrame, run_dir: str | Path, run_name: str, reference: str | None
 ) -> list[Path]:
-    out_dir = Path(out_dir)
+    """``tables/ablation.csv``, ``.md`` and ``.tex`` under the run's results folder ``run_dir``."""
     header = [
         "Method",
         "Split",
@@ -500,7 +504,7 @@ def write_ablation(
         "one run of each (the first common seed). Misses: share of the misses whose point fell inside "
         "another annotated object of the image vs on the background."
     )
-    paths = [out_dir / "ablation.csv", out_dir / "ablation.md", out_dir / "ablation.tex"]
+    paths = table_paths(run_dir, "ablation")
     atomic_write_text(paths[0], frame.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(paths[1], "# Ablations\n\n" + markdown_table(header, rows) + "\n" + note + "\n")
     atomic_write_text(paths[2], latex_table(header, rows, note, "tab:ablation"))
@@ -525,8 +529,7 @@ def category_frame(results: dict[tuple[str, str, str], dict[int, EvalRun]]) -> p
 
 def load_explainer_evals(run_dir: str | Path) -> dict[tuple[str, str, str, str], dict[int, EvalRun]]:
     """(method, benchmark, split, explainer slug) -> {seed: EvalRun} for every result under
-    ``run_dir/eval_explainers/`` (:func:`amc.report.grid.explainer_eval_path`)."""
-    from amc.report.grid import EXPLAINER_EVAL_DIR, parse_explainer_eval_path
+    ``run_dir/eval_explainers/`` (:func:`amc.grid.explainer_eval_path`)."""
 
     results: dict[tuple[str, str, str, str], dict[int, EvalRun]] = {}
     for path in sorted(Path(run_dir).glob(f"{EXPLAINER_EVAL_DIR}/*/seed*/*.json")):
@@ -614,10 +617,9 @@ def explainer_frame(
 
 
 def write_explainers(
-    frame: pd.DataFrame, out_dir: str | Path, run_name: str, reference: str | None
+    frame: pd.DataFrame, run_dir: str | Path, run_name: str, reference: str | None
 ) -> list[Path]:
-    """``explainers.csv``, ``.md`` and ``.tex`` under ``out_dir``."""
-    out_dir = Path(out_dir)
+    """``tables/explainers.csv``, ``.md`` and ``.tex`` under the run's results folder ``run_dir``."""
     versus = f"vs {reference}" if reference else "vs reference"
     header = [
         "Explainer",
@@ -665,7 +667,7 @@ def write_explainers(
         "attention-layerK: raw cross-attention; gradcam-mean: GradCAM averaged over the fusion layers; "
         "rollout: attention rollout through the fusion layers (docs/workflow.md)."
     )
-    paths = [out_dir / "explainers.csv", out_dir / "explainers.md", out_dir / "explainers.tex"]
+    paths = table_paths(run_dir, "explainers")
     atomic_write_text(paths[0], frame.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(
         paths[1],

@@ -11,18 +11,20 @@ from pathlib import Path
 
 import yaml
 
+from amc.grid import FIGURES_DIR, table_paths
+
+TABLES = ("table1", "table1_released", "ablation", "explainers")
+
 
 def locate(config_path: str) -> dict[str, list[Path]]:
     with open(config_path, encoding="utf-8") as handle:
         run = (yaml.safe_load(handle) or {}).get("run", "reproduction")
     root = Path("results") / run
-    figures = sorted((root / "figures").glob("*.png"))
+    figures = sorted((root / FIGURES_DIR).glob("*.png"))
     return {
         "run": [root],
-        "table1": [root / "tables" / f"table1.{ext}" for ext in ("md", "csv", "tex")],
-        "table1_released": [root / "tables" / f"table1_released.{ext}" for ext in ("md", "csv", "tex")],
-        "ablation": [root / "tables" / f"ablation.{ext}" for ext in ("md", "csv", "tex")],
-        "explainers": [root / "tables" / f"explainers.{ext}" for ext in ("md", "csv", "tex")],
+        # the Markdown first: it is what is shown
+        **{name: table_paths(root, name, ("md", "csv", "tex")) for name in TABLES},
         "figures": figures,
         "report": [root / "report.html"],
     }
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     explainers = places["explainers"][0]
     if explainers.is_file():  # config explainers.enabled
         out.write(f"  Explainers: {explainers}\n")
-    out.write(f"  Figures:   {root / 'figures'}/\n")
+    out.write(f"  Figures:   {root / FIGURES_DIR}/\n")
     for figure in places["figures"]:
         out.write(f"             {figure}  (+ .pdf)\n")
     report = places["report"][0]

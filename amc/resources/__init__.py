@@ -16,7 +16,6 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 MANIFEST = "manifest.yaml"
-SYNTHETIC_MANIFEST = "synthetic-manifest.yaml"
 CONFIG_SCHEMA = "config.schema.yaml"
 RESULT_SCHEMA = "result.schema.json"
 

@@ -2,7 +2,7 @@
 #
 # The configuration is validated against the package's amc/resources/config.schema.yaml
 # (defaults filled in), then its paths are resolved ({run}, {raw_dir}, {records_dir}) and the
-# grid is expanded by amc.report.grid, the same code `amc report` and the notebook use.
+# grid is expanded by amc.grid, the same code `amc report` and the notebook use.
 
 import json
 import re
@@ -14,7 +14,9 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from amc import download as amc_download
-from amc.report import grid as amc_grid
+from amc.records import prepare_report_path
+from amc import grid as amc_grid
+from amc.report import stages as amc_stages
 
 
 # Validated with the defaults filled in, in place; the error is one line that says where and
@@ -32,10 +34,9 @@ except amc_grid.GridError as error:
     raise WorkflowError(f"Invalid workflow configuration: {error}") from None
 
 RUN = config["run"]
-RESULTS = f"results/{RUN}"
+RESULTS = amc_grid.run_dir(config)
 LOGS = f"{RESULTS}/logs"
 RAW = config["data"]["raw_dir"]
-RECORDS = config["data"]["records_dir"]
 SYNTHETIC = config["data"]["source"] == "synthetic"
 METHODS = amc_grid.expand_methods(config)
 FINETUNED = [m for m, spec in METHODS.items() if spec["kind"] == "finetune"]
@@ -45,7 +46,13 @@ EXPORTS = config["exports"]
 BENCHMARKS = config["benchmarks"]
 EVAL_SPLITS = [(b, s) for b, spec in BENCHMARKS.items() for s in spec["splits"]]
 SYNTH_FLAG = f"{RAW}/SYNTH_INFO.json"
-VG_TRAIN = f"{RECORDS}/vg-train.jsonl"
+VG_TRAIN = amc_grid.records_path(config, "vg", "train")
+
+
+def benchmark_path(rule: str, wildcards: str = "") -> str:
+    """A job's Snakemake benchmark TSV (seconds, memory) under results/<run>/benchmarks/, by rule:
+    every rule has one; `amc report stages` sums them per stage (`make demo` ends with that table)."""
+    return amc_stages.benchmark_path(RESULTS, rule, wildcards)
 
 
 wildcard_constraints:
@@ -94,10 +101,10 @@ def raw_input(path: str) -> str:
     synth rule's flag file for anything under raw_dir. Other paths are taken as they
     are (they must exist, e.g. a hand-made file).
     """
-    if not path.startswith(RAW + "/"):
+    if not path.startswith(f"{RAW}/"):
         return path
     for produced in sorted(PRODUCED, key=len, reverse=True):
-        if path == produced or path.startswith(produced + "/"):
+        if path == produced or path.startswith(f"{produced}/"):
             return produced
     return SYNTH_FLAG if SYNTHETIC else path
 
@@ -124,11 +131,29 @@ def layout_path(dataset: str, key: str) -> str:
 
 
 def eval_records(benchmark: str, split: str) -> str:
-    return f"{RECORDS}/{benchmark}-{split}.jsonl"
+    return amc_grid.records_path(config, benchmark, split)
 
 
 def all_eval_records() -> list[str]:
     return [eval_records(b, s) for b, s in EVAL_SPLITS]
+
+
+# The fine-tuning records (prepare_vg in data.smk).
+VG_LAYOUT = config["data"]["layout"]["vg"]
+VG_RELEASED = VG_LAYOUT["format"] == "released"
+EXCLUDE_EVAL = config["data"]["exclude_eval_images"]
+# The released phrase files carry no COCO/Flickr id: excluding evaluation images maps VG ids through image_data.json.
+VG_IMAGE_DATA = layout_path("vg", "image_data") if EXCLUDE_EVAL and VG_RELEASED else None
+
+
+def vg_exclude_args(wildcards, input) -> str:
+    """prepare_vg's flags that leave out the evaluation images (none when exclude_eval_images is off)."""
+    if not EXCLUDE_EVAL:
+        return ""
+    args = "--exclude-records " + " ".join(q(p) for p in input.exclude)
+    if VG_IMAGE_DATA:
+        args += f" --image-data {q(VG_IMAGE_DATA)}"
+    return args
 
 
 # ------------------------------------------------------------------ training and evaluation
@@ -149,7 +174,7 @@ def gpu_launcher(gpus: int, torchrun: bool = False) -> str:
 
 
 def checkpoint_dir(method: str, seed) -> str:
-    return f"{RESULTS}/checkpoints/{method}/seed{seed}"
+    return amc_grid.checkpoint_dir(config, method, seed)
 
 
 def train_inputs(wildcards) -> dict[str, str]:
@@ -178,11 +203,11 @@ def eval_checkpoints(wildcards) -> list[str]:
     ]
 
 
-SELECTED_CHECKPOINTS = [amc_grid.best_checkpoint_name(b) for b in amc_grid.selection_benchmarks(config)]
+SELECTION_BENCHMARKS = amc_grid.selection_benchmarks(config)
 
 
 def eval_path(method: str, seed, benchmark: str, split: str) -> str:
-    return f"{RESULTS}/eval/{method}/seed{seed}/{benchmark}-{split}.json"
+    return amc_grid.eval_path(config, method, seed, benchmark, split)
 
 
 def all_evals(methods=None, splits=None) -> list[str]:
@@ -198,7 +223,7 @@ def export_output(name: str) -> str:
 
 
 def all_train_metrics() -> list[str]:
-    return [f"{RESULTS}/train/{m}/seed{seed}/metrics.jsonl" for m in FINETUNED for seed in METHODS[m]["seeds"]]
+    return [amc_grid.train_metrics_path(config, m, seed) for m in FINETUNED for seed in METHODS[m]["seeds"]]
 
 
 # ------------------------------------------------------------------ reports
@@ -215,8 +240,19 @@ QUALITATIVE_SPLIT = (
 FIGURES = ["ablation_delta", "training_curves", "error_decomposition"]
 
 
+def table_paths(name: str) -> list[str]:
+    """A table's CSV, Markdown and LaTeX files (amc.grid.table_paths, where `amc report` writes them)."""
+    return [str(path) for path in amc_grid.table_paths(RESULTS, name)]
+
+
+def table_outputs(name: str, label: str) -> dict:
+    """A report rule's outputs csv, md and tex for a table; the CSV is shown in the HTML report."""
+    csv, md, tex = table_paths(name)
+    return {"csv": report(csv, category="Tables", labels={"table": label}), "md": md, "tex": tex}
+
+
 def figure_paths(name: str) -> list[str]:
-    return [f"{RESULTS}/figures/{name}.png", f"{RESULTS}/figures/{name}.pdf"]
+    return [str(path) for path in amc_grid.figure_paths(RESULTS, name)]
 
 
 # ------------------------------------------------------------------ the explainer ablation
@@ -235,13 +271,11 @@ def explainer_report_outputs() -> list[str]:
     """The explainer table and figure (none when explainers.enabled is off)."""
     if not EXPLAINERS_ON:
         return []
-    return [f"{RESULTS}/tables/explainers.{ext}" for ext in ("csv", "md", "tex")] + figure_paths(
-        "explainer_layers"
-    )
+    return table_paths("explainers") + figure_paths("explainer_layers")
 
 
 def all_outputs() -> list[str]:
-    outputs = [f"{RESULTS}/tables/{t}.{ext}" for t in ("table1", "ablation") for ext in ("csv", "md", "tex")]
+    outputs = table_paths("table1") + table_paths("ablation")
     outputs += explainer_report_outputs()
     for name in FIGURES:
         outputs += figure_paths(name)
@@ -264,5 +298,5 @@ def released_outputs() -> list[str]:
         raise WorkflowError(
             "snakemake released: no table1.rows method of kind none or released in the configuration"
         )
-    outputs = [f"{RESULTS}/tables/{RELEASED_TABLE}.{ext}" for ext in ("csv", "md", "tex")]
+    outputs = table_paths(RELEASED_TABLE)
     return outputs + all_evals(UNTRAINED)

@@ -18,6 +18,8 @@ if SYNTHETIC:
             SYNTH_FLAG,
         log:
             f"{LOGS}/synth.log",
+        benchmark:
+            benchmark_path("synth")
         params:
             out=RAW,
             seed=config["data"]["synthetic"]["seed"],
@@ -48,6 +50,8 @@ for _name, _entry in MANIFEST.items():
             [directory(p) if is_folder(p) else p for p in artifact_outputs(_entry)],
         log:
             f"{LOGS}/download/{_name}.log",
+        benchmark:
+            benchmark_path(f"download_{_name}")
         params:
             name=_name,
             dest=RAW,
@@ -62,24 +66,6 @@ for _name, _entry in MANIFEST.items():
             " --no-progress {params.update_lock} > {log:q} 2>&1"
 
 
-from amc.records import prepare_report_path
-
-VG_LAYOUT = config["data"]["layout"]["vg"]
-VG_RELEASED = VG_LAYOUT["format"] == "released"
-EXCLUDE_EVAL = config["data"]["exclude_eval_images"]
-# The released phrase files carry no COCO/Flickr id: excluding evaluation images maps VG ids through image_data.json.
-VG_IMAGE_DATA = layout_path("vg", "image_data") if EXCLUDE_EVAL and VG_RELEASED else None
-
-
-def _exclude_args(wildcards, input) -> str:
-    if not EXCLUDE_EVAL:
-        return ""
-    args = "--exclude-records " + " ".join(q(p) for p in input.exclude)
-    if VG_IMAGE_DATA:
-        args += f" --image-data {q(VG_IMAGE_DATA)}"
-    return args
-
-
 rule prepare_vg:
     """The fine-tuning records: VG phrases with boxes (the released phrase files, or rebuilt from raw VG)."""
     input:
@@ -91,11 +77,13 @@ rule prepare_vg:
         report=str(prepare_report_path(VG_TRAIN)),
     log:
         f"{LOGS}/prepare/vg-train.log",
+    benchmark:
+        benchmark_path("prepare_vg")
     params:
         format=VG_LAYOUT["format"],
         root=layout_path("vg", "root"),
         images=layout_path("vg", "images"),
-        exclude=_exclude_args,
+        exclude=vg_exclude_args,
     threads: 1
     resources:
         mem_mb=16000 if not SYNTHETIC else 1000,
@@ -110,11 +98,13 @@ rule prepare_eval:
     input:
         lambda wc: dataset_inputs(wc.benchmark),
     output:
-        records=f"{RECORDS}/{{benchmark}}-{{split}}.jsonl",
+        records=eval_records("{benchmark}", "{split}"),
         # what prepare skipped, by reason; amc evaluate copies it into its result
-        report=str(prepare_report_path(f"{RECORDS}/{{benchmark}}-{{split}}.jsonl")),
+        report=str(prepare_report_path(eval_records("{benchmark}", "{split}"))),
     log:
         f"{LOGS}/prepare/{{benchmark}}-{{split}}.log",
+    benchmark:
+        benchmark_path("prepare_eval", "{benchmark}-{split}")
     params:
         root=lambda wc: layout_path(wc.benchmark, "root"),
         images=lambda wc: layout_path(wc.benchmark, "images"),

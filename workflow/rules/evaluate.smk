@@ -5,7 +5,7 @@
 #
 # A method of kind `none` (the ALBEF row) is its init checkpoint evaluated as is, a method
 # of kind `released` its checkpoint per benchmark (the authors' best_flickr.pth and
-# best_refcoco.pth): each is evaluated once, under the first seed (see amc.report.grid).
+# best_refcoco.pth): each is evaluated once, under the first seed (see amc.grid).
 
 
 rule evaluate:
@@ -16,9 +16,11 @@ rule evaluate:
         vocab=raw_input(config["vocab"]),
         model_config=config["model_config"],
     output:
-        [f"{RESULTS}/eval/{{method}}/seed{{seed}}/{b}-{s}.json" for b, s in EVAL_SPLITS],
+        [eval_path("{method}", "{seed}", b, s) for b, s in EVAL_SPLITS],
     log:
         f"{LOGS}/evaluate/{{method}}/seed{{seed}}.log",
+    benchmark:
+        benchmark_path("evaluate", "{method}/seed{seed}")
     params:
         launcher=gpu_launcher(config["evaluate"]["gpus"]),
         vocab=config["vocab"],
@@ -52,6 +54,8 @@ rule export_checkpoint:
         f"{RESULTS}/exports/{{export}}.pth",
     log:
         f"{LOGS}/export/{{export}}.log",
+    benchmark:
+        benchmark_path("export_checkpoint", "{export}")
     wildcard_constraints:
         export="|".join(map(re.escape, EXPORTS)) or "NO_EXPORT",
     params:

@@ -3,7 +3,7 @@
 # chosen splits with every explainer and with GradCAM at every chosen fusion layer: one job per
 # checkpoint (`amc evaluate --explainer ...`: the model loaded once, each image encoded once, one
 # backward pass per batch for all the GradCAM maps), results in results/<run>/eval_explainers/
-# (amc.report.grid.explainer_eval_path), apart from eval/ so that Table 1 and the ablation are untouched.
+# (amc.grid.explainer_eval_path), apart from eval/ so that Table 1 and the ablation are untouched.
 
 if EXPLAINERS_ON:
 
@@ -25,6 +25,8 @@ if EXPLAINERS_ON:
             ],
         log:
             f"{LOGS}/evaluate_explainers/{{method}}/seed{{seed}}.log",
+        benchmark:
+            benchmark_path("evaluate_explainers", "{method}/seed{seed}")
         wildcard_constraints:
             method="|".join(map(re.escape, EXPLAINER_METHODS)),
         params:
@@ -60,9 +62,7 @@ if EXPLAINERS_ON:
             config=REPORT_CONFIG,
             evals=explainer_evals(),
         output:
-            csv=report(f"{RESULTS}/tables/explainers.csv", category="Tables", labels={"table": "Explainers"}),
-            md=f"{RESULTS}/tables/explainers.md",
-            tex=f"{RESULTS}/tables/explainers.tex",
+            **table_outputs("explainers", "Explainers"),
             png=report(
                 f"{RESULTS}/figures/explainer_layers.png",
                 category="Figures",
@@ -71,6 +71,8 @@ if EXPLAINERS_ON:
             pdf=f"{RESULTS}/figures/explainer_layers.pdf",
         log:
             f"{LOGS}/report/explainers.log",
+        benchmark:
+            benchmark_path("explainers")
         params:
             run=RESULTS,
         threads: 1

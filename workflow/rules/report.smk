@@ -8,7 +8,7 @@
 # notebook read it, so they know labels, seeds and sweeps without Snakemake. It is
 # rewritten when the configuration changes (Snakemake reruns on changed params).
 
-REPORT_CONFIG = f"{RESULTS}/workflow-config.json"
+REPORT_CONFIG = f"{RESULTS}/{amc_grid.RUN_CONFIG_FILE}"
 
 
 rule run_config:
@@ -17,6 +17,8 @@ rule run_config:
         REPORT_CONFIG,
     log:
         f"{LOGS}/report/run_config.log",
+    benchmark:
+        benchmark_path("run_config")
     params:
         config=lambda wc: json.dumps(amc_grid.resolved_config(config), sort_keys=True),
     threads: 1
@@ -34,11 +36,11 @@ rule table1:
         paper=config["table1"]["paper"],
         evals=all_evals(TABLE1_METHODS, TABLE1_SPLITS),
     output:
-        csv=report(f"{RESULTS}/tables/table1.csv", category="Tables", labels={"table": "Table 1"}),
-        md=f"{RESULTS}/tables/table1.md",
-        tex=f"{RESULTS}/tables/table1.tex",
+        **table_outputs("table1", "Table 1"),
     log:
         f"{LOGS}/report/table1.log",
+    benchmark:
+        benchmark_path("table1")
     params:
         run=RESULTS,
     threads: 1
@@ -56,15 +58,11 @@ rule table1_released:
         paper=config["table1"]["paper"],
         evals=all_evals(RELEASED_ROWS, TABLE1_SPLITS),
     output:
-        csv=report(
-            f"{RESULTS}/tables/{RELEASED_TABLE}.csv",
-            category="Tables",
-            labels={"table": "Table 1, released checkpoints"},
-        ),
-        md=f"{RESULTS}/tables/{RELEASED_TABLE}.md",
-        tex=f"{RESULTS}/tables/{RELEASED_TABLE}.tex",
+        **table_outputs(RELEASED_TABLE, "Table 1, released checkpoints"),
     log:
         f"{LOGS}/report/{RELEASED_TABLE}.log",
+    benchmark:
+        benchmark_path(RELEASED_TABLE)
     params:
         run=RESULTS,
         methods=" ".join(q(m) for m in RELEASED_ROWS),
@@ -84,11 +82,11 @@ rule ablation:
         config=REPORT_CONFIG,
         evals=all_evals(),
     output:
-        csv=report(f"{RESULTS}/tables/ablation.csv", category="Tables", labels={"table": "Ablation"}),
-        md=f"{RESULTS}/tables/ablation.md",
-        tex=f"{RESULTS}/tables/ablation.tex",
+        **table_outputs("ablation", "Ablation"),
     log:
         f"{LOGS}/report/ablation.log",
+    benchmark:
+        benchmark_path("ablation")
     params:
         run=RESULTS,
     threads: 1
@@ -115,6 +113,8 @@ rule figures:
         ],
     log:
         f"{LOGS}/report/figures.log",
+    benchmark:
+        benchmark_path("figures")
     params:
         run=RESULTS,
     threads: 1
@@ -141,6 +141,8 @@ rule html_report:
         f"{RESULTS}/{{report}}.html",
     log:
         f"{LOGS}/report/{{report}}-html.log",
+    benchmark:
+        benchmark_path("html_report", "{report}")
     wildcard_constraints:
         report="|".join(HTML_REPORTS),
     localrule: True
@@ -185,6 +187,8 @@ if QUALITATIVE["enabled"]:
             pdf=f"{RESULTS}/figures/qualitative.pdf",
         log:
             f"{LOGS}/report/qualitative.log",
+        benchmark:
+            benchmark_path("qualitative")
         params:
             launcher=gpu_launcher(QUALITATIVE["gpus"]),
             run=RESULTS,
@@ -194,4 +198,5 @@ if QUALITATIVE["enabled"]:
             mem_mb=4000,
             runtime=30,
         shell:
-            "{params.launcher} report qualitative --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"
+            "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} report qualitative"
+            " --run {params.run:q} --config {input.config:q} > {log:q} 2>&1"

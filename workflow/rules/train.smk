@@ -25,6 +25,8 @@ if config["pretrain"]["enabled"]:
             f"{config['pretrain']['out_dir']}/checkpoint_final.pt",
         log:
             f"{LOGS}/pretrain.log",
+        benchmark:
+            benchmark_path("pretrain")
         params:
             launcher=gpu_launcher(config["pretrain"]["gpus"], torchrun=True),
             out=config["pretrain"]["out_dir"],
@@ -54,16 +56,21 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        checkpoint=f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}/checkpoint_final.pt",
-        metrics=f"{RESULTS}/train/{{method}}/seed{{seed}}/metrics.jsonl",
-        selected=[f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}/{name}" for name in SELECTED_CHECKPOINTS],
+        checkpoint=amc_grid.final_checkpoint_path(config, "{method}", "{seed}"),
+        metrics=amc_grid.train_metrics_path(config, "{method}", "{seed}"),
+        selected=[
+            amc_grid.best_checkpoint_path(config, "{method}", "{seed}", b) for b in SELECTION_BENCHMARKS
+        ],
     log:
         f"{LOGS}/train/{{method}}/seed{{seed}}.log",
+    benchmark:
+        benchmark_path("train", "{method}/seed{seed}")
     wildcard_constraints:
         method="|".join(map(re.escape, FINETUNED)) or "NO_METHOD",
     params:
         launcher=gpu_launcher(config["finetune"]["gpus"], torchrun=True),
         out=lambda wc: checkpoint_dir(wc.method, wc.seed),
+        run_metrics=lambda wc: f"{checkpoint_dir(wc.method, wc.seed)}/{amc_grid.TRAIN_METRICS}",
         resume="--resume" if config["finetune"]["resume"] else "",
         overrides=train_overrides,
     threads: config["finetune"]["threads"]
@@ -74,5 +81,5 @@ rule train:
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.launcher} train --config {input.base_config:q} --out {params.out:q} {params.resume}"
         " {params.overrides} > {log:q} 2>&1"
-        " && cp {params.out:q}/metrics.jsonl {output.metrics:q}.tmp"
+        " && cp {params.run_metrics:q} {output.metrics:q}.tmp"
         " && mv {output.metrics:q}.tmp {output.metrics:q}"

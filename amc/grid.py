@@ -26,7 +26,7 @@ import json
 import posixpath
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -38,6 +38,7 @@ from amc.io import (
     DataError,
     confined,
     find_non_finite,
+    import_jsonschema,
     is_name,
     place_text,
     read_yaml,
@@ -63,13 +64,114 @@ def _check_name(value: Any, where: str) -> str:
     return value
 
 
+def run_dir(config: dict) -> str:
+    """``results/<run>``: the folder of every file a run writes."""
+    return f"results/{_check_name(config['run'], 'run')}"
+
+
 def results_path(config: dict, relative: str) -> str:
     """``results/<run>/<relative>``, refusing anything that would leave the run's results folder."""
-    run = _check_name(config["run"], "run")
     try:
-        return confined(f"results/{run}", relative, "results path").as_posix()
+        return confined(run_dir(config), relative, "results path").as_posix()
     except AmcError as error:
         raise GridError(str(error)) from None
+
+
+# ------------------------------------------------------------------ the paths of a run's files
+#
+# Each file pattern of a run is written out here once. The Snakemake rules call these with wildcard
+# text for some parts ("{method}", "{seed}"), the reports parse what they wrote, and "*" for every
+# part makes the glob that finds them.
+
+EVAL_DIR = "eval"
+EXPLAINER_EVAL_DIR = "eval_explainers"
+TABLES_DIR = "tables"
+TABLE_SUFFIXES = ("csv", "md", "tex")
+# in the run folder of amc train (amc.train.RunFolder), and the metrics' copy under train/
+FINAL_CHECKPOINT = "checkpoint_final.pt"
+TRAIN_METRICS = "metrics.jsonl"
+FIGURES_DIR = "figures"
+FIGURE_SUFFIXES = ("png", "pdf")
+# the run's configuration as the reports read it (amc report config writes it)
+RUN_CONFIG_FILE = "workflow-config.json"
+
+
+class EvalKey(NamedTuple):
+    """What an evaluation result file is of: the parts of its :func:`eval_file` path."""
+
+    method: str
+    seed: int
+    benchmark: str
+    split: str
+
+
+def records_path(config: dict, benchmark: str, split: str) -> str:
+    """``<records_dir>/<benchmark>-<split>.jsonl``: the records of a split (``vg``, ``train``: fine-tuning)."""
+    return f"{config['data']['records_dir']}/{benchmark}-{split}.jsonl"
+
+
+def checkpoint_dir(config: dict, method: str, seed: int | str) -> str:
+    """``results/<run>/checkpoints/<method>/seed<k>``: the run folder of ``amc train``."""
+    return results_path(config, f"checkpoints/{method}/seed{seed}")
+
+
+def final_checkpoint_path(config: dict, method: str, seed: int | str) -> str:
+    """The checkpoint ``amc train`` writes at the end of a run."""
+    return f"{checkpoint_dir(config, method, seed)}/{FINAL_CHECKPOINT}"
+
+
+def best_checkpoint_path(config: dict, method: str, seed: int | str, benchmark: str) -> str:
+    """The run's best epoch on the benchmark's val split (:func:`amc.selection.best_checkpoint_name`)."""
+    return f"{checkpoint_dir(config, method, seed)}/{best_checkpoint_name(benchmark)}"
+
+
+def train_metrics_file(method: str, seed: int | str) -> str:
+    """``train/<method>/seed<k>/metrics.jsonl``, relative to the run's results folder."""
+    return f"train/{method}/seed{seed}/{TRAIN_METRICS}"
+
+
+# Every run's metrics, relative to the run's results folder (the training curves read them).
+TRAIN_METRICS_GLOB = train_metrics_file("*", "*")
+
+
+def train_metrics_path(config: dict, method: str, seed: int | str) -> str:
+    """``results/<run>/train/<method>/seed<k>/metrics.jsonl``: a run's metrics, copied out of its folder."""
+    return results_path(config, train_metrics_file(method, seed))
+
+
+def eval_file(method: str, seed: int | str, benchmark: str, split: str) -> str:
+    """``eval/<method>/seed<k>/<benchmark>-<split>.json``, relative to the run's results folder."""
+    return f"{EVAL_DIR}/{method}/seed{seed}/{benchmark}-{split}.json"
+
+
+# Every evaluation result of a run, relative to its results folder.
+EVAL_GLOB = eval_file("*", "*", "*", "*")
+
+
+def eval_path(config: dict, method: str, seed: int | str, benchmark: str, split: str) -> str:
+    """``results/<run>/eval/<method>/seed<k>/<benchmark>-<split>.json``: one ``amc evaluate`` result."""
+    return results_path(config, eval_file(method, seed, benchmark, split))
+
+
+def parse_eval_path(path: str | Path) -> EvalKey:
+    """The (method, seed, benchmark, split) of an :func:`eval_file` path, the inverse of it; a
+    :class:`DataError` when the path is not one. The path is authoritative, not the file's content."""
+    path = Path(path)
+    seed_text = path.parent.name.removeprefix("seed")
+    if not seed_text.isdigit():
+        raise DataError(f"{path}: not under {EVAL_DIR}/<method>/seed<k>/")
+    benchmark, _, split = path.stem.rpartition("-")
+    return EvalKey(path.parent.parent.name, int(seed_text), benchmark, split)
+
+
+def table_paths(run_dir: str | Path, name: str, suffixes: tuple[str, ...] = TABLE_SUFFIXES) -> list[Path]:
+    """``<run_dir>/tables/<name>.{csv,md,tex}``: one table of ``amc report`` (in ``suffixes`` order)."""
+    return [Path(run_dir) / TABLES_DIR / f"{name}.{suffix}" for suffix in suffixes]
+
+
+def figure_paths(run_dir: str | Path, name: str) -> list[Path]:
+    """``<run_dir>/figures/<name>.png`` and ``.pdf``: one figure of ``amc report``."""
+    return [Path(run_dir) / FIGURES_DIR / f"{name}.{suffix}" for suffix in FIGURE_SUFFIXES]
 
 
 def _format_path(value: str, context: dict[str, str]) -> str:
@@ -248,7 +350,7 @@ def train_overrides(config: dict, method: str, seed: int) -> list[str]:
         ("vocab", config["vocab"]),
         ("init_checkpoint", spec["init_checkpoint"]),
         ("data.kind", "records"),
-        ("data.path", f"{config['data']['records_dir']}/vg-train.jsonl"),
+        ("data.path", records_path(config, "vg", "train")),
         ("seed", seed),
         ("method.name", method),
     ]
@@ -266,7 +368,7 @@ def train_overrides(config: dict, method: str, seed: int) -> list[str]:
 def method_data_path(config: dict, method: str) -> str:
     """The training data file of a method (records by default, captions for VMRM-style)."""
     spec = expand_methods(config)[method]
-    return spec["data"].get("path") or f"{config['data']['records_dir']}/vg-train.jsonl"
+    return spec["data"].get("path") or records_path(config, "vg", "train")
 
 
 def selection_benchmarks(config: dict) -> list[str]:
@@ -286,7 +388,7 @@ def selection_splits(config: dict) -> list[dict]:
         benchmark = config["benchmarks"][name]
         split = {
             "name": name,
-            "records": f"{config['data']['records_dir']}/{name}-val.jsonl",
+            "records": records_path(config, name, "val"),
             "image_res": benchmark["image_res"],
         }
         if benchmark.get("resize"):
@@ -309,10 +411,9 @@ def checkpoint_path(config: dict, method: str, seed: int, benchmark: str | None 
         if benchmark not in spec["checkpoints"]:
             raise GridError(f"methods.{method}.checkpoints: no checkpoint for benchmark {benchmark!r}")
         return spec["checkpoints"][benchmark]
-    folder = results_path(config, f"checkpoints/{method}/seed{seed}")
     if benchmark is not None and benchmark in selection_benchmarks(config):
-        return f"{folder}/{best_checkpoint_name(benchmark)}"
-    return f"{folder}/checkpoint_final.pt"
+        return best_checkpoint_path(config, method, seed, benchmark)
+    return final_checkpoint_path(config, method, seed)
 
 
 def export_path(config: dict, name: str) -> str:
@@ -342,17 +443,13 @@ def eval_targets(config: dict) -> list[dict]:
                             "seed": seed,
                             "benchmark": benchmark,
                             "split": split,
-                            "path": results_path(
-                                config, f"eval/{method}/seed{seed}/{benchmark}-{split}.json"
-                            ),
+                            "path": eval_path(config, method, seed, benchmark, split),
                         }
                     )
     return targets
 
 
 # ------------------------------------------------------------------ the explainer ablation
-
-EXPLAINER_EVAL_DIR = "eval_explainers"
 
 
 def explainers_enabled(config: dict) -> bool:
@@ -530,11 +627,9 @@ def config_schema() -> dict:
 def validate_config(config: dict) -> dict:
     """A copy of a workflow configuration, validated against :func:`config_schema`, with the defaults
     filled in (as Snakemake's ``validate`` does); a :class:`GridError` naming the key otherwise."""
-    import jsonschema
-    from jsonschema import Draft202012Validator
-
+    jsonschema = import_jsonschema()
     schema = config_schema()
-    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+    validate_properties = jsonschema.Draft202012Validator.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
         for name, subschema in properties.items():
