@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.model_fixtures import tiny_batch, tiny_model
 
 from amc.gradcam import gradcam_train
 from amc.io import AmcError
 from amc.losses import amc_loss
 from amc.objectives import AttentionMapConsistency, StepContext, TrainBatch
+from tests.helpers import SPECIAL_IDS, tiny_batch, tiny_model
 
-SPECIAL_IDS = {"pad": 0, "cls": 2, "mask": 4}
 MASK_SIZE = 16
 
 
@@ -34,7 +33,7 @@ def model():
 
 
 def test_the_loss_is_the_amc_loss_of_each_sample_with_its_own_box(model):
-    images, ids, mask = tiny_batch(model, batch=3)
+    images, ids, mask = tiny_batch(model)
     masks = box_masks(3)
     objective = AttentionMapConsistency(weight=0.5)
     out, _ = run(model, TrainBatch(images, ids, mask, box_mask=masks), objective)
@@ -57,6 +56,6 @@ def test_the_loss_is_the_amc_loss_of_each_sample_with_its_own_box(model):
 
 
 def test_no_box_masks_is_an_error(model):
-    images, ids, mask = tiny_batch(model, batch=2)
+    images, ids, mask = tiny_batch(model, lengths=(7, 4))
     with pytest.raises(AmcError, match="needs box masks"):
         run(model, TrainBatch(images, ids, mask), AttentionMapConsistency())

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from amc.resources import RESULT_SCHEMA, resource
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "architecture.md"
 BEGIN = "<!-- result schema table: generated from amc/resources/result.schema.json (tests/test_architecture_doc.py) -->"
 END = "<!-- end of the result schema table -->"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("snakemake_lint", ROOT / ".ci" / "snakemake_lint.py")
+    spec = importlib.util.spec_from_file_location("snakemake_lint", REPO / ".ci" / "snakemake_lint.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)

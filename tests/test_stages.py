@@ -21,8 +21,7 @@ import pytest
 from amc.cli import main as amc_main
 from amc.io import DataError
 from amc.report import stages
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
 JOBS = [
