@@ -20,6 +20,7 @@ from amc.models.checkpoint import save_checkpoint
 from amc.models.config import ModelConfig
 from amc.models.tokenizer import AlbefTokenizer, load_tokenizer, pre_caption
 from amc.records import Record, load_records
+from amc.result_format import read_result, result_from_dict
 from tests.helpers import TINY_MODEL, evaluate_flickr
 
 
@@ -440,9 +441,7 @@ def test_a_result_records_the_run_and_its_heatmaps_reproduce_its_points(tmp_path
             assert pointing_point(
                 torch.from_numpy(heatmaps[record.id]), record.height, record.width
             ) == tuple(case["point"])
-    from amc.evaluate import load_result
-
-    loaded = load_result(str(out))
+    loaded = result_from_dict(read_result(out))
     assert loaded.summary == summary and [vars(c) for c in loaded.cases] == cases
 
 
@@ -526,7 +525,7 @@ def test_per_split_arguments_that_do_not_pair_up_are_an_error(argv, message):
 
 
 def test_proposals_and_results_files_are_checked(tmp_path):
-    from amc.evaluate import _load_proposals, load_result
+    from amc.evaluate import _load_proposals
     from amc.io import DataError
 
     assert _load_proposals(None) == {}
@@ -538,7 +537,7 @@ def test_proposals_and_results_files_are_checked(tmp_path):
         _load_proposals(str(path))
     path.write_text(json.dumps({"summary": {}}))
     with pytest.raises(DataError, match="proposals.json: result format None, this version reads"):
-        load_result(str(path))
+        read_result(path)
 
 
 def test_a_vocabulary_of_another_size_or_a_missing_checkpoint_stops_before_evaluating(
@@ -577,16 +576,20 @@ def test_the_code_version_names_the_commit_when_there_is_one(monkeypatch, tmp_pa
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=Path(amc.__file__).parent, capture_output=True, text=True
     )
+    _code_version.cache_clear()  # one git call per process: each case below asks again
     version = _code_version()
     if head.returncode == 0:  # a git checkout (the suite's own): "amc 0.1.0 (<short sha>)"
         short = version.removeprefix(f"amc {amc.__version__} (").removesuffix(")")
         assert version == f"amc {amc.__version__} ({short})" and len(short) >= 7
         assert head.stdout.strip().startswith(short)
     monkeypatch.chdir(tmp_path)  # the commit of the package's folder, not of the working folder
+    _code_version.cache_clear()
     assert _code_version() == version
 
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
     monkeypatch.setattr(subprocess, "run", no_git)
+    _code_version.cache_clear()
     assert _code_version() == f"amc {amc.__version__}"  # an installed copy without git
+    _code_version.cache_clear()  # later tests see the checkout's version again

@@ -99,13 +99,13 @@ AMC_DEFAULTS = {
 }
 
 
-def boxed_batch(model, has_box=(True, True, True, True)) -> TrainBatch:
-    """The tiny batch with a box mask per sample (a different box each) and which of them count."""
+def boxed_batch(model) -> TrainBatch:
+    """The tiny batch with a box mask per sample (a different box each)."""
     batch = train_batch(model, lengths=(6, 3, 5, 4))
     masks = torch.zeros(batch.size, 16, 16)
     for row in range(batch.size):
         masks[row, 2 * row : 2 * row + 6, 3 : 3 + 4 + row] = 1.0
-    batch.box_mask, batch.has_box = masks, torch.tensor(has_box)
+    batch.box_mask = masks
     return batch
 
 
@@ -140,42 +140,21 @@ def test_every_amc_hyperparameter_reaches_the_loss(key, monkeypatch):
     )
 
 
-def test_the_amc_loss_is_weighted_and_taken_on_the_boxed_samples_only(monkeypatch):
+def test_the_amc_loss_is_weighted_and_taken_on_every_sample_with_its_own_box(monkeypatch):
     calls = spy_on_amc_loss(monkeypatch)
     (objective,) = build_objectives({"amc": {"weight": 2.5}})
     model = tiny_model(**SMALL)
-    batch = boxed_batch(model, has_box=(True, False, True, False))
+    batch = boxed_batch(model)
     out = objective(step_context(model, batch, needs_gradcam=True))
     (call,) = calls
-    assert call["heatmap"].shape == (2, 16, 16)  # the GradCAM at the mask size, boxed samples only
-    assert torch.equal(call["mask"], batch.box_mask[[0, 2]])
+    assert call["heatmap"].shape == (4, 16, 16)  # the GradCAM at the mask size, one per sample
+    assert torch.equal(call["mask"], batch.box_mask)
     assert out.loss.item() == pytest.approx(2.5 * call["terms"].total.item())
     assert out.loss.requires_grad  # back-propagates through the GradCAM
-
-
-def test_no_boxed_sample_gives_a_zero_amc_loss_that_still_back_propagates(monkeypatch):
-    calls = spy_on_amc_loss(monkeypatch)
-    (objective,) = build_objectives({"amc": {}})
-    model = tiny_model(**SMALL)
-    out = objective(step_context(model, boxed_batch(model, has_box=(False,) * 4), needs_gradcam=True))
-    assert not calls and out.loss.item() == 0.0 and out.loss.requires_grad
-    assert out.logs == {"loss_amc": 0.0, "l_mean": 0.0, "l_max": 0.0}
     with pytest.raises(
         AmcError, match=r"^the amc objective needs box masks: train on records \(data.kind: records\)$"
     ):
         objective(step_context(model, train_batch(model), needs_gradcam=True))
-
-
-def test_box_masks_without_has_box_count_every_sample(monkeypatch):
-    calls = spy_on_amc_loss(monkeypatch)
-    (objective,) = build_objectives({"amc": {}})
-    model = tiny_model(**SMALL)
-    batch = boxed_batch(model)
-    batch.has_box = None
-    out = objective(step_context(model, batch, needs_gradcam=True))
-    (call,) = calls
-    assert torch.equal(call["mask"], batch.box_mask) and call["heatmap"].shape == (4, 16, 16)
-    assert out.loss.item() == pytest.approx(call["terms"].total.item())
 
 
 # --------------------------------------------------------------------------- the ALBEF objectives' formulas

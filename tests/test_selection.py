@@ -145,10 +145,6 @@ def test_resuming_forgets_later_rows_and_keeps_the_best_so_far(tmp_path, records
     again.restore(resumed_step=8)  # resumed after epoch 1: epoch 2's rows are gone
     assert [r["epoch"] for r in again.rows()] == [0, 0, 1, 1]
     assert again.best == {"flickr30k": 0.5, "refcoco+": 0.4}
-    again.reset()
-    assert again.rows() == [] and again.best == {} and not again.work_dir.exists()
-    with pytest.raises(AmcError, match="no best checkpoint of flickr30k"):
-        again.publish()
 
 
 def test_selection_section_errors_name_the_entry():
@@ -179,20 +175,6 @@ def test_the_run_log_is_json_lines(tmp_path, records, monkeypatch):
     }
     lines = (tmp_path / "run" / "selection.jsonl").read_text().splitlines()
     assert [json.loads(line)["split"] for line in lines] == ["flickr30k", "refcoco+"]
-
-
-def test_a_fresh_run_resets_nothing_there_and_a_second_reset_removes_the_published_checkpoints(
-    tmp_path, records, monkeypatch
-):
-    scripted_evaluate(monkeypatch)
-    best = selector(tmp_path, records)
-    best.reset()  # a new run folder: no log, no work folder, no checkpoint yet
-    run_epochs(best, tiny_model(**SMALL), range(1))
-    published = best.publish()
-    assert all(path.exists() for path in published) and best.rows()
-    best.reset()
-    assert not any(path.exists() for path in published) and best.rows() == [] and best.best == {}
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
 
 
 def test_publishing_copies_where_hard_links_fail(tmp_path, records, monkeypatch):

@@ -321,17 +321,16 @@ def test_the_text_of_a_training_batch_is_cleaned_cut_to_max_words_then_max_token
     }
     config = {"data": {"max_words": 3, "max_tokens": 4}}
     batch = to_train_batch(raw, tokenizer, config, torch.device("cpu"))
-    assert batch.texts == ["a red big", "abab red"]
     assert batch.input_ids.tolist() == [[2, 5, 6, 7], [2, 9, 10, 6]]  # [CLS] + pieces, at most 4
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
-    assert batch.has_box.tolist() == [True, True] and torch.equal(batch.box_mask, raw["box_mask"])
+    assert torch.equal(batch.box_mask, raw["box_mask"])
     assert batch.image is not None and batch.size == 2
     config["data"]["max_tokens"] = 3
     assert to_train_batch(raw, tokenizer, config, torch.device("cpu")).input_ids.shape == (2, 3)
     captions = to_train_batch(
         {"image": raw["image"], "text": ["a box"]}, tokenizer, config, torch.device("cpu")
     )
-    assert captions.box_mask is None and captions.has_box is None
+    assert captions.box_mask is None
 
 
 def test_the_logged_step_is_the_mean_over_its_micro_batches_and_resume_trims_the_log(tmp_path):
@@ -627,19 +626,17 @@ def test_a_short_run_in_process_wires_the_configuration_through(tmp_path, ci_dat
     result = amc.train.train(config, tmp_path / "out")
 
     out = tmp_path / "out"
-    assert result.steps == 3 and result.final_checkpoint == out / "checkpoint_final.pt"
+    assert result.steps == 3 and (out / "checkpoint_final.pt").is_file()
     (dataset,), (optimizer,) = built["build_dataset"], built["build_optimizer"]
     assert (dataset.transform.image_res, dataset.transform.mask_size, dataset.seed) == (32, 16, 3)
     assert (dataset.transform.hflip_p, dataset.transform.grayscale_p) == (0.0, 1.0)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0, 0.05]
     assert len(batches) == 6 and all(b.image.shape == (4, 3, 32, 32) for b in batches)
-    assert all(b.box_mask.shape == (4, 16, 16) and bool(b.has_box.all()) for b in batches)
-    assert all(len(text.split()) <= 3 for b in batches for text in b.texts)
+    assert all(b.box_mask.shape == (4, 16, 16) for b in batches)
     assert max(b.input_ids.shape[1] for b in batches) <= 6
 
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]  # the first step, every log_every, the last
-    assert result.last_metrics == rows[-1]
     assert [r["epoch"] for r in rows] == [0, 0, 1]  # 16 pairs / (4 x 2) = 2 steps per epoch
     assert [r["lr"] for r in rows] == pytest.approx([lr_at(s, 2, 3, config["optim"]) for s in range(3)])
     assert [r["alpha"] for r in rows] == pytest.approx([0.0, 0.1, 0.2])
