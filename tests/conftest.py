@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,33 @@ def pytest_collection_modifyitems(config, items):
     if stats.exists():
         durations = json.loads(stats.read_text())["duration_by_test"]
         items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+
+
+# Programs a test may start without the `subprocess` marker: `git` (the evaluation records the
+# checkout's commit).
+UNMARKED_PROGRAMS = {"git"}
+
+
+@pytest.fixture(autouse=True)
+def _processes_need_the_subprocess_marker(request, monkeypatch):
+    """A test that starts another program (the amc CLI, snakemake, python, pdflatex) must say so with
+    the `subprocess` marker: mutation testing selects tests without it as in-process, and
+    `make test-fast` runs only those. The test fails after it ran, naming the programs it started."""
+    if request.node.get_closest_marker("subprocess"):
+        yield
+        return
+    started: set[str] = set()
+    real_init = subprocess.Popen.__init__
+
+    def recording_init(self, args, *rest, **kwargs):
+        program = args[0] if isinstance(args, (list, tuple)) else str(args).split()[0]
+        started.add(Path(str(program)).name)
+        real_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_init)
+    yield
+    if started - UNMARKED_PROGRAMS:
+        pytest.fail(f"started {sorted(started - UNMARKED_PROGRAMS)} without @pytest.mark.subprocess")
 
 
 @pytest.fixture(scope="session")

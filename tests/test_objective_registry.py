@@ -47,6 +47,7 @@ def test_no_amc_module_imports_baselines_even_inside_a_function():
     assert offenders == []
 
 
+@pytest.mark.subprocess
 def test_importing_every_amc_module_and_building_amc_objectives_leaves_baselines_unimported():
     code = """
 import importlib, json, pkgutil, sys
@@ -69,6 +70,7 @@ print(json.dumps({"modules": len(names), "built": built,
     assert result["baselines"] == []
 
 
+@pytest.mark.subprocess
 def test_a_baseline_objective_joins_by_its_class_from_a_fresh_process():
     """Without ``class`` a fresh process does not know the name; with it, building imports the module."""
     code = f"""

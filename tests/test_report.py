@@ -184,6 +184,7 @@ def test_tex_escape_writes_ascii_latex():
     assert row == r"VMRM-style & $-$2.38 [$-$3.00, +1.00] \\"
 
 
+@pytest.mark.subprocess
 def test_latex_tables_compile_with_pdflatex(fabricated, tmp_path):
     """table1.tex, table1_released.tex and ablation.tex compile with pdflatex alone (texlive-latex-base)."""
     pdflatex = require_tool("pdflatex", "texlive-latex-base")
@@ -320,6 +321,7 @@ def test_each_report_reads_only_the_results_it_shows(fabricated, caplog):
     ]
 
 
+@pytest.mark.subprocess
 def test_config_validation_leaves_out_jsonschemas_iri_parsers():
     """Validating a configuration (every Snakemake run of the workflow does) imports jsonschema without
     its optional rfc3987_syntax, whose import builds ~40 parsers; the module stays importable after."""

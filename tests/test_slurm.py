@@ -11,7 +11,8 @@
 
 The cluster (tests/slurm_cluster.py) is one node on this machine, started once for the
 module. Where it cannot start (not root, no apt, a daemon fails) the tests skip and say
-why; `make test-slurm` sets AMC_REQUIRE_SLURM=1, which turns that into a failure.
+why; `make test-slurm` sets AMC_REQUIRE_SLURM=1, which turns that into a failure (CI runs it
+with REQUIRE_SLURM=0 after `make test`, which leaves these tests out).
 """
 
 from __future__ import annotations

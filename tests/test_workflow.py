@@ -103,6 +103,7 @@ def test_paper_grid_names(paper_dry_run):
     assert f"{run}/report.html" in outputs  # `all` ends with the HTML report
 
 
+@pytest.mark.subprocess
 def test_every_job_writes_a_benchmark_file(paper_dry_run):
     """Every rule but the targets has a benchmark: directive, at results/<run>/benchmarks/<rule>[/<wildcards>].tsv."""
     released = snakemake("-n", "--forceall", "released").stdout

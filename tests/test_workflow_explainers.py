@@ -17,6 +17,7 @@ PAPER_SLUGS = ["gradcam-layer8", "attention-layer8", "gradcam-mean", "rollout"] 
 ]
 
 
+@pytest.mark.subprocess
 def test_paper_explainer_jobs_and_outputs():
     text = snakemake("-n", "--forceall", "--printshellcmds", "all").stdout
     counts = job_counts(text)
@@ -53,6 +54,7 @@ def test_paper_explainer_jobs_and_outputs():
     )
 
 
+@pytest.mark.subprocess
 def test_demo_and_ci_explainer_jobs(tmp_path):
     args = ("-n", "--forceall", "--quiet", "rules")
     demo = job_counts(snakemake(*args, "--configfile", "config/demo.yaml").stdout)
@@ -70,6 +72,7 @@ def test_demo_and_ci_explainer_jobs(tmp_path):
     assert " --limit 7 --out " in command
 
 
+@pytest.mark.subprocess
 def test_explainers_off_adds_nothing(tmp_path):
     config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
     config["explainers"]["enabled"] = False
@@ -81,6 +84,7 @@ def test_explainers_off_adds_nothing(tmp_path):
     assert "evaluate_explainers" not in counts and "explainers" not in counts and counts["evaluate"] == 3
 
 
+@pytest.mark.subprocess
 def test_a_bad_explainer_configuration_stops_the_workflow(tmp_path):
     config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
     config["explainers"]["layers"] = [0]
