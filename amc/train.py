@@ -1,9 +1,10 @@
 """``amc train`` and ``amc pretrain``: one training loop for fine-tuning and for the demo's pretraining.
 
-Read top to bottom: the run configuration (defaults, file, ``key=value``
-overrides), the data, the model and its objectives, the optimiser and
-schedule, then the loop. Pretraining is the same loop from random weights on
-captions with the ALBEF objectives only.
+Read top to bottom: the data, the model and its objectives, the optimiser and
+schedule, then the loop. The run configuration they read (defaults, file,
+``key=value`` overrides, checked once, typed) is :mod:`amc.run_config`.
+Pretraining is the same loop from random weights on captions with the ALBEF
+objectives only.
 
 Faithful to the released code (AMC-grounding ``Pretrain.py``) by default: AdamW with
 weight decay off for 1-D parameters and biases, the released learning-rate schedule (a
@@ -25,12 +26,10 @@ with the same weights.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
 import os
-import re
 import resource
 import shutil
 import time
@@ -51,308 +50,20 @@ from amc.io import (
     append_jsonl,
     atomic_write_text,
     check_outputs,
-    find_non_finite,
-    import_jsonschema,
     read_append_log,
     read_yaml,
-    schema_validator,
 )
-from amc.losses import DELTA_MAX, DELTA_MEAN, WEIGHT_MAX, WEIGHT_MEAN
 from amc.models.albef import ALBEF
 from amc.models.checkpoint import load_model, read_checkpoint, save_checkpoint
 from amc.models.config import ModelConfig
 from amc.models.tokenizer import load_tokenizer, pre_caption
 from amc.objectives import StepContext, TrainBatch, build_objectives
 from amc.records import load_records
-from amc.selection import SELECTION_DIR, SELECTION_LOG, BestCheckpoints, best_checkpoint_name, parse_selection
+from amc.run_config import DataConfig, OptimConfig, RunConfig, load_run_config
+from amc.selection import SELECTION_DIR, SELECTION_LOG, BestCheckpoints, best_checkpoint_name
 from amc.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
-
-DEFAULTS: dict[str, Any] = {
-    "model_config": None,
-    "vocab": None,
-    "init_checkpoint": None,
-    "data": {
-        "kind": "records",
-        "path": None,
-        "image_res": 256,
-        "mask_size": 256,
-        "max_words": 50,  # released configs/Pretrain.yaml
-        "max_tokens": 25,
-        "augment": {
-            # released: the released code's albumentations pipeline (OpenCV, uint8); torchvision:
-            # bicubic PIL resize and torchvision's ColorJitter (amc.data.transforms).
-            "pipeline": "released",
-            "hflip": 0.5,
-            "grayscale": 0.2,
-            "color_jitter": [0.4, 0.4, 0.4, 0.4],
-            "color_jitter_p": 0.5,
-            "swap_left_right": False,
-        },
-    },
-    "method": {
-        "name": "amc",
-        "objectives": {
-            "itc": {"weight": 1.0},
-            "itm": {"weight": 1.0},
-            "mlm": {"weight": 1.0, "probability": 0.15},
-            # amc.losses owns these values (the released ones)
-            "amc": {
-                "delta_mean": DELTA_MEAN,
-                "delta_max": DELTA_MAX,
-                "weight_mean": WEIGHT_MEAN,
-                "weight_max": WEIGHT_MAX,
-            },
-        },
-    },
-    "optim": {
-        "lr": 1.0e-5,
-        "min_lr": 1.0e-6,
-        "weight_decay": 0.02,
-        # Steps are optimiser steps of the global batch (batch_size * grad_accum * processes).
-        "schedule": "released",  # released (staircase warm-up, cosine per epoch) | cosine (per step)
-        "warmup_lr": 1.0e-6,  # released: the first stair
-        "warmup_stairs": 20,  # released: stairs in epoch 0 (`warmup_epochs: 20`)
-        "stair_steps": 100,  # released: optimiser steps per stair
-        "warmup_steps": 100,  # cosine: linear warm-up steps
-        "epochs": 30,
-        "max_steps": None,
-        "batch_size": 64,
-        "grad_accum": 1,
-    },
-    "alpha": 0.4,
-    "seed": 0,
-    "num_workers": 2,
-    "log_every": 10,
-    "save_every_steps": None,
-    "precision": "tf32",  # tf32 (released: fp32, TF32 matmuls on CUDA) | fp32 | bf16
-    # Best epoch per benchmark on its validation split, as the released models were chosen
-    # (amc.selection); empty = off.
-    "selection": {"splits": []},
-}
-
-# Sections whose keys are free-form (any registered objective, any hyperparameter).
-FREE_FORM = ("method.objectives",)
-
-SCHEDULES = ("released", "cosine")  # optim.schedule, see lr_at
-PRECISIONS = ("tf32", "fp32", "bf16")  # precision, see numerics
-
-# The type and range of every value of the run configuration, checked once by load_run_config
-# after the defaults, the file and the overrides are merged. Every number must also be finite.
-_INT = {"type": "integer"}
-_POSITIVE_INT = {"type": "integer", "minimum": 1}
-_COUNT = {"type": "integer", "minimum": 0}
-_NONNEG = {"type": "number", "minimum": 0}
-_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
-_PATH = {"type": "string", "minLength": 1}
-
-
-def _section(properties: dict, required: tuple[str, ...] = ()) -> dict:
-    return {"type": "object", "properties": properties, "required": list(required)}
-
-
-_OBJECTIVE_PARAMETERS = {  # known hyperparameters of the suite's objectives (baselines check theirs)
-    "itc": {"mode": {"enum": ["albef", "in_batch"]}},
-    "itm": {"negatives": {"enum": ["hard", "random"]}},
-    "mlm": {"probability": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}},
-    "amc": {
-        "delta_mean": _NONNEG,
-        "delta_max": _NONNEG,
-        "weight_mean": _NONNEG,
-        "weight_max": _NONNEG,
-        "per_sample_mean": {"type": "boolean"},
-    },
-}
-_OBJECTIVE = {
-    "type": ["object", "null"],
-    "properties": {"weight": _NONNEG, "enabled": {"type": "boolean"}},
-    "additionalProperties": {"type": ["number", "string", "boolean", "null"]},
-}
-RUN_CONFIG_SCHEMA: dict[str, Any] = _section(
-    {
-        "model_config": _PATH,
-        "vocab": _PATH,
-        "init_checkpoint": {"type": ["string", "null"], "minLength": 1},
-        "data": _section(
-            {
-                "kind": {"enum": ["records", "captions"]},
-                "path": _PATH,
-                "image_res": _POSITIVE_INT,
-                "mask_size": _POSITIVE_INT,
-                "max_words": _POSITIVE_INT,
-                "max_tokens": {"type": "integer", "minimum": 2},
-                "augment": _section(
-                    {
-                        "pipeline": {"enum": ["released", "torchvision"]},
-                        "hflip": _PROBABILITY,
-                        "grayscale": _PROBABILITY,
-                        "color_jitter": {"type": "array", "items": _NONNEG, "minItems": 4, "maxItems": 4},
-                        "color_jitter_p": _PROBABILITY,
-                        "swap_left_right": {"type": "boolean"},
-                    }
-                ),
-            }
-        ),
-        "method": _section(
-            {
-                "name": {"type": "string", "minLength": 1},
-                "objectives": {
-                    "type": "object",
-                    "minProperties": 1,
-                    "properties": {
-                        name: {**_OBJECTIVE, "properties": {**_OBJECTIVE["properties"], **parameters}}
-                        for name, parameters in _OBJECTIVE_PARAMETERS.items()
-                    },
-                    "additionalProperties": _OBJECTIVE,
-                },
-            }
-        ),
-        "optim": _section(
-            {
-                "lr": {"type": "number", "exclusiveMinimum": 0},
-                "min_lr": _NONNEG,
-                "weight_decay": _NONNEG,
-                "schedule": {"enum": list(SCHEDULES)},
-                "warmup_lr": _NONNEG,
-                "warmup_stairs": _COUNT,
-                "stair_steps": _POSITIVE_INT,
-                "warmup_steps": _COUNT,
-                "epochs": _POSITIVE_INT,
-                "max_steps": {"type": ["integer", "null"], "minimum": 1},  # null: no limit
-                "batch_size": _POSITIVE_INT,
-                "grad_accum": _POSITIVE_INT,
-            }
-        ),
-        "alpha": _PROBABILITY,
-        "seed": _COUNT,
-        "num_workers": _COUNT,
-        "log_every": _POSITIVE_INT,
-        "save_every_steps": {"type": ["integer", "null"], "minimum": 1},  # null: once per epoch only
-        "precision": {"enum": list(PRECISIONS)},
-        "selection": _section(
-            {
-                "splits": {
-                    "type": "array",
-                    "items": {
-                        **_section(
-                            {
-                                "name": {"type": "string", "minLength": 1},
-                                "records": _PATH,
-                                "image_res": {"type": ["integer", "null"], "minimum": 1},
-                                "max_words": {"type": ["integer", "null"], "minimum": 1},
-                                "resize": {"enum": [None, "auto", "cv2-linear", "pil-bicubic"]},
-                            },
-                            required=("name", "records"),
-                        ),
-                        "additionalProperties": False,
-                    },
-                }
-            }
-        ),
-    },
-)
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-def _is_free_form(dotted: str) -> bool:
-    return any(dotted.startswith(section + ".") for section in FREE_FORM)
-
-
-_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _set_dotted(config: dict, dotted: str, value: Any, source: str, sources: dict[str, str]) -> None:
-    """Set ``a.b.c`` in ``config``; unknown keys are errors outside the free-form sections.
-
-    ``sources`` records where each key was set last (the file, or the override), for error messages.
-    """
-    *parents, last = dotted.split(".")
-    node = config
-    for depth, key in enumerate(parents):
-        if node.get(key) is None:
-            if key not in node and not _is_free_form(".".join(parents[: depth + 1])):
-                raise AmcError(f"{source}: unknown configuration key {dotted!r}")
-            node[key] = {}
-        node = node[key]
-        if not isinstance(node, dict):
-            raise AmcError(f"{source}: {'.'.join(parents[: depth + 1])!r} is a value, not a section")
-    if last not in node and not _is_free_form(dotted):
-        raise AmcError(f"{source}: unknown configuration key {dotted!r}")
-    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
-        value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string; every user writes it
-    node[last] = value
-    sources[dotted] = source
-
-
-def _merge(config: dict, update: dict, source: str, sources: dict[str, str], prefix: str = "") -> None:
-    """Merge a loaded YAML mapping into ``config`` key by key, with the same checks as overrides."""
-    for key, value in update.items():
-        dotted = f"{prefix}{key}"
-        if not isinstance(key, str):
-            raise AmcError(f"{source}: configuration key {dotted!r} is not text")
-        if dotted in FREE_FORM:  # a method's objectives replace the defaults
-            _set_dotted(config, dotted, copy.deepcopy(value), source, sources)
-        elif isinstance(value, dict) and not _is_free_form(dotted):
-            _merge(config, value, source, sources, dotted + ".")
-        else:
-            _set_dotted(config, dotted, value, source, sources)
-
-
-def _source_of(dotted: str, sources: dict[str, str]) -> str:
-    """Where the value at ``dotted`` (or the section holding it) was set: a file, an override, or the defaults."""
-    parts = dotted.split(".")
-    for end in range(len(parts), 0, -1):
-        if ".".join(parts[:end]) in sources:
-            return sources[".".join(parts[:end])]
-    return "run configuration defaults"
-
-
-def validate_run_config(config: dict, sources: dict[str, str] | None = None) -> None:
-    """Check ``config`` against :data:`RUN_CONFIG_SCHEMA` (and every number finite); an AmcError
-    names where the value came from (the file or the ``key=value`` override) and the key."""
-    best_match = import_jsonschema().exceptions.best_match
-    validator = schema_validator(RUN_CONFIG_SCHEMA)
-    sources = sources or {}
-    error = best_match(validator.iter_errors(config))
-    if error is not None:
-        dotted = ".".join(str(part) for part in error.absolute_path)
-        if error.validator == "type" and error.instance is None:  # a default left null
-            if dotted in sources:
-                raise AmcError(f"{sources[dotted]}: {dotted}: a value is required, not null")
-            raise AmcError(f"run configuration: {dotted!r} is required")
-        raise AmcError(f"{_source_of(dotted, sources)}: {dotted or 'run configuration'}: {error.message}")
-    if (found := find_non_finite(config)) is not None:
-        dotted = ".".join(map(str, found[0]))
-        raise AmcError(f"{_source_of(dotted, sources)}: {dotted}: {found[1]} is not a finite number")
-
-
-def load_run_config(path: str | None, overrides: list[str] = ()) -> dict:
-    """Defaults, then the YAML file, then ``dotted.key=value`` overrides (values parsed as YAML);
-    the result is validated once (:func:`validate_run_config`)."""
-    config = copy.deepcopy(DEFAULTS)
-    sources: dict[str, str] = {}
-    if path:
-        loaded = read_yaml(path, "run configuration")
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise AmcError(f"{path}: expected a mapping at the top level")
-        _merge(config, loaded, str(path), sources)
-    for item in overrides:
-        if "=" not in item:
-            raise AmcError(f"override {item!r} is not key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as error:
-            raise AmcError(f"override {item!r}: not a YAML value ({error})") from None
-        _set_dotted(config, key.strip(), value, f"command line ({item})", sources)
-    validate_run_config(config, sources)
-    return config
-
 
 # --------------------------------------------------------------------------- processes and devices
 
@@ -435,23 +146,23 @@ class EpochSampler(torch.utils.data.Sampler):
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
-def build_dataset(config: dict):
-    data = config["data"]
-    augment = data["augment"]
+def build_dataset(config: RunConfig):
+    data = config.data
+    augment = data.augment
     transform = build_train_transform(
-        augment["pipeline"],
-        image_res=data["image_res"],
-        mask_size=data["mask_size"],
-        hflip_p=augment["hflip"],
-        grayscale_p=augment["grayscale"],
-        color_jitter=tuple(augment["color_jitter"]),
-        color_jitter_p=augment["color_jitter_p"],
-        swap_left_right=augment["swap_left_right"],
+        augment.pipeline,
+        image_res=data.image_res,
+        mask_size=data.mask_size,
+        hflip_p=augment.hflip,
+        grayscale_p=augment.grayscale,
+        color_jitter=tuple(augment.color_jitter),
+        color_jitter_p=augment.color_jitter_p,
+        swap_left_right=augment.swap_left_right,
     )
-    if data["kind"] == "records":
-        return PhraseBoxDataset(load_records(data["path"]), transform, seed=config["seed"])
-    path = Path(data["path"])
-    return CaptionDataset(load_captions(path), root=path.parent, transform=transform, seed=config["seed"])
+    if data.kind == "records":
+        return PhraseBoxDataset(load_records(data.path), transform, seed=config.seed)
+    path = Path(data.path)
+    return CaptionDataset(load_captions(path), root=path.parent, transform=transform, seed=config.seed)
 
 
 def collate(samples: list[dict]) -> dict:
@@ -479,25 +190,25 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def build_optimizer(model: nn.Module, optim: dict, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW with torch's default betas (0.9, 0.999) and eps 1e-8, no gradient clipping, as released
     (fused on CUDA: the same update, another kernel)."""
-    groups = weight_decay_groups(model, optim["weight_decay"])
-    return torch.optim.AdamW(groups, lr=optim["lr"], fused=device.type == "cuda")
+    groups = weight_decay_groups(model, optim.weight_decay)
+    return torch.optim.AdamW(groups, lr=optim.lr, fused=device.type == "cuda")
 
 
-def lr_at(step: int, steps_per_epoch: int, total_steps: int, optim: dict) -> float:
+def lr_at(step: int, steps_per_epoch: int, total_steps: int, optim: OptimConfig) -> float:
     """The learning rate of optimiser step ``step`` (0-based; one step = one global batch).
 
     A pure function of the step, so a resumed run continues on the same curve.
     ``optim.schedule: released`` is :func:`released_lr`; ``cosine`` is :func:`per_step_cosine_lr`.
     """
-    if optim["schedule"] == "cosine":
+    if optim.schedule == "cosine":
         return per_step_cosine_lr(step, total_steps, optim)
     return released_lr(step, steps_per_epoch, optim)
 
 
-def released_lr(step: int, steps_per_epoch: int, optim: dict) -> float:
+def released_lr(step: int, steps_per_epoch: int, optim: OptimConfig) -> float:
     """The released schedule: timm's CosineLRScheduler as ``Pretrain.py`` drives it.
 
     Epoch 0 is a warm-up staircase. The scheduler starts at ``warmup_lr`` and is stepped to stair
@@ -512,21 +223,21 @@ def released_lr(step: int, steps_per_epoch: int, optim: dict) -> float:
     of the cosine.
     """
     epoch, in_epoch = divmod(step, steps_per_epoch)
-    lr, min_lr, stairs = optim["lr"], optim["min_lr"], optim["warmup_stairs"]
+    lr, min_lr, stairs = optim.lr, optim.min_lr, optim.warmup_stairs
     if epoch == 0:
-        stair = min(max(in_epoch - 1, 0) // optim["stair_steps"], stairs)
+        stair = min(max(in_epoch - 1, 0) // optim.stair_steps, stairs)
         if stair < stairs:
-            return optim["warmup_lr"] + stair * (lr - optim["warmup_lr"]) / stairs
+            return optim.warmup_lr + stair * (lr - optim.warmup_lr) / stairs
         return lr
-    if epoch >= optim["epochs"]:  # past the single cycle (the released cycle_limit 1)
+    if epoch >= optim.epochs:  # past the single cycle (the released cycle_limit 1)
         return min_lr
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * epoch / optim["epochs"]))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * epoch / optim.epochs))
 
 
-def per_step_cosine_lr(step: int, total_steps: int, optim: dict) -> float:
+def per_step_cosine_lr(step: int, total_steps: int, optim: OptimConfig) -> float:
     """``optim.schedule: cosine``: linear warm-up over ``warmup_steps`` steps to lr, then a cosine to
     min_lr at the last step, every optimiser step (for runs shorter than an epoch: the demo)."""
-    lr, min_lr, warmup = optim["lr"], optim["min_lr"], optim["warmup_steps"]
+    lr, min_lr, warmup = optim.lr, optim.min_lr, optim.warmup_steps
     if warmup and step < warmup:
         return lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
@@ -614,9 +325,9 @@ class TrainingStep(nn.Module):
             )
 
 
-def to_train_batch(raw: dict, tokenizer, config: dict, device: torch.device):
-    texts = [pre_caption(t, config["data"]["max_words"]) for t in raw["text"]]
-    tokens = tokenizer(texts, max_length=config["data"]["max_tokens"])
+def to_train_batch(raw: dict, tokenizer, data: DataConfig, device: torch.device):
+    texts = [pre_caption(t, data.max_words) for t in raw["text"]]
+    tokens = tokenizer(texts, max_length=data.max_tokens)
     box_mask = raw.get("box_mask")
     return TrainBatch(
         image=raw["image"].to(device, non_blocking=True),
@@ -721,9 +432,9 @@ class RunFolder:
             path.unlink(missing_ok=True)
         shutil.rmtree(self.out_dir / SELECTION_DIR, ignore_errors=True)
 
-    def write_config(self, config: dict) -> None:
+    def write_config(self, config: RunConfig) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(self.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 @dataclass
@@ -735,7 +446,7 @@ class TrainResult:
 class Run:
     """One training run: what :func:`_build` makes, and where the run stands (the step counters)."""
 
-    config: dict
+    config: RunConfig
     folder: RunFolder
     procs: Processes
     model: nn.Module
@@ -762,7 +473,7 @@ class Run:
         """A checkpoint of the model with ``fields``, the run configuration and the vocabulary (with the
         model config the checkpoint carries, amc evaluate/gradcam need no other file)."""
         save_checkpoint(
-            path, self.model, **fields, run_config=self.config, vocab=self.tokenizer.ids_to_tokens
+            path, self.model, **fields, run_config=self.config.to_dict(), vocab=self.tokenizer.ids_to_tokens
         )
 
     def save_last(self, next_epoch: int, next_batch: int) -> None:
@@ -786,7 +497,7 @@ class Run:
                 epoch=finished_epoch,
                 step=at_step,
                 save=lambda path: self.save(
-                    path, step=at_step, epoch=finished_epoch, method=self.config["method"]["name"]
+                    path, step=at_step, epoch=finished_epoch, method=self.config.method.name
                 ),
             )
         self.barrier()
@@ -796,7 +507,7 @@ class Run:
 
 
 def train(
-    config: dict, out_dir: str | os.PathLike, *, resume: bool = False, metrics_path: str | None = None
+    config: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, metrics_path: str | None = None
 ) -> TrainResult:
     out_dir = Path(out_dir)
     folder = RunFolder(out_dir, Path(metrics_path) if metrics_path else None)
@@ -804,11 +515,11 @@ def train(
     check_outputs(
         folder.outputs(),
         {
-            "init_checkpoint": config["init_checkpoint"],
-            "data.path": config["data"]["path"],
-            "model_config": config["model_config"],
-            "vocab": config["vocab"],
-            **{f"selection.splits[{s['name']}]": s["records"] for s in config["selection"]["splits"]},
+            "init_checkpoint": config.init_checkpoint,
+            "data.path": config.data.path,
+            "model_config": config.model_config,
+            "vocab": config.vocab,
+            **{f"selection.splits[{s.name}]": s.records for s in config.selection.splits},
         },
         folders={"--out": out_dir},
     )
@@ -817,7 +528,7 @@ def train(
     if resume and folder.final.exists():
         log.info("%s exists: the run is complete, nothing to resume", folder.final)
         return TrainResult(0)
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(config.seed)
     run = _build(config, folder, procs)
     _resume(run, resume)
     _loop(run)
@@ -825,10 +536,10 @@ def train(
     return TrainResult(run.step)
 
 
-def _may_resume(folder: RunFolder, config: dict, resume: bool) -> bool:
+def _may_resume(folder: RunFolder, config: RunConfig, resume: bool) -> bool:
     """Whether the folder holds this run: nothing is written until every input has been read and checked."""
     recorded = folder.recorded_config() if resume else None
-    if resume and recorded is not None and recorded != config:
+    if resume and recorded is not None and not config.matches(recorded):
         # The workflow reruns a job whose configuration changed: the old files belong to another run.
         log.warning("%s: the configuration changed since the last run; starting afresh", folder.config_path)
         return False
@@ -841,30 +552,30 @@ def _may_resume(folder: RunFolder, config: dict, resume: bool) -> bool:
     return resume
 
 
-def _build(config: dict, folder: RunFolder, procs: Processes) -> Run:
+def _build(config: RunConfig, folder: RunFolder, procs: Processes) -> Run:
     """The model, tokenizer and objectives, the data, the selection and the optimiser of a run."""
-    seed, optim = config["seed"], config["optim"]
+    seed, optim = config.seed, config.optim
 
     # Model, tokenizer and objectives.
-    model_config = ModelConfig.from_file(config["model_config"])
-    model_config.image_res = config["data"]["image_res"]
-    tokenizer = load_tokenizer(config["vocab"])
+    model_config = ModelConfig.from_file(config.model_config)
+    model_config.image_res = config.data.image_res
+    tokenizer = load_tokenizer(config.vocab)
     if tokenizer.vocab_size != model_config.text.vocab_size:
         raise AmcError(
-            f"{config['vocab']}: the vocabulary has {tokenizer.vocab_size} tokens but "
-            f"{config['model_config']} declares vocab_size {model_config.text.vocab_size}"
+            f"{config.vocab}: the vocabulary has {tokenizer.vocab_size} tokens but "
+            f"{config.model_config} declares vocab_size {model_config.text.vocab_size}"
         )
-    if config["init_checkpoint"]:
-        model = load_model(config["init_checkpoint"], model_config, purpose="train")
+    if config.init_checkpoint:
+        model = load_model(config.init_checkpoint, model_config, purpose="train")
     else:
         model = ALBEF(model_config)
         model.copy_params()
     model.to(procs.device).train()
-    objectives = build_objectives(config["method"]["objectives"])
+    objectives = build_objectives(config.method.objectives)
     for objective in objectives:
         objective.setup(model)
-    if any(o.needs_boxes for o in objectives) and config["data"]["kind"] != "records":
-        raise AmcError(f"method {config['method']['name']!r} needs boxes: set data.kind to 'records'")
+    if any(o.needs_boxes for o in objectives) and config.data.kind != "records":
+        raise AmcError(f"method {config.method.name!r} needs boxes: set data.kind to 'records'")
     special_ids = {
         "pad": tokenizer.pad_token_id,
         "cls": tokenizer.cls_token_id,
@@ -883,27 +594,27 @@ def _build(config: dict, folder: RunFolder, procs: Processes) -> Run:
     # Data.
     dataset = build_dataset(config)
     sampler = EpochSampler(
-        len(dataset), optim["batch_size"], seed, procs.rank, procs.world_size, optim["grad_accum"]
+        len(dataset), optim.batch_size, seed, procs.rank, procs.world_size, optim.grad_accum
     )
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=optim["batch_size"],
+        batch_size=optim.batch_size,
         sampler=sampler,
-        num_workers=config["num_workers"],
+        num_workers=config.num_workers,
         collate_fn=collate,
         pin_memory=procs.device.type == "cuda",
         drop_last=True,
         persistent_workers=False,
     )
-    total_steps = optim["epochs"] * sampler.steps_per_epoch
-    if optim["max_steps"]:
-        total_steps = min(total_steps, optim["max_steps"])
+    total_steps = optim.epochs * sampler.steps_per_epoch
+    if optim.max_steps:
+        total_steps = min(total_steps, optim.max_steps)
 
-    selection_splits = parse_selection(config["selection"])
+    selection_splits = config.selection.splits
     selector = None
     if selection_splits and procs.is_main:
         selector = BestCheckpoints(
-            folder.out_dir, selection_splits, tokenizer, procs.device, config["num_workers"]
+            folder.out_dir, selection_splits, tokenizer, procs.device, config.num_workers
         )
 
     optimizer = build_optimizer(model, optim, procs.device)
@@ -929,7 +640,7 @@ def _resume(run: Run, resume: bool) -> None:
     """Go on from the newest checkpoint of this run when there is one, else start the folder afresh."""
     folder, config, procs = run.folder, run.config, run.procs
     saved = read_checkpoint(folder.last) if resume and folder.last.exists() else None
-    if saved is not None and saved.extra.get("run_config") != config:
+    if saved is not None and not config.matches(saved.extra.get("run_config")):
         log.warning("%s: saved by another configuration; starting afresh", folder.last)
         saved = None
     if saved is not None:
@@ -959,15 +670,15 @@ def _resume(run: Run, resume: bool) -> None:
 def _loop(run: Run) -> None:
     """The optimiser steps from ``run.step`` to ``run.total_steps``: a checkpoint per epoch, selection
     at each epoch's end, the metrics every ``log_every`` steps."""
-    config, optim, procs = run.config, run.config["optim"], run.procs
-    seed, accum, total_steps = config["seed"], optim["grad_accum"], run.total_steps
+    config, optim, procs = run.config, run.config.optim, run.procs
+    seed, accum, total_steps = config.seed, optim.grad_accum, run.total_steps
     steps_per_epoch = run.sampler.steps_per_epoch
     # TensorBoard event files beside metrics.jsonl when tensorboard is installed (amc.tensorboard_log)
     board = TensorBoardLog(run.folder.metrics.parent, resume_step=run.step or None) if procs.is_main else None
-    autocast = numerics(config["precision"], procs.device)
-    progress = _progress_bar(procs.is_main, total_steps, run.step, config["method"]["name"])
+    autocast = numerics(config.precision, procs.device)
+    progress = _progress_bar(procs.is_main, total_steps, run.step, config.method.name)
     window_start, window_pairs = time.perf_counter(), 0
-    global_batch = optim["batch_size"] * accum * procs.world_size
+    global_batch = optim.batch_size * accum * procs.world_size
 
     while run.step < total_steps:
         run.sampler.set_epoch(run.epoch, run.batch_in_epoch)
@@ -979,11 +690,11 @@ def _loop(run: Run) -> None:
                 run.training_step.begin_step()  # the momentum update, once per step
                 outputs: list[MicroBatchOutput] = []
                 lr = lr_at(run.step, steps_per_epoch, total_steps, optim)
-                alpha = alpha_at(run.step, steps_per_epoch, config["alpha"])
+                alpha = alpha_at(run.step, steps_per_epoch, config.alpha)
             virtual_rank = procs.rank * accum + position
             torch.manual_seed(step_seed(seed, run.step, virtual_rank))  # dropout
             generator = torch.Generator().manual_seed(step_seed(seed, run.step, virtual_rank) + 1)
-            batch = to_train_batch(raw, run.tokenizer, config, procs.device)
+            batch = to_train_batch(raw, run.tokenizer, config.data, procs.device)
             run.images_replaced += _images_replaced(raw, procs)
             last_micro = position == accum - 1
             sync = (
@@ -1004,7 +715,7 @@ def _loop(run: Run) -> None:
             run.step += 1
             window_pairs += global_batch
             if procs.is_main and (
-                run.step % config["log_every"] == 0 or run.step == total_steps or run.step == 1
+                run.step % config.log_every == 0 or run.step == total_steps or run.step == 1
             ):
                 elapsed = time.perf_counter() - window_start
                 logs = {
@@ -1022,7 +733,7 @@ def _loop(run: Run) -> None:
                 progress.set_postfix(loss=f"{logs['loss']:.3f}", pairs_s=f"{logs['pairs_per_s']:.0f}")
                 window_start, window_pairs = time.perf_counter(), 0
             progress.update(1)
-            save_every = config["save_every_steps"]
+            save_every = config.save_every_steps
             if save_every and run.step % save_every == 0 and run.step < total_steps:
                 run.save_last(run.epoch, micro + 1)
             if run.step >= total_steps:
@@ -1049,7 +760,7 @@ def _finish(run: Run) -> None:
             run.selector.publish()  # before the final checkpoint, which marks the run complete
         # the epoch of the last step
         last_epoch = run.epoch - 1 if run.batch_in_epoch == 0 and run.epoch > 0 else run.epoch
-        run.save(run.folder.final, step=run.step, epoch=last_epoch, method=run.config["method"]["name"])
+        run.save(run.folder.final, step=run.step, epoch=last_epoch, method=run.config.method.name)
         log.info("finished %d steps: %s", run.step, run.folder.final)
     run.barrier()
 
@@ -1098,9 +809,9 @@ def configure_parser(parser) -> None:
 def run(args) -> int:
     config = load_run_config(args.config, args.overrides)
     if args.command == "pretrain":
-        if config["init_checkpoint"]:
+        if config.init_checkpoint:
             raise AmcError("pretrain starts from random weights: init_checkpoint must be null")
-        if any(name not in ("itc", "itm", "mlm") for name in config["method"]["objectives"]):
+        if any(name not in ("itc", "itm", "mlm") for name in config.method.objectives):
             raise AmcError("pretrain uses the ALBEF objectives only (itc, itm, mlm)")
     train(config, args.out, resume=args.resume, metrics_path=args.metrics)
     return 0

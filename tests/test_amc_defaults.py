@@ -13,7 +13,7 @@ import yaml
 
 from amc.losses import DELTA_MAX, DELTA_MEAN, PER_SAMPLE_MEAN, WEIGHT_MAX, WEIGHT_MEAN
 from amc.objectives import AttentionMapConsistency
-from amc.train import DEFAULTS
+from amc.run_config import DEFAULTS
 
 REPO = Path(__file__).resolve().parent.parent
 RELEASED = {

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from amc import grid
 from amc.io import AmcError
 from amc.objectives import TrainBatch, build_objectives
-from amc.train import TrainingStep, build_optimizer, load_run_config
+from amc.run_config import OptimConfig, load_run_config
+from amc.train import TrainingStep, build_optimizer
 from baselines.vmrm_style import (
     VmrmConsistency,
     VmrmContrastive,
@@ -29,7 +30,16 @@ from baselines.vmrm_style import (
     pseudo_targets,
     token_patch_cosine,
 )
-from tests.helpers import REPO, SMALL, SPECIAL_IDS, TINY_MODEL, run_amc, step_context, tiny_model, train_batch
+from tests.helpers import (
+    REPO,
+    SMALL,
+    SPECIAL_IDS,
+    TINY_MODEL,
+    run_amc,
+    step_context,
+    tiny_model,
+    train_batch,
+)
 
 ALBEF_OBJECTIVES = {  # what `amc pretrain` trains the starting checkpoint with
     "itc": {"weight": 1.0},
@@ -187,7 +197,9 @@ def test_teacher_is_a_frozen_copy_outside_the_trained_model():
     step = TrainingStep(model, [contrastive, consistency], SPECIAL_IDS)
     trained = {id(p) for p in step.parameters()}
     assert not trained & {id(p) for p in teacher.parameters()}
-    optimizer = build_optimizer(model, {"lr": 1e-3, "weight_decay": 0.02}, torch.device("cpu"))
+    optimizer = build_optimizer(
+        model, OptimConfig.from_defaults(lr=1e-3, weight_decay=0.02), torch.device("cpu")
+    )
     optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert not optimised & {id(p) for p in teacher.parameters()}
     assert set(model.state_dict()) == keys_before and set(step.state_dict()) == {
@@ -361,7 +373,7 @@ def test_terms_switch_off_one_by_one():
 def test_a_full_training_step_logs_both_terms():
     model = tiny_model(**SMALL).train()
     vmrm = workflow_method("vmrm_style")
-    spec = load_run_config(vmrm.base, vmrm.overrides)["method"]["objectives"]
+    spec = load_run_config(vmrm.base, vmrm.overrides).method.objectives
     spec["mlm"] = {"probability": 0.5}
     objectives = build_objectives(spec)
     for objective in objectives:
@@ -443,12 +455,12 @@ def test_the_workflow_baselines_resolve_into_run_configurations(config_file):
     paths = ["model_config=m.yaml", "vocab=v.txt", "data.path=d.jsonl"]
     method = workflow_method("albef_vg", config_file)
     albef_vg = load_run_config(method.base, [*method.overrides, *paths])
-    assert set(albef_vg["method"]["objectives"]) == {"itc", "itm", "mlm"}
-    assert albef_vg["data"]["kind"] == "records" and albef_vg["method"]["name"] == "albef_vg"
+    assert set(albef_vg.method.objectives) == {"itc", "itm", "mlm"}
+    assert albef_vg.data.kind == "records" and albef_vg.method.name == "albef_vg"
     method = workflow_method("vmrm_style", config_file)
     vmrm = load_run_config(method.base, [*method.overrides, *paths])
-    assert vmrm["data"]["kind"] == "captions"
-    names = [o.name for o in build_objectives(vmrm["method"]["objectives"])]
+    assert vmrm.data.kind == "captions"
+    names = [o.name for o in build_objectives(vmrm.method.objectives)]
     assert names == ["itc", "itm", "mlm", "vmrm_contrastive", "vmrm_consistency"]
 
 

@@ -56,9 +56,9 @@ names = [m.name for m in pkgutil.walk_packages(amc.__path__, "amc.")]
 for name in names:
     importlib.import_module(name)
 from amc.objectives import build_objectives
-from amc.train import load_run_config
+from amc.run_config import load_run_config
 config = load_run_config(None, ["model_config=m.yaml", "vocab=v.txt", "data.path=d.jsonl"])
-built = [o.name for o in build_objectives(config["method"]["objectives"])]
+built = [o.name for o in build_objectives(config.method.objectives)]
 print(json.dumps({"modules": len(names), "built": built,
                   "baselines": sorted(m for m in sys.modules if m.split(".")[0] == "baselines")}))
 """
@@ -77,7 +77,7 @@ def test_a_baseline_objective_joins_by_its_class_from_a_fresh_process():
 import json, sys
 from amc.io import AmcError
 from amc.objectives import build_objectives
-from amc.train import load_run_config
+from amc.run_config import load_run_config
 try:
     build_objectives({{"vmrm_contrastive": {{"weight": 1.0}}}})
     bare = "built"
@@ -89,11 +89,11 @@ base = ["model_config=m.yaml", "vocab=v.txt", "data.path=d.jsonl", "data.kind=ca
         "method.objectives.vmrm_contrastive.class={VMRM_CONTRASTIVE}",
         "method.objectives.vmrm_contrastive.top_k=2"]
 config = load_run_config(None, base)
-objectives = build_objectives(config["method"]["objectives"])
+objectives = build_objectives(config.method.objectives)
 print(json.dumps({{"bare": bare, "before": before, "after": "baselines.vmrm_style" in sys.modules,
                   "built": [[type(o).__module__, o.name] for o in objectives],
                   "top_k": objectives[1].top_k,
-                  "resolved": config["method"]["objectives"]["vmrm_contrastive"]}}))
+                  "resolved": config.method.objectives["vmrm_contrastive"]}}))
 """
     run = _python(code)
     assert run.returncode == 0, run.stderr

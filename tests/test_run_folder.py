@@ -148,6 +148,32 @@ def test_a_torn_metrics_line_does_not_block_resume(tmp_path, ci_data, caplog):
     assert final_step_and_seed(out) == (4, 0)
 
 
+def test_a_run_stored_before_the_configuration_was_typed_still_resumes(tmp_path, ci_data, caplog):
+    """Before the run configuration was typed, config.resolved.yaml and the checkpoints stored a
+    selection split as written, without its optional keys (now stored as null): such a run resumes."""
+    config = write_config(tmp_path / "run.yaml", ci_data, max_steps=4)
+    split = {"name": "flickr30k", "records": str(ci_data.flickr_test)}
+    config.write_text(config.read_text() + yaml.safe_dump({"selection": {"splits": [split]}}))
+    out = tmp_path / "out"
+    assert amc("train", "--config", config, "--out", out, "save_every_steps=2") == 0
+    (out / "checkpoint_final.pt").unlink()
+    resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())
+    assert resolved["selection"]["splits"] == [
+        {**split, "image_res": None, "max_words": None, "resize": None}
+    ]
+    resolved["selection"]["splits"] = [split]
+    (out / "config.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    saved = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    saved["run_config"]["selection"]["splits"] = [split]
+    torch.save(saved, out / "checkpoint_last.pt")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert amc("train", "--config", config, "--out", out, "--resume", "save_every_steps=2") == 0
+    assert f"resumed from {out / 'checkpoint_last.pt'} at step {saved['step']}" in caplog.text
+    assert "starting afresh" not in caplog.text
+    assert final_step_and_seed(out) == (4, 0)
+
+
 def test_an_input_inside_the_run_is_not_overwritten(finished, tmp_path):
     config, out = finished
     # Fine-tuning from the finished run's own final checkpoint into the same folder would delete it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
@@ -19,7 +20,8 @@ import yaml
 
 from amc.io import AmcError
 from amc.objectives import build_objectives
-from amc.train import TrainingStep, alpha_at, build_optimizer, load_run_config, lr_at, numerics
+from amc.run_config import OptimConfig, load_run_config
+from amc.train import TrainingStep, alpha_at, build_optimizer, lr_at, numerics
 from tests.helpers import (
     REPO,
     SMALL,
@@ -50,9 +52,9 @@ def test_overrides_parse_yaml_values_and_reject_unknown_keys(tmp_path):
     config = load_run_config(
         None, [*base, "optim.epochs=3", "method.objectives.amc.delta_max=0.25", "optim.lr=3e-5"]
     )
-    assert config["optim"]["epochs"] == 3
-    assert config["optim"]["lr"] == 3e-5  # YAML 1.1 alone would read "3e-5" as a string
-    assert config["method"]["objectives"]["amc"]["delta_max"] == 0.25
+    assert config.optim.epochs == 3
+    assert config.optim.lr == 3e-5  # YAML 1.1 alone would read "3e-5" as a string
+    assert config.method.objectives["amc"]["delta_max"] == 0.25
     with pytest.raises(AmcError, match="unknown configuration key 'optim.epoch'"):
         load_run_config(None, [*base, "optim.epoch=3"])
     with pytest.raises(AmcError, match="data.kind"):
@@ -67,7 +69,7 @@ def test_a_method_file_replaces_the_objectives_as_a_whole(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"method": {"name": "albef_vg", "objectives": PRETRAIN_OBJECTIVES}}))
     config = load_run_config(str(path), ["model_config=m", "vocab=v", "data.path=p"])
-    assert set(config["method"]["objectives"]) == {"itc", "itm", "mlm"}
+    assert set(config.method.objectives) == {"itc", "itm", "mlm"}
 
 
 BASE = ["model_config=m.yaml", "vocab=v", "data.path=r.jsonl"]
@@ -82,18 +84,18 @@ def test_defaults_then_the_file_then_the_overrides_key_by_key(tmp_path):
     config = load_run_config(
         str(path), [*BASE, "optim.batch_size=8", "data.augment.color_jitter=[0.1, 0.2, 0.3, 0.0]"]
     )
-    assert (config["optim"]["lr"], config["optim"]["batch_size"], config["optim"]["epochs"]) == (2e-4, 8, 30)
-    augment = config["data"]["augment"]
-    assert (augment["hflip"], augment["grayscale"], augment["color_jitter"]) == (
+    assert (config.optim.lr, config.optim.batch_size, config.optim.epochs) == (2e-4, 8, 30)
+    augment = config.data.augment
+    assert (augment.hflip, augment.grayscale, augment.color_jitter) == (
         0.1,
         0.2,
         [0.1, 0.2, 0.3, 0.0],
     )
-    assert config["alpha"] == 0.3 and config["method"]["objectives"] == {"itc": {"weight": 2.0}}
-    assert (config["model_config"], config["vocab"], config["data"]["path"]) == ("m.yaml", "v", "r.jsonl")
+    assert config.alpha == 0.3 and config.method.objectives == {"itc": {"weight": 2.0}}
+    assert (config.model_config, config.vocab, config.data.path) == ("m.yaml", "v", "r.jsonl")
     # each call starts from the defaults: nothing leaks from one configuration into the next
-    assert load_run_config(None, BASE)["optim"]["batch_size"] == 64
-    assert load_run_config(None, BASE)["method"]["objectives"]["amc"]["delta_mean"] == 0.1
+    assert load_run_config(None, BASE).optim.batch_size == 64
+    assert load_run_config(None, BASE).method.objectives["amc"]["delta_mean"] == 0.1
 
 
 @pytest.mark.parametrize(
@@ -114,7 +116,7 @@ def test_defaults_then_the_file_then_the_overrides_key_by_key(tmp_path):
     ],
 )
 def test_an_override_sets_what_it_names(override, key, value):
-    node = load_run_config(None, [*BASE, override])
+    node = load_run_config(None, [*BASE, override]).to_dict()
     for part in key:
         node = node[part]
     assert node == value and type(node) is type(value)
@@ -153,7 +155,7 @@ def test_a_bad_configuration_file_names_the_file(tmp_path):
         load_run_config(str(broken), BASE)
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    assert load_run_config(str(empty), BASE)["optim"]["lr"] == 1e-5
+    assert load_run_config(str(empty), BASE).optim.lr == 1e-5
     section = tmp_path / "section.yaml"
     section.write_text("optim: {lr: 1.0e-4, warmup: {steps: 3}}\n")
     with pytest.raises(AmcError, match=r"section.yaml: unknown configuration key 'optim.warmup.steps'"):
@@ -319,16 +321,16 @@ def test_the_text_of_a_training_batch_is_cleaned_cut_to_max_words_then_max_token
         "text": ["A red, big box!", "abab red"],
         "box_mask": torch.ones(2, 4, 4),
     }
-    config = {"data": {"max_words": 3, "max_tokens": 4}}
-    batch = to_train_batch(raw, tokenizer, config, torch.device("cpu"))
+    data = load_run_config(None, [*BASE, "data.max_words=3", "data.max_tokens=4"]).data
+    batch = to_train_batch(raw, tokenizer, data, torch.device("cpu"))
     assert batch.input_ids.tolist() == [[2, 5, 6, 7], [2, 9, 10, 6]]  # [CLS] + pieces, at most 4
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
     assert torch.equal(batch.box_mask, raw["box_mask"])
     assert batch.image is not None and batch.size == 2
-    config["data"]["max_tokens"] = 3
-    assert to_train_batch(raw, tokenizer, config, torch.device("cpu")).input_ids.shape == (2, 3)
+    data = dataclasses.replace(data, max_tokens=3)
+    assert to_train_batch(raw, tokenizer, data, torch.device("cpu")).input_ids.shape == (2, 3)
     captions = to_train_batch(
-        {"image": raw["image"], "text": ["a box"]}, tokenizer, config, torch.device("cpu")
+        {"image": raw["image"], "text": ["a box"]}, tokenizer, data, torch.device("cpu")
     )
     assert captions.box_mask is None
 
@@ -394,8 +396,10 @@ def test_released_schedule_at_chosen_steps():
     total = 30 * per_epoch
     stair = (1e-5 - 1e-6) / 20
 
+    optim = OptimConfig.from_defaults(**RELEASED)
+
     def lr(s):
-        return lr_at(s, per_epoch, total, RELEASED)
+        return lr_at(s, per_epoch, total, optim)
 
     assert lr(0) == lr(1) == lr(100) == pytest.approx(1e-6, rel=1e-12)  # stair 0 until step 100
     assert lr(101) == lr(200) == pytest.approx(1e-6 + stair, rel=1e-12)
@@ -416,7 +420,7 @@ def test_released_schedule_at_chosen_steps():
 
 def test_released_schedule_on_short_epochs_ends_epoch_0_mid_staircase():
     optim = {**RELEASED, "epochs": 3}
-    lrs = [lr_at(s, 250, 750, optim) for s in range(750)]
+    lrs = [lr_at(s, 250, 750, OptimConfig.from_defaults(**optim)) for s in range(750)]
     assert lrs == pytest.approx(released_loop_lrs(250, optim), rel=1e-12)
     stair = (1e-5 - 1e-6) / 20
     assert sorted(set(lrs[:250])) == pytest.approx([1e-6, 1e-6 + stair, 1e-6 + 2 * stair])
@@ -426,12 +430,13 @@ def test_released_schedule_on_short_epochs_ends_epoch_0_mid_staircase():
 
 def test_released_schedule_without_warm_up_starts_at_lr():
     optim = {**RELEASED, "warmup_stairs": 0, "epochs": 4}
-    assert [lr_at(s, 10, 40, optim) for s in range(40)] == pytest.approx(released_loop_lrs(10, optim))
-    assert lr_at(0, 10, 40, optim) == 1e-5
+    released = OptimConfig.from_defaults(**optim)
+    assert [lr_at(s, 10, 40, released) for s in range(40)] == pytest.approx(released_loop_lrs(10, optim))
+    assert lr_at(0, 10, 40, released) == 1e-5
 
 
 def test_cosine_schedule_warms_up_then_decays_to_min_lr():
-    optim = {"schedule": "cosine", "lr": 1.0, "min_lr": 0.1, "warmup_steps": 4}
+    optim = OptimConfig.from_defaults(schedule="cosine", lr=1.0, min_lr=0.1, warmup_steps=4)
     assert lr_at(0, 7, 100, optim) == pytest.approx(0.25)
     assert lr_at(3, 7, 100, optim) == pytest.approx(1.0)
     assert lr_at(100, 7, 100, optim) == pytest.approx(0.1)
@@ -443,7 +448,7 @@ def test_cosine_schedule_warms_up_then_decays_to_min_lr():
     assert lr_at(28, 7, 100, optim) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
     assert lr_at(150, 7, 100, optim) == pytest.approx(0.1)  # min_lr after the last step, not back up
     assert lr_at(5, 7, 5, optim) == pytest.approx(0.1)  # one step after the warm-up: already the end
-    assert lr_at(0, 7, 100, {**optim, "warmup_steps": 0}) == pytest.approx(1.0)
+    assert lr_at(0, 7, 100, dataclasses.replace(optim, warmup_steps=0)) == pytest.approx(1.0)
 
 
 def test_replicas_are_compared_bit_for_bit_with_rank_0(tmp_path, monkeypatch):
@@ -487,7 +492,9 @@ def test_weight_decay_groups_are_the_released_ones(model_yaml):
 
     with torch.device("meta"):  # no memory, no initialisation cost
         model = ALBEF(ModelConfig.from_file(REPO / "config" / "models" / model_yaml))
-    optimizer = build_optimizer(model, {"lr": 1e-5, "weight_decay": 0.02}, torch.device("cpu"))
+    optimizer = build_optimizer(
+        model, OptimConfig.from_defaults(lr=1e-5, weight_decay=0.02), torch.device("cpu")
+    )
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0, 0.02]  # the released order
     no_decay, decay = _group_names(model, optimizer)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -522,12 +529,12 @@ def test_precision_modes_set_tf32_and_autocast_on_cuda_only():
 def test_paper_defaults_and_rejected_values():
     base = ["model_config=m.yaml", "vocab=v", "data.path=r.jsonl"]
     config = load_run_config(str(REPO / "config" / "runs" / "paper-finetune.yaml"), base)
-    assert config["precision"] == "tf32"
-    assert {k: config["optim"][k] for k in RELEASED if k != "warmup_steps"} == {
+    assert config.precision == "tf32"
+    assert {k: getattr(config.optim, k) for k in RELEASED if k != "warmup_steps"} == {
         k: v for k, v in RELEASED.items() if k != "warmup_steps"
     }
     defaults = load_run_config(None, base)
-    assert defaults["precision"] == "tf32" and defaults["optim"]["schedule"] == "released"
+    assert defaults.precision == "tf32" and defaults.optim.schedule == "released"
     with pytest.raises(AmcError, match=r"precision=auto\): precision: 'auto' is not one of"):
         load_run_config(None, [*base, "precision=auto"])
     with pytest.raises(AmcError, match=r"optim.schedule: 'linear' is not one of"):
@@ -638,13 +645,13 @@ def test_a_short_run_in_process_wires_the_configuration_through(tmp_path, ci_dat
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]  # the first step, every log_every, the last
     assert [r["epoch"] for r in rows] == [0, 0, 1]  # 16 pairs / (4 x 2) = 2 steps per epoch
-    assert [r["lr"] for r in rows] == pytest.approx([lr_at(s, 2, 3, config["optim"]) for s in range(3)])
+    assert [r["lr"] for r in rows] == pytest.approx([lr_at(s, 2, 3, config.optim) for s in range(3)])
     assert [r["alpha"] for r in rows] == pytest.approx([0.0, 0.1, 0.2])
     assert all(
         {"loss", "loss_itc", "loss_itm", "loss_mlm", "loss_amc", "l_mean", "l_max"} <= set(r) for r in rows
     )
     assert all(r["images_replaced"] == 0 and r["pairs_per_s"] > 0 and r["max_memory_mb"] > 0 for r in rows)
-    assert yaml.safe_load((out / "config.resolved.yaml").read_text()) == config
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text()) == config.to_dict()
 
     last = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     assert (last["step"], last["epoch"], last["batch_in_epoch"]) == (2, 1, 0)  # saved at the end of epoch 0

@@ -435,7 +435,8 @@ def test_eval_transform_rejects_an_unknown_resize():
 
 @pytest.mark.parametrize("pipeline", ["released", "torchvision"])
 def test_run_config_pipeline_key_selects_the_training_transform(tmp_path, pipeline):
-    from amc.train import build_dataset, load_run_config
+    from amc.run_config import load_run_config
+    from amc.train import build_dataset
 
     noise_image(50, 40).save(tmp_path / "a.png")
     (tmp_path / "captions.json").write_text('[{"image": "a.png", "caption": "a square"}]')
@@ -444,22 +445,20 @@ def test_run_config_pipeline_key_selects_the_training_transform(tmp_path, pipeli
     dataset = build_dataset(config)
     expected = {"released": TrainTransform, "torchvision": TorchvisionTrainTransform}[pipeline]
     assert type(dataset.transform) is expected
-    generator = sample_generator(config["seed"], 0, 0)
+    generator = sample_generator(config.seed, 0, 0)
     direct = expected(32, 256)(noise_image(50, 40), None, "a square", generator)
     assert torch.equal(dataset[0]["image"], direct.image)
 
 
 def test_paper_config_uses_the_released_pipeline_and_the_demo_torchvision():
-    from amc.train import load_run_config
+    from amc.run_config import load_run_config
 
     base = ["model_config=m.yaml", "vocab=v", "data.path=p"]
-    assert load_run_config(None, base)["data"]["augment"]["pipeline"] == "released"
+    assert load_run_config(None, base).data.augment.pipeline == "released"
     runs = Path(__file__).resolve().parent.parent / "config" / "runs"
-    assert (
-        load_run_config(str(runs / "paper-finetune.yaml"), base)["data"]["augment"]["pipeline"] == "released"
-    )
+    assert load_run_config(str(runs / "paper-finetune.yaml"), base).data.augment.pipeline == "released"
     for demo in ("demo-finetune.yaml", "demo-pretrain.yaml"):
-        assert load_run_config(str(runs / demo), base)["data"]["augment"]["pipeline"] == "torchvision"
+        assert load_run_config(str(runs / demo), base).data.augment.pipeline == "torchvision"
 
 
 def test_torchvision_pipeline_applies_its_draws_in_the_drawn_order():

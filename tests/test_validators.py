@@ -7,11 +7,13 @@ AmcError naming the file or field, never another exception.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
 import stat
 import tempfile
+import typing
 from pathlib import Path
 
 import pytest
@@ -36,7 +38,8 @@ from amc.io import (
 )
 from amc.records import load_records, record_from_dict, save_records
 from amc.result_format import RESULT_FORMAT, read_result, validate_result
-from amc.train import DEFAULTS, RUN_CONFIG_SCHEMA, load_run_config
+from amc.run_config import DEFAULTS, RUN_CONFIG_SCHEMA, RunConfig, load_run_config
+from amc.selection import SelectionSplit
 
 REPO = Path(__file__).resolve().parent.parent
 # derandomize: the same examples on every run, so the suite is reproducible (False explores new ones)
@@ -296,8 +299,51 @@ def default_keys(node: dict, prefix: str = "") -> set[str]:
     return keys
 
 
+def field_keys(cls: type, prefix: str = "") -> set[str]:
+    keys = set()
+    for field in dataclasses.fields(cls):
+        dotted = f"{prefix}{field.name}"
+        keys.add(dotted)
+        if dataclasses.is_dataclass(nested := typing.get_type_hints(cls)[field.name]):
+            keys |= field_keys(nested, dotted + ".")
+    return keys
+
+
 def test_every_run_configuration_key_has_a_type():
-    assert default_keys(DEFAULTS) == schema_keys(RUN_CONFIG_SCHEMA)
+    assert default_keys(DEFAULTS) == schema_keys(RUN_CONFIG_SCHEMA) == field_keys(RunConfig)
+    split = RUN_CONFIG_SCHEMA["properties"]["selection"]["properties"]["splits"]["items"]
+    assert set(split["properties"]) == {f.name for f in dataclasses.fields(SelectionSplit)}
+
+
+def test_the_typed_configuration_gives_back_the_dict_it_was_built_from(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "method: {name: mine, objectives: {itc: {weight: 2.0}, amc: null}}\n"
+        "selection: {splits: [{name: flickr30k, records: f.jsonl, image_res: 32, max_words: 30, resize: auto}]}\n"
+    )
+    config = load_run_config(
+        str(path), [*BASE, "optim.max_steps=7", "data.augment.color_jitter=[0, 0.1, 0.2, 0.3]"]
+    )
+    expected = copy.deepcopy(DEFAULTS)
+    expected.update(model_config="m.yaml", vocab="v", selection=yaml.safe_load(path.read_text())["selection"])
+    expected["data"]["path"] = "r.jsonl"
+    expected["data"]["augment"]["color_jitter"] = [0, 0.1, 0.2, 0.3]
+    expected["method"] = {"name": "mine", "objectives": {"itc": {"weight": 2.0}, "amc": None}}
+    expected["optim"]["max_steps"] = 7
+    assert config.to_dict() == expected
+    assert RunConfig.from_dict(config.to_dict()) == config
+    assert list(config.to_dict()) == list(DEFAULTS)  # config.resolved.yaml keeps the documented order
+    assert (config.optim.max_steps, config.selection.splits[0].max_words, config.method.name) == (
+        7,
+        30,
+        "mine",
+    )
+    # A configuration stored before the typed one (a selection split without its optional keys) is this one.
+    split = {"name": "flickr30k", "records": "f.jsonl"}
+    typed = load_run_config(None, [*BASE, f"selection.splits=[{json.dumps(split)}]"])
+    stored = {**typed.to_dict(), "selection": {"splits": [split]}}
+    assert stored != typed.to_dict()
+    assert typed.matches(stored) and not typed.matches({**stored, "seed": 1}) and not typed.matches(None)
 
 
 # (key, accepts): an independent statement of what each numeric key takes.
@@ -333,7 +379,7 @@ def test_run_configuration_numbers_are_checked_where_they_enter(key, value):
         assert key in str(error) and "command line" in str(error)
         return
     assert RANGES[key](value), override
-    node = config
+    node = config.to_dict()
     for part in key.split("."):
         node = node[part]
     assert node == value

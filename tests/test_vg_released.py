@@ -223,10 +223,10 @@ def test_a_record_with_one_caption_keeps_its_phrase_and_its_random_stream(image_
 
 
 def test_paper_run_config_keeps_the_released_text_limits():
-    from amc.train import load_run_config
+    from amc.run_config import load_run_config
 
-    data = load_run_config(str(REPO / "config/runs/paper-finetune.yaml"))["data"]
-    assert (data["max_words"], data["max_tokens"]) == (50, 25)  # configs/Pretrain.yaml, Pretrain.py
+    data = load_run_config(str(REPO / "config/runs/paper-finetune.yaml")).data
+    assert (data.max_words, data.max_tokens) == (50, 25)  # configs/Pretrain.yaml, Pretrain.py
 
 
 @pytest.mark.subprocess

@@ -113,10 +113,10 @@ def build_model(config, spec: PathSpec, state_dict: dict[str, Tensor], device: t
 
 def build_path_optimizer(model: nn.Module, spec: PathSpec, device: torch.device) -> torch.optim.Optimizer:
     """The engine's AdamW (fused on CUDA) or the released per-parameter AdamW, same parameter groups."""
+    from amc.run_config import OptimConfig
     from amc.train import build_optimizer
 
-    optim = {"lr": OPTIM["lr"], "weight_decay": OPTIM["weight_decay"]}
-    optimizer = build_optimizer(model, optim, device)
+    optimizer = build_optimizer(model, OptimConfig.from_defaults(**OPTIM), device)
     if spec.optimizer == "fused":
         return optimizer
     groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
