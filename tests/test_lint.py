@@ -50,6 +50,7 @@ def test_findings_are_parsed_and_only_the_listed_ones_are_accepted():
     assert left[1].where == "rule download_x (line 41, /repo/workflow/rules/data.smk)"
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_workflow_passes_snakemake_lint():

@@ -162,6 +162,7 @@ def test_an_objective_switched_off_is_not_imported():
     ] == ["itc"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_the_demo_vmrm_style_objectives_train_in_a_fresh_amc_train(tmp_path):
     """`amc train` in its own process, with config/demo.yaml's vmrm_style objectives (named by class)."""

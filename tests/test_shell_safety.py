@@ -181,6 +181,7 @@ def dry_run(workdir: Path, configfile: Path) -> str:
     raise AssertionError("snakemake kept finding missing inputs")
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")
