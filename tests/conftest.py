@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,17 @@ def pytest_collection_modifyitems(config, items):
     if stats.exists():
         durations = json.loads(stats.read_text())["duration_by_test"]
         items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _progress_bar_lock_of_this_process():
+    """tqdm serialises its writes with a lock shared by every process forked after its first use.
+    ``make mutation`` forks one process per mutant and kills those that overrun: one killed while
+    writing a progress bar would leave every later mutant's progress bar waiting (and counted as a
+    timeout, i.e. killed). A lock of this process's own threads keeps the mutants independent."""
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 # Programs a test may start without the `subprocess` marker: `git` (the evaluation records the
