@@ -663,6 +663,7 @@ def _resume(run: Run, resume: bool) -> None:
         else:
             folder.start_afresh()
             folder.write_config(config)
+        folder.metrics.parent.mkdir(parents=True, exist_ok=True)  # --metrics may name a folder of its own
     if run.selector is not None:
         run.selector.restore(run.step)
 

@@ -196,3 +196,53 @@ def test_every_file_of_a_run_has_the_mode_the_umask_gives(finished_once):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
     assert {"checkpoint_final.pt", "metrics.jsonl", "config.resolved.yaml"} <= set(modes)
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+
+
+def test_a_fresh_start_removes_what_an_older_run_selected(finished):
+    config, out = finished
+    (out / "checkpoint_best_flickr30k.pt").write_bytes(b"old")
+    (out / "selection.jsonl").write_text('{"epoch": 0}\n')
+    (out / "selection").mkdir()
+    (out / "selection" / "flickr30k.pt").write_bytes(b"old")
+    assert amc("train", "--config", config, "--out", out, "seed=1") == 0
+    assert not (out / "checkpoint_best_flickr30k.pt").exists()
+    assert not (out / "selection.jsonl").exists() and not (out / "selection").exists()
+    assert final_step_and_seed(out) == (2, 1)
+
+
+def test_a_recorded_configuration_that_is_not_a_mapping_vouches_for_nothing(finished, caplog):
+    config, out = finished
+    (out / "config.resolved.yaml").write_text("- a list\n- not a run configuration\n")
+    with caplog.at_level(logging.INFO):
+        assert amc("train", "--config", config, "--out", out, "--resume") == 0
+    assert "cannot be trusted; starting afresh" in caplog.text
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text())["seed"] == 0
+
+
+def test_a_last_checkpoint_of_another_configuration_is_not_resumed(tmp_path, ci_data, caplog):
+    config = write_config(tmp_path / "run.yaml", ci_data, max_steps=4)
+    out = tmp_path / "out"
+    assert amc("train", "--config", config, "--out", out, "save_every_steps=2") == 0
+    (out / "checkpoint_final.pt").unlink()
+    saved = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    saved["run_config"]["seed"] = 7  # config.resolved.yaml still says seed 0
+    torch.save(saved, out / "checkpoint_last.pt")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert amc("train", "--config", config, "--out", out, "--resume", "save_every_steps=2") == 0
+    assert "saved by another configuration; starting afresh" in caplog.text
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # trained from step 0
+    assert final_step_and_seed(out) == (4, 0)
+
+
+@pytest.mark.parametrize("step", ['"2"', "true"])
+def test_a_metrics_row_without_a_whole_step_stops_resume_naming_the_file(tmp_path, ci_data, step, caplog):
+    config = write_config(tmp_path / "run.yaml", ci_data, max_steps=4)
+    out = tmp_path / "out"
+    assert amc("train", "--config", config, "--out", out, "save_every_steps=2") == 0
+    (out / "checkpoint_final.pt").unlink()
+    (out / "metrics.jsonl").write_text(f'{{"step": 1, "loss": 1.0}}\n{{"step": {step}, "loss": 1.0}}\n')
+    with caplog.at_level(logging.ERROR):
+        assert amc("train", "--config", config, "--out", out, "--resume", "save_every_steps=2") == 2
+    assert f"{out / 'metrics.jsonl'}: a row without a whole-number 'step'" in caplog.text

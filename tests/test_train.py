@@ -472,8 +472,33 @@ def test_replicas_are_compared_bit_for_bit_with_rank_0(tmp_path, monkeypatch):
         monkeypatch.setattr(dist, "broadcast", rank_0_differs)
         with pytest.raises(AmcError, match="^rank 0: weights differ between processes after training$"):
             _check_replicas_identical(model, procs)
+        monkeypatch.setattr(dist, "broadcast", real)
+
+        def another_rank_differs(tensor, op=dist.ReduceOp.SUM):  # its flag is 0: the verdict is the minimum
+            tensor.copy_(
+                torch.minimum(tensor, torch.zeros_like(tensor)) if op == dist.ReduceOp.MIN else tensor
+            )
+
+        monkeypatch.setattr(dist, "all_reduce", another_rank_differs)
+        with pytest.raises(
+            AmcError, match="weights differ"
+        ):  # every process stops, not only the one that differs
+            _check_replicas_identical(model, procs)
     finally:
         dist.destroy_process_group()
+
+
+def test_processes_wait_for_each_other_only_when_there_are_several(monkeypatch):
+    import types
+
+    import amc.train
+    from amc.train import Processes, Run
+
+    waited = []
+    monkeypatch.setattr(amc.train.dist, "barrier", lambda: waited.append(True))
+    for world_size in (1, 2, 3):
+        Run.barrier(types.SimpleNamespace(procs=Processes(0, world_size, torch.device("cpu"))))
+    assert len(waited) == 2
 
 
 def test_alpha_ramps_over_the_optimiser_steps_of_epoch_0():
@@ -1021,3 +1046,189 @@ def test_selection_log_is_trimmed_to_the_resumed_step(tmp_path, ci_data):
     assert selector.rows() == rows[:1] and selector.best == {"flickr30k": 0.2}
     with pytest.raises(AmcError, match="selection.splits entry 1 needs name and records"):
         parse_selection({"splits": [{"name": "flickr30k", "path": "x"}]})
+
+
+# --------------------------------------------------------------------------- wiring found by mutation
+
+
+def test_replaced_images_are_counted_and_summed_over_processes(monkeypatch):
+    import amc.train
+    from amc.train import Processes, _images_replaced
+
+    one = Processes(rank=0, world_size=1, device=torch.device("cpu"))
+    assert _images_replaced({"images_replaced": torch.tensor(3)}, one) == 3
+    assert _images_replaced({}, one) == 0
+
+    reduced = []
+
+    def all_reduce(tensor):  # two processes: the other one replaced 5
+        reduced.append(int(tensor))
+        tensor += 5
+
+    monkeypatch.setattr(amc.train.dist, "all_reduce", all_reduce)
+    two = Processes(rank=1, world_size=2, device=torch.device("cpu"))
+    assert _images_replaced({"images_replaced": torch.tensor(3)}, two) == 8 and reduced == [3]
+
+
+def test_the_logged_memory_is_this_process_peak_resident_size_in_mib():
+    from amc.train import _memory_mb
+
+    def peak_kib() -> int:  # the kernel's own account of this process's peak resident size
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+
+    assert _memory_mb(torch.device("cpu")) == pytest.approx(peak_kib() / 1024, rel=0.01)
+
+
+def test_pretrain_runs_the_albef_objectives_and_writes_metrics_where_asked(tmp_path, ci_data):
+    config = write_run_config(
+        tmp_path / "pretrain.yaml",
+        ci_data,
+        data__kind="captions",
+        data__path=str(ci_data.captions),
+        method={"name": "pretrain", "objectives": PRETRAIN_OBJECTIVES},
+        optim__max_steps=1,
+        optim__batch_size=4,
+    )
+    metrics = tmp_path / "logs" / "pretrain-metrics.jsonl"  # in a folder that does not exist yet
+    out = tmp_path / "runs" / "pretrain"  # --out's parent does not exist either
+    assert run_cli_code("pretrain", "--config", config, "--out", out, "--metrics", metrics) == 0
+    assert [row["step"] for row in read_metrics(metrics)] == [1]
+    assert not (out / "metrics.jsonl").exists()
+    assert (out / "checkpoint_final.pt").is_file()
+
+
+def test_a_best_checkpoint_records_the_step_epoch_and_method_it_was_selected_at(tmp_path, ci_data):
+    """In process: two epochs of two steps, selection on a RefCOCO+ split at each epoch's end."""
+    records = records_subset(ci_data, 8, tmp_path / "vg-8.jsonl")
+    splits = [{"name": "refcoco+", "records": str(ci_data.refcoco_testA)}]
+    config = write_run_config(
+        tmp_path / "select.yaml", ci_data, data__path=str(records), optim__epochs=2, optim__batch_size=4,
+        method={"name": "albef_vg"}, selection={"splits": splits},
+    )  # fmt: skip
+    run_amc("train", "--config", config, "--out", tmp_path / "out")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "selection.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in rows] == [(0, 2), (1, 4)]
+    best = [r for r in rows if r["best"]][-1]
+    saved = torch.load(
+        tmp_path / "out" / "checkpoint_best_refcoco+.pt", map_location="cpu", weights_only=False
+    )
+    assert (saved["step"], saved["epoch"], saved["method"]) == (best["step"], best["epoch"], "albef_vg")
+
+
+class _RecordedBoard:
+    """A stand-in for amc.tensorboard_log.TensorBoardLog that records what the loop gives it."""
+
+    made: list = []
+
+    def __init__(self, log_dir, resume_step=None):
+        self.steps: list[int] = []
+        _RecordedBoard.made.append((Path(log_dir), resume_step, self.steps))
+
+    def log(self, step, values):
+        self.steps.append(step)
+
+    def close(self):
+        pass
+
+
+def test_the_loop_seeds_counts_and_reports_each_micro_batch(tmp_path, ci_data, monkeypatch, capsys):
+    """Two optimiser steps per epoch of two micro-batches of 2, three steps: which seeds, epochs,
+    counts, rates and reports reach each micro-batch and each logged step."""
+    import amc.train
+
+    seeds, generator_seeds, dataset_epochs = [], [], []
+    real_seed, real_forward, real_build = (
+        amc.train.step_seed,
+        amc.train.TrainingStep.forward,
+        amc.train.build_dataset,
+    )
+
+    def recording_seed(seed, step, virtual_rank):
+        seeds.append((step, virtual_rank))
+        return real_seed(seed, step, virtual_rank)
+
+    def recording_forward(self, batch, alpha, generator):
+        generator_seeds.append(generator.initial_seed())
+        return real_forward(self, batch, alpha, generator)
+
+    def recording_build(config):
+        dataset = real_build(config)
+        real_set_epoch = dataset.set_epoch
+        dataset.set_epoch = lambda epoch: dataset_epochs.append(epoch) or real_set_epoch(epoch)
+        return dataset
+
+    clock = iter(range(1_000_000))  # every reading of the clock one second later
+    monkeypatch.setattr(amc.train, "step_seed", recording_seed)
+    monkeypatch.setattr(amc.train.TrainingStep, "forward", recording_forward)
+    monkeypatch.setattr(amc.train, "build_dataset", recording_build)
+    monkeypatch.setattr(amc.train, "_images_replaced", lambda raw, procs: 1)
+    monkeypatch.setattr(
+        amc.train, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: float(next(clock)))})
+    )
+    monkeypatch.setattr(amc.train, "TensorBoardLog", _RecordedBoard)
+    _RecordedBoard.made = []
+
+    records = records_subset(ci_data, 8, tmp_path / "vg-8.jsonl")
+    config = write_run_config(tmp_path / "run.yaml", ci_data, data__path=str(records))
+    overrides = ["data.image_res=32", "data.mask_size=16", "optim.batch_size=2", "optim.grad_accum=2",
+                 "optim.max_steps=3", "optim.epochs=5", "log_every=1", "seed=5", "method.name=albef_vg"]  # fmt: skip
+    amc.train.train(load_run_config(str(config), overrides), tmp_path / "out")
+
+    micro_batches = [(step, rank) for step in range(3) for rank in (0, 1)]
+    assert list(dict.fromkeys(seeds)) == micro_batches  # virtual rank = position within the step
+    assert generator_seeds == [real_seed(5, step, rank) + 1 for step, rank in micro_batches]
+    assert dataset_epochs == [0, 1]  # 8 pairs / (2 x 2) = 2 steps per epoch
+    rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
+    assert [r["images_replaced"] for r in rows] == [2, 4, 6]  # counted over the run, per micro-batch
+    assert [r["pairs_per_s"] for r in rows] == [4.0, 4.0, 4.0]  # a global batch of 4 per one-second window
+    assert _RecordedBoard.made == [(tmp_path / "out", None, [1, 2, 3])]  # beside metrics.jsonl
+    err = capsys.readouterr().err
+    assert "train albef_vg" in err and "3/3" in err  # the progress bar
+
+
+def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights_in_process(tmp_path, ci_data, monkeypatch):
+    """Interrupted after the checkpoint of step 3 of an epoch of 4, then resumed: the same weights,
+    log, replaced-image count and TensorBoard steps as the run that was not interrupted."""
+    import amc.train
+
+    monkeypatch.setattr(amc.train, "_images_replaced", lambda raw, procs: 1)
+    monkeypatch.setattr(amc.train, "TensorBoardLog", _RecordedBoard)
+    _RecordedBoard.made = []
+    records = records_subset(ci_data, 8, tmp_path / "vg-8.jsonl")
+    config = load_run_config(
+        str(write_run_config(tmp_path / "run.yaml", ci_data, data__path=str(records))),
+        ["data.image_res=32", "data.mask_size=16", "optim.batch_size=2", "optim.max_steps=6",
+         "optim.epochs=5", "save_every_steps=3", "log_every=1", "method.name=albef_vg"],
+    )  # fmt: skip
+    amc.train.train(config, tmp_path / "whole")
+
+    real_save_last = amc.train.Run.save_last
+
+    def save_then_stop(self, next_epoch, next_batch):
+        real_save_last(self, next_epoch, next_batch)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(amc.train.Run, "save_last", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        amc.train.train(config, tmp_path / "resumed")
+    saved = torch.load(tmp_path / "resumed" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert (saved["step"], saved["epoch"], saved["batch_in_epoch"], saved["images_replaced"]) == (3, 0, 3, 3)
+    monkeypatch.setattr(amc.train.Run, "save_last", real_save_last)
+    assert amc.train.train(config, tmp_path / "resumed", resume=True).steps == 6
+
+    whole, resumed = (
+        checkpoint_state(tmp_path / name / "checkpoint_final.pt") for name in ("whole", "resumed")
+    )
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+    drop_rate = [{k: v for k, v in r.items() if k not in ("pairs_per_s", "max_memory_mb")} for r in
+                 read_metrics(tmp_path / "whole" / "metrics.jsonl")]  # fmt: skip
+    assert [{k: v for k, v in r.items() if k not in ("pairs_per_s", "max_memory_mb")} for r in
+            read_metrics(tmp_path / "resumed" / "metrics.jsonl")] == drop_rate  # fmt: skip
+    assert drop_rate[-1]["images_replaced"] == 6
+    boards = [(path.name, start, steps) for path, start, steps in _RecordedBoard.made]
+    assert boards == [
+        ("whole", None, [1, 2, 3, 4, 5, 6]),
+        ("resumed", None, [1, 2, 3]),
+        ("resumed", 3, [4, 5, 6]),
+    ]
