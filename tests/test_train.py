@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -1114,6 +1115,12 @@ def test_a_best_checkpoint_records_the_step_epoch_and_method_it_was_selected_at(
         tmp_path / "out" / "checkpoint_best_refcoco+.pt", map_location="cpu", weights_only=False
     )
     assert (saved["step"], saved["epoch"], saved["method"]) == (best["step"], best["epoch"], "albef_vg")
+    final, last = (
+        torch.load(tmp_path / "out" / f"checkpoint_{name}.pt", map_location="cpu", weights_only=False)
+        for name in ("final", "last")
+    )
+    assert (final["step"], final["epoch"]) == (4, 1)  # the epoch of the last step
+    assert (last["step"], last["epoch"], last["batch_in_epoch"]) == (4, 2, 0)  # one at every epoch's end
 
 
 class _RecordedBoard:
@@ -1129,7 +1136,7 @@ class _RecordedBoard:
         self.steps.append(step)
 
     def close(self):
-        pass
+        self.steps.append("closed")
 
 
 def test_the_loop_seeds_counts_and_reports_each_micro_batch(tmp_path, ci_data, monkeypatch, capsys):
@@ -1137,12 +1144,9 @@ def test_the_loop_seeds_counts_and_reports_each_micro_batch(tmp_path, ci_data, m
     counts, rates and reports reach each micro-batch and each logged step."""
     import amc.train
 
-    seeds, generator_seeds, dataset_epochs = [], [], []
-    real_seed, real_forward, real_build = (
-        amc.train.step_seed,
-        amc.train.TrainingStep.forward,
-        amc.train.build_dataset,
-    )
+    seeds, generator_seeds, dataset_epochs, step_lrs = [], [], [], []
+    real_seed, real_forward = amc.train.step_seed, amc.train.TrainingStep.forward
+    real_build, real_optimizer = amc.train.build_dataset, amc.train.build_optimizer
 
     def recording_seed(seed, step, virtual_rank):
         seeds.append((step, virtual_rank))
@@ -1158,10 +1162,17 @@ def test_the_loop_seeds_counts_and_reports_each_micro_batch(tmp_path, ci_data, m
         dataset.set_epoch = lambda epoch: dataset_epochs.append(epoch) or real_set_epoch(epoch)
         return dataset
 
+    def recording_optimizer(model, optim, device):
+        optimizer = real_optimizer(model, optim, device)
+        real_step = optimizer.step
+        optimizer.step = lambda: step_lrs.append([g["lr"] for g in optimizer.param_groups]) or real_step()
+        return optimizer
+
     clock = iter(range(1_000_000))  # every reading of the clock one second later
     monkeypatch.setattr(amc.train, "step_seed", recording_seed)
     monkeypatch.setattr(amc.train.TrainingStep, "forward", recording_forward)
     monkeypatch.setattr(amc.train, "build_dataset", recording_build)
+    monkeypatch.setattr(amc.train, "build_optimizer", recording_optimizer)
     monkeypatch.setattr(amc.train, "_images_replaced", lambda raw, procs: 1)
     monkeypatch.setattr(
         amc.train, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: float(next(clock)))})
@@ -1172,22 +1183,29 @@ def test_the_loop_seeds_counts_and_reports_each_micro_batch(tmp_path, ci_data, m
     records = records_subset(ci_data, 8, tmp_path / "vg-8.jsonl")
     config = write_run_config(tmp_path / "run.yaml", ci_data, data__path=str(records))
     overrides = ["data.image_res=32", "data.mask_size=16", "optim.batch_size=2", "optim.grad_accum=2",
-                 "optim.max_steps=3", "optim.epochs=5", "log_every=1", "seed=5", "method.name=albef_vg"]  # fmt: skip
-    amc.train.train(load_run_config(str(config), overrides), tmp_path / "out")
+                 "optim.max_steps=3", "optim.epochs=5", "log_every=3", "seed=5", "method.name=albef_vg"]  # fmt: skip
+    run_config = load_run_config(str(config), overrides)
+    amc.train.train(run_config, tmp_path / "out")
 
     micro_batches = [(step, rank) for step in range(3) for rank in (0, 1)]
     assert list(dict.fromkeys(seeds)) == micro_batches  # virtual rank = position within the step
     assert generator_seeds == [real_seed(5, step, rank) + 1 for step, rank in micro_batches]
     assert dataset_epochs == [0, 1]  # 8 pairs / (2 x 2) = 2 steps per epoch
+    assert step_lrs == [[lr_at(step, 2, 3, run_config.optim)] * 2 for step in range(3)]  # both groups
     rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
-    assert [r["images_replaced"] for r in rows] == [2, 4, 6]  # counted over the run, per micro-batch
-    assert [r["pairs_per_s"] for r in rows] == [4.0, 4.0, 4.0]  # a global batch of 4 per one-second window
-    assert _RecordedBoard.made == [(tmp_path / "out", None, [1, 2, 3])]  # beside metrics.jsonl
-    err = capsys.readouterr().err
-    assert "train albef_vg" in err and "3/3" in err  # the progress bar
+    assert [r["images_replaced"] for r in rows] == [2, 6]  # counted over the run, per micro-batch
+    assert [r["pairs_per_s"] for r in rows] == [
+        4.0,
+        8.0,
+    ]  # global batches of 4 since the last log, in one second
+    assert _RecordedBoard.made == [(tmp_path / "out", None, [1, 3, "closed"])]  # beside metrics.jsonl
+    err = capsys.readouterr().err  # the progress bar: the method, the steps, the loss
+    assert "train albef_vg" in err and "3/3" in err and re.search(r"loss=\d+\.\d{3}", err)
 
 
-def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights_in_process(tmp_path, ci_data, monkeypatch):
+def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights_in_process(
+    tmp_path, ci_data, monkeypatch, capsys
+):
     """Interrupted after the checkpoint of step 3 of an epoch of 4, then resumed: the same weights,
     log, replaced-image count and TensorBoard steps as the run that was not interrupted."""
     import amc.train
@@ -1198,8 +1216,8 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights_in_process(tmp_
     records = records_subset(ci_data, 8, tmp_path / "vg-8.jsonl")
     config = load_run_config(
         str(write_run_config(tmp_path / "run.yaml", ci_data, data__path=str(records))),
-        ["data.image_res=32", "data.mask_size=16", "optim.batch_size=2", "optim.max_steps=6",
-         "optim.epochs=5", "save_every_steps=3", "log_every=1", "method.name=albef_vg"],
+        ["data.image_res=32", "data.mask_size=16", "optim.batch_size=2", "optim.max_steps=7",
+         "optim.epochs=5", "save_every_steps=3", "log_every=2", "method.name=albef_vg"],
     )  # fmt: skip
     amc.train.train(config, tmp_path / "whole")
 
@@ -1215,8 +1233,13 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights_in_process(tmp_
     saved = torch.load(tmp_path / "resumed" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     assert (saved["step"], saved["epoch"], saved["batch_in_epoch"], saved["images_replaced"]) == (3, 0, 3, 3)
     monkeypatch.setattr(amc.train.Run, "save_last", real_save_last)
-    assert amc.train.train(config, tmp_path / "resumed", resume=True).steps == 6
+    capsys.readouterr()
+    assert amc.train.train(config, tmp_path / "resumed", resume=True).steps == 7
+    assert "7/7" in capsys.readouterr().err  # the progress bar goes on from step 3
 
+    # Stopped one micro-batch before the end of epoch 1: the last epoch checkpoint stays that of step 6.
+    last = torch.load(tmp_path / "whole" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert (last["step"], last["epoch"], last["batch_in_epoch"]) == (6, 1, 2)
     whole, resumed = (
         checkpoint_state(tmp_path / name / "checkpoint_final.pt") for name in ("whole", "resumed")
     )
@@ -1225,10 +1248,10 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights_in_process(tmp_
                  read_metrics(tmp_path / "whole" / "metrics.jsonl")]  # fmt: skip
     assert [{k: v for k, v in r.items() if k not in ("pairs_per_s", "max_memory_mb")} for r in
             read_metrics(tmp_path / "resumed" / "metrics.jsonl")] == drop_rate  # fmt: skip
-    assert drop_rate[-1]["images_replaced"] == 6
+    assert [r["step"] for r in drop_rate] == [1, 2, 4, 6, 7] and drop_rate[-1]["images_replaced"] == 7
     boards = [(path.name, start, steps) for path, start, steps in _RecordedBoard.made]
     assert boards == [
-        ("whole", None, [1, 2, 3, 4, 5, 6]),
-        ("resumed", None, [1, 2, 3]),
-        ("resumed", 3, [4, 5, 6]),
+        ("whole", None, [1, 2, 4, 6, 7, "closed"]),
+        ("resumed", None, [1, 2]),  # interrupted after step 3
+        ("resumed", 3, [4, 6, 7, "closed"]),
     ]
