@@ -27,9 +27,11 @@ demo: venv
 	@$(BIN)/python -m amc.report.where --config config/demo.yaml
 	@$(BIN)/amc report stages --run results/demo
 
-# Every test but the Slurm cluster test (make test-slurm; CI runs both, docs/testing.md).
+# Every test but the Slurm cluster test (make test-slurm; CI runs both, docs/testing.md), two at a
+# time (pytest-xdist, one per core); a test module stays on one worker, so a module-scoped fixture
+# (the workflow test's end-to-end run) is made once.
 test: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slurm"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slurm" -n 2 --dist loadfile
 
 # The workflow on a throw-away one-node Slurm cluster (tests/test_slurm.py, docs/workflow.md):
 # needs root and apt-get (installs Slurm and munge when missing); fails where it cannot make the

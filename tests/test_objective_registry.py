@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from amc.io import AmcError
-from amc.objectives import OBJECTIVES, Objective, ObjectiveOutput, build_objectives
+from amc.objectives import OBJECTIVES, Objective, ObjectiveOutput, build_objectives, objective_class
 
 REPO = Path(__file__).resolve().parent.parent
 VMRM_CONTRASTIVE = "baselines.vmrm_style:VmrmContrastive"
@@ -124,11 +124,17 @@ class NotAnObjective:
     pass
 
 
-def test_a_class_no_module_registers_is_registered_under_its_entry_name():
+def test_a_class_no_module_registers_is_registered_under_its_entry_name(monkeypatch):
+    # As if for the first time in this process (an earlier test, or the clean run a mutation test
+    # forks from, may have registered it already).
+    monkeypatch.delitem(OBJECTIVES, "registry_probe", raising=False)
+    if "name" in vars(UnregisteredProbe):
+        monkeypatch.delattr(UnregisteredProbe, "name")
     target = f"{__name__}:UnregisteredProbe"
     (probe,) = build_objectives({"registry_probe": {"class": target, "scale": 3.0}})
-    assert isinstance(probe, UnregisteredProbe) and probe.scale == 3.0
+    assert isinstance(probe, UnregisteredProbe) and probe.scale == 3.0 and probe.weight == 1.0
     assert probe.name == "registry_probe" and OBJECTIVES["registry_probe"] is UnregisteredProbe
+    assert objective_class("registry_probe") is UnregisteredProbe  # now also by its name alone
     (again,) = build_objectives({"registry_probe": {"class": target}})  # the same class again: fine
     assert isinstance(again, UnregisteredProbe)
 
@@ -137,6 +143,10 @@ def test_a_class_no_module_registers_is_registered_under_its_entry_name():
     ("entry", "message"),
     [
         ({"x_objective": {"class": "baselines.vmrm_style"}}, "must be 'module:Class'"),
+        ({"x_objective": {"class": "baselines.vmrm_style:"}}, "must be 'module:Class'"),
+        ({"x_objective": {"class": ":VMRMContrastive"}}, "must be 'module:Class'"),
+        # the class is what follows the first colon
+        ({"x_objective": {"class": f"{VMRM_CONTRASTIVE}:x"}}, "is not an Objective class"),
         (
             {"x_objective": {"class": "no_such_package.module:Thing"}},
             "cannot import 'no_such_package.module'",
@@ -199,3 +209,11 @@ sys.exit(main({argv!r}))
         resolved["method"]["objectives"]["vmrm_consistency"]["class"]
         == "baselines.vmrm_style:VmrmConsistency"
     )
+
+
+def test_an_objective_class_without_its_own_init_counts_once():
+    class Plain(Objective):
+        def __call__(self, ctx) -> ObjectiveOutput:  # pragma: no cover - never trained here
+            raise NotImplementedError
+
+    assert Plain().weight == 1.0 and Plain(weight=0.5).weight == 0.5
