@@ -73,7 +73,7 @@ def test_content_tokens_drop_every_special_token_and_the_first_position():
     ids = torch.tensor(
         [[7, 8, 3, 9, 4, 2, 6, 0]]
     )  # position 0 is not [CLS] here; [SEP], [MASK], [CLS] inside
-    mask = (ids != 0).long()
+    mask = torch.ones_like(ids)  # by their ids alone, [PAD] included
     expected = torch.tensor([[0, 1, 0, 1, 0, 0, 1, 0]], dtype=torch.bool)
     assert torch.equal(content_tokens(ids, mask, special), expected)
 
