@@ -165,6 +165,7 @@ def test_a_run_stored_before_the_configuration_was_typed_still_resumes(tmp_path,
     (out / "config.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     saved = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     saved["run_config"]["selection"]["splits"] = [split]
+    del saved["images_replaced"]  # nor did checkpoints count replaced images then
     torch.save(saved, out / "checkpoint_last.pt")
     caplog.clear()
     with caplog.at_level(logging.INFO):
@@ -172,6 +173,8 @@ def test_a_run_stored_before_the_configuration_was_typed_still_resumes(tmp_path,
     assert f"resumed from {out / 'checkpoint_last.pt'} at step {saved['step']}" in caplog.text
     assert "starting afresh" not in caplog.text
     assert final_step_and_seed(out) == (4, 0)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["images_replaced"] for r in rows] == [0, 0, 0, 0]  # counted from 0 where it was not saved
 
 
 def test_an_input_inside_the_run_is_not_overwritten(finished, tmp_path):
