@@ -249,3 +249,48 @@ def test_a_metrics_row_without_a_whole_step_stops_resume_naming_the_file(tmp_pat
     with caplog.at_level(logging.ERROR):
         assert amc("train", "--config", config, "--out", out, "--resume", "save_every_steps=2") == 2
     assert f"{out / 'metrics.jsonl'}: a row without a whole-number 'step'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("key", "output"),
+    [
+        ("data.path", "checkpoint_final.pt"),
+        ("vocab", "config.resolved.yaml"),
+        ("model_config", "config.resolved.yaml"),
+        ("init_checkpoint", "checkpoint_final.pt"),
+    ],
+)
+def test_an_input_that_is_an_output_is_refused_naming_both(finished, key, output, caplog):
+    config, out = finished
+    with caplog.at_level(logging.ERROR):
+        assert amc("train", "--config", config, "--out", out, f"{key}={out / output}") == 2
+    assert (
+        f"--out ({output}) {out / output}: is also {key}; an output never overwrites an input" in caplog.text
+    )
+
+
+def test_the_out_folder_and_metrics_file_are_named_when_they_cannot_be(finished, tmp_path, caplog):
+    config, out = finished
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with caplog.at_level(logging.ERROR):
+        assert amc("train", "--config", config, "--out", blocker) == 2
+        assert amc("train", "--config", config, "--out", out, "--metrics", out / "checkpoint_last.pt") == 2
+    assert f"--out {blocker}: is a file, not a folder" in caplog.text
+    assert f"--metrics {out / 'checkpoint_last.pt'}: is also --out (checkpoint_last.pt)" in caplog.text
+
+
+def test_without_resume_a_finished_run_is_trained_again(finished):
+    config, out = finished
+    from amc.run_config import load_run_config
+
+    assert train_module.train(load_run_config(str(config), []), out).steps == 2
+
+
+def test_a_vocabulary_the_model_config_does_not_declare_is_refused(finished, tmp_path, caplog):
+    config, out = finished
+    vocab = tmp_path / "short-vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
+    with caplog.at_level(logging.ERROR):
+        assert amc("train", "--config", config, "--out", tmp_path / "new", f"vocab={vocab}") == 2
+    assert f"{vocab}: the vocabulary has 6 tokens but" in caplog.text and "declares vocab_size" in caplog.text

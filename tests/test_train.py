@@ -1091,7 +1091,7 @@ def test_pretrain_runs_the_albef_objectives_and_writes_metrics_where_asked(tmp_p
         optim__max_steps=1,
         optim__batch_size=4,
     )
-    metrics = tmp_path / "logs" / "pretrain-metrics.jsonl"  # in a folder that does not exist yet
+    metrics = tmp_path / "logs" / "pretrain" / "metrics.jsonl"  # in folders that do not exist yet
     out = tmp_path / "runs" / "pretrain"  # --out's parent does not exist either
     assert run_cli_code("pretrain", "--config", config, "--out", out, "--metrics", metrics) == 0
     assert [row["step"] for row in read_metrics(metrics)] == [1]
@@ -1255,3 +1255,15 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights_in_process(
         ("resumed", None, [1, 2]),  # interrupted after step 3
         ("resumed", 3, [4, 6, 7, "closed"]),
     ]
+
+
+def test_an_override_value_may_contain_the_equals_sign():
+    config = load_run_config(None, ["model_config=m.yaml", "vocab=v", "data.path=runs/a=b.jsonl"])
+    assert config.data.path == "runs/a=b.jsonl"
+
+
+def test_selection_splits_are_checked_when_the_configuration_is_loaded():
+    base = ["model_config=m.yaml", "vocab=v", "data.path=d.jsonl"]
+    twice = "selection.splits=[{name: flickr30k, records: a.jsonl}, {name: flickr30k, records: b.jsonl}]"
+    with pytest.raises(AmcError, match="selection.splits names repeat"):
+        load_run_config(None, [*base, twice])
