@@ -1267,3 +1267,35 @@ def test_selection_splits_are_checked_when_the_configuration_is_loaded():
     twice = "selection.splits=[{name: flickr30k, records: a.jsonl}, {name: flickr30k, records: b.jsonl}]"
     with pytest.raises(AmcError, match="selection.splits names repeat"):
         load_run_config(None, [*base, twice])
+    for bad in ("selection=3", "selection.splits=[3]", "selection.splits=3"):
+        with pytest.raises(AmcError, match="selection"):
+            load_run_config(None, [*base, bad])
+    # A stored configuration with such a selection (a damaged config.resolved.yaml) is another run.
+    config = load_run_config(None, base)
+    for stored in ({"selection": 3}, {"selection": {"splits": [3]}}, {"selection": {"splits": 3}}):
+        assert not config.matches({**config.to_dict(), **stored})
+
+
+def test_a_baseline_objective_is_set_up_with_the_model_and_the_loader_gets_its_workers(
+    tmp_path, ci_data, monkeypatch
+):
+    """One step with the VMRM-style contrastive objective (named by its class), in process: the
+    trainer hands it the model before training; ``num_workers`` reaches the data loader."""
+    import amc.train
+
+    loaders = []
+    real_loader = amc.train.torch.utils.data.DataLoader
+
+    def recording_loader(*args, **kwargs):
+        loaders.append(kwargs)
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(amc.train.torch.utils.data, "DataLoader", recording_loader)
+    records = records_subset(ci_data, 8, tmp_path / "vg-8.jsonl")
+    config = write_run_config(tmp_path / "run.yaml", ci_data, data__path=str(records))
+    overrides = ["data.image_res=32", "data.mask_size=16", "optim.batch_size=4", "optim.max_steps=1",
+                 "num_workers=1", 'method.objectives={"itc": {}}',
+                 "method.objectives.vmrm_contrastive.class=baselines.vmrm_style:VmrmContrastive"]  # fmt: skip
+    amc.train.train(load_run_config(str(config), overrides), tmp_path / "out")
+    assert [kwargs["num_workers"] for kwargs in loaders] == [1]
+    assert {"loss_itc", "loss_vmrm_contrastive"} <= set(read_metrics(tmp_path / "out" / "metrics.jsonl")[0])
