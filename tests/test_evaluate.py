@@ -515,6 +515,9 @@ def test_per_split_arguments_pair_up_and_one_value_serves_every_split():
         (["--split", "a", "b", "--out", "x.json", "x.json"], "--out: two splits would write the same file"),
         (["--split", "a", "b", "--out", "x.json", "y.json", "--heatmaps", "h.npz"], "--heatmaps needs a single split"),
         (["--split", "a", "b", "--out", "x.json", "y.json", "--image-res", "1", "2", "3"], "--image-res has 3 values for 2 --records"),
+        (["--split", "a", "b", "--out", "x.json", "y.json", "--benchmark", "flickr30k", "flickr30k", "flickr30k"], "--benchmark has 3 values for 2 --records"),
+        (["--split", "a", "b", "--out", "x.json", "y.json", "--checkpoint", "a.pt", "b.pt", "c.pt"], "--checkpoint has 3 values for 2 --records"),
+        (["--split", "a", "b", "--out", "x.json", "y.json", "--resize", "auto", "auto", "auto"], "--resize has 3 values for 2 --records"),
     ],
 )  # fmt: skip
 def test_per_split_arguments_that_do_not_pair_up_are_an_error(argv, message):
@@ -593,3 +596,32 @@ def test_the_code_version_names_the_commit_when_there_is_one(monkeypatch, tmp_pa
     _code_version.cache_clear()
     assert _code_version() == f"amc {amc.__version__}"  # an installed copy without git
     _code_version.cache_clear()  # later tests see the checkout's version again
+
+
+def test_the_energy_of_no_cases_is_zero():
+    from amc.evaluate import energy_summary
+
+    assert energy_summary([]) == {"energy": 0.0, "energy_undefined": 0}
+
+
+@pytest.mark.parametrize("option", ["--model-config", "--vocab", "--proposals", "--heatmaps"])
+def test_an_output_onto_an_input_is_refused_naming_both(tmp_path, ci_data, random_checkpoint, option, caplog):
+    files = {"--model-config": tmp_path / "model.yaml", "--vocab": tmp_path / "vocab.txt"}
+    files["--model-config"].write_text(Path(TINY_MODEL).read_text())
+    vocab = Path(ci_data.vocab)
+    files["--vocab"].write_text((vocab / "vocab.txt" if vocab.is_dir() else vocab).read_text())
+    proposals = tmp_path / "proposals.json"
+    proposals.write_text("{}")
+    argv = ["evaluate", "--checkpoint", random_checkpoint, "--records", ci_data.flickr_test,
+            "--benchmark", "flickr30k", "--split", "test", "--proposals", proposals,
+            *(str(a) for pair in files.items() for a in pair)]  # fmt: skip
+    if option == "--heatmaps":  # two outputs
+        argv += ["--out", tmp_path / "r.json", "--heatmaps", tmp_path / "r.json"]
+        message = f"--heatmaps {tmp_path / 'r.json'}: is also --out (flickr30k test)"
+    else:
+        target = proposals if option == "--proposals" else files[option]
+        argv += ["--out", target]
+        message = f"--out (flickr30k test) {target}: is also {option}; an output never overwrites an input"
+    with caplog.at_level("ERROR"):
+        assert amc_main([str(a) for a in argv]) == 2
+    assert message in caplog.text
