@@ -7,6 +7,7 @@ otherwise the test is skipped with the reason. ``AMC_TEST_NO_APT=1`` turns the i
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import shutil
@@ -15,6 +16,9 @@ import subprocess
 import pytest
 
 APT_TIMEOUT_S = 900
+# One apt-get at a time: `make test` runs two pytest workers, and two tests may each install a
+# package at once (dpkg refuses the second while the first holds its lock).
+APT_LOCK_FILE = "/tmp/amc-tests-apt.lock"
 
 
 @functools.cache
@@ -27,8 +31,15 @@ def _install(package: str) -> str | None:
     if os.geteuid() != 0:
         return "installing needs root"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", package]
-    for command in (install, ["apt-get", "update"], install):  # update only when the first try fails
+    wait = ["-o", f"DPkg::Lock::Timeout={APT_TIMEOUT_S}"]  # and for any other apt-get on the machine
+    install = ["apt-get", *wait, "install", "-y", "--no-install-recommends", package]
+    with open(APT_LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _install_holding_the_lock(package, install, wait, env)
+
+
+def _install_holding_the_lock(package: str, install: list[str], wait: list[str], env: dict) -> str | None:
+    for command in (install, ["apt-get", *wait, "update"], install):  # update only when the first try fails
         try:
             result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
