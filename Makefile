@@ -54,6 +54,7 @@ test-fast: venv
 MUTATED = $(shell sed -n '/^only_mutate/,/^]/p' pyproject.toml | grep -o '[a-z_/]*\.py')
 MODULES ?= $(MUTATED)
 mutation: venv
+	$(BIN)/mutmut --version > /dev/null 2>&1 || $(BIN)/python -m pip install --quiet -e '.[mutation]'
 	mkdir -p mutants
 	rm -rf mutants/ci-data  # made again by the first test session of this run, from this checkout's synth
 	# which tests cover which function, recorded afresh once per run (mutmut only adds new tests to
