@@ -77,8 +77,8 @@ def test_evaluate_matches_a_slow_per_case_reference(tmp_path, ci_data, random_ch
 
 def test_missing_image_is_a_clear_error_or_counted_with_the_option(tmp_path, ci_data, random_checkpoint):
     rows = [json.loads(line) for line in Path(ci_data.flickr_test).read_text().splitlines()][:4]
-    rows[0]["image"] = str(tmp_path / "nowhere.jpg")
-    for row in rows[1:]:
+    rows[0]["image"], rows[1]["image"] = str(tmp_path / "nowhere.jpg"), str(tmp_path / "gone.jpg")
+    for row in rows[2:]:
         row["image"] = str((Path(ci_data.flickr_test).parent / row["image"]).resolve())
     records = tmp_path / "records.jsonl"
     records.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -91,7 +91,7 @@ def test_missing_image_is_a_clear_error_or_counted_with_the_option(tmp_path, ci_
         == 0
     )
     summary = json.loads((tmp_path / "b.json").read_text())["summary"]
-    assert summary["skipped"] == {"image missing": 1} and summary["n_cases"] == 3
+    assert summary["skipped"] == {"image missing": 2} and summary["n_cases"] == 2
 
 
 def test_empty_records_file_is_an_error(tmp_path, ci_data, random_checkpoint, caplog):
@@ -213,6 +213,7 @@ def test_evaluation_tokens_are_not_capped_and_too_long_is_an_error():
     assert tokens.input_ids.shape == (2, 57) and tokens.attention_mask.sum(1).tolist() == [57, 2]
     with pytest.raises(AmcError, match=r"'abab.*abab' is 57 tokens .* model's 12 position embeddings"):
         inputs.tokens(tokenizer, [text], max_positions=12)
+    assert inputs.tokens(tokenizer, [text], max_positions=57).input_ids.shape == (1, 57)  # exactly fits
 
 
 @pytest.fixture
@@ -445,6 +446,83 @@ def test_a_result_records_the_run_and_its_heatmaps_reproduce_its_points(tmp_path
     assert loaded.summary == summary and [vars(c) for c in loaded.cases] == cases
 
 
+def _same_image_records(image, phrases: list[str]) -> list[Record]:
+    return [Record(f"r/{i}", "refcoco+", "val", str(image), 110, 70, phrase, [[5, 5, 40, 40]], image_id="3")
+            for i, phrase in enumerate(phrases)]  # fmt: skip
+
+
+def test_the_engine_batches_loads_and_reports_progress_as_asked(pieces_case, monkeypatch):
+    """evaluate() hands its loader settings to the DataLoader, counts every case on one progress bar
+    (a line at most every 5 s in a log), and refuses inputs made for another image size."""
+    import tqdm
+
+    from amc.evaluate import evaluate
+
+    model, vocab, image, _ = pieces_case
+    loaders, bars, real_loader = [], [], torch.utils.data.DataLoader
+
+    def loader_spy(*args, **kwargs):
+        loaders.append(kwargs)
+        return real_loader(*args, **{**kwargs, "num_workers": 0})  # no worker processes in a test
+
+    class RecordedBar:
+        def __init__(self, **kwargs):
+            self.kwargs, self.updates, self.closed = kwargs, [], False
+            bars.append(self)
+
+        def update(self, n):
+            self.updates.append(n)
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", loader_spy)
+    monkeypatch.setattr(tqdm, "tqdm", RecordedBar)
+    inputs = EvalInputs.for_benchmark("refcoco+", model.config.image_res)
+    settings = dict(device=torch.device("cpu"), images_per_batch=1, phrases_per_batch=2, num_workers=3)
+    records = _same_image_records(image, ["ab", "ab ab", "ab ab ab"])
+    cases, skipped = evaluate(model, load_tokenizer(vocab), records, inputs=inputs, **settings)
+    assert [c.id for c in cases] == ["r/0", "r/1", "r/2"] and skipped == {}
+    assert [(k["batch_size"], k["num_workers"], k["pin_memory"]) for k in loaders] == [(1, 3, False)]
+    ((bar),) = bars
+    assert bar.kwargs == {"total": 3, "desc": "evaluate", "unit": "case", "mininterval": 5.0}
+    assert bar.updates == [2, 1] and bar.closed
+    other = EvalInputs.for_benchmark("refcoco+", 2 * model.config.image_res)
+    message = (
+        f"evaluation at {other.image_res} px needs a model at that resolution, not {model.config.image_res}"
+    )
+    with pytest.raises(AmcError, match=message):
+        evaluate(model, load_tokenizer(vocab), records, inputs=other, **settings)
+
+
+def test_an_empty_phrase_is_skipped_alone_and_the_batch_goes_on(pieces_case):
+    """Phrases empty after clean-up, alone in their batch or beside others, are counted once each;
+    the phrases after them, of the same image, are still evaluated. The same for several explainers,
+    whose cases also get the box metric from the proposals."""
+    from amc.evaluate import evaluate, evaluate_explainers
+    from amc.explainers import GRADCAM, Explainer
+
+    model, vocab, image, _ = pieces_case
+    inputs = EvalInputs.for_benchmark("refcoco+", model.config.image_res)
+    records = _same_image_records(image, ["?!", "ab", "...", "ab ab", "ab ab ab"])
+    for phrases_per_batch in (1, 5):
+        settings = dict(
+            inputs=inputs, device=torch.device("cpu"), phrases_per_batch=phrases_per_batch, num_workers=0
+        )
+        cases, skipped = evaluate(model, load_tokenizer(vocab), records, **settings)
+        assert [c.id for c in cases] == ["r/1", "r/3", "r/4"]
+        assert skipped == {"phrase empty after clean-up": 2}
+        explainer = Explainer(GRADCAM, model.gradcam_layer)
+        proposals = {"3": [[5.0, 5.0, 35.0, 35.0]]}
+        by_explainer, skipped = evaluate_explainers(
+            model, load_tokenizer(vocab), records, [explainer], proposals=proposals, **settings
+        )
+        assert [(c.id, c.point, c.box_hit is not None) for c in by_explainer[explainer]] == [
+            (c.id, c.point, True) for c in cases
+        ]
+        assert skipped == {"phrase empty after clean-up": 2}
+
+
 def test_a_phrase_that_cleans_up_to_nothing_is_skipped_and_counted(pieces_case, tmp_path):
     model, vocab, image, _ = pieces_case
     checkpoint = tmp_path / "model.pt"
@@ -533,8 +611,12 @@ def test_proposals_and_results_files_are_checked(tmp_path):
 
     assert _load_proposals(None) == {}
     path = tmp_path / "proposals.json"
-    path.write_text(json.dumps({"7": [[1, 2, 3, 4, 0.9, 5]], 8: [[0, 0, 1, 1]]}))
-    assert _load_proposals(str(path)) == {"7": [[1.0, 2.0, 3.0, 4.0]], "8": [[0.0, 0.0, 1.0, 1.0]]}
+    path.write_text(json.dumps({"7": [[1, 2, 3, 4, 0.9, 5]], 8: [[0, 0, 1, 1]], "9": [[0, 0, 2, 2, "dog"]]}))
+    assert _load_proposals(str(path)) == {
+        "7": [[1.0, 2.0, 3.0, 4.0]],
+        "8": [[0.0, 0.0, 1.0, 1.0]],
+        "9": [[0.0, 0.0, 2.0, 2.0]],  # what follows x, y, w, h (a score, a label) is not read
+    }
     path.write_text("[[1, 2, 3, 4]]")
     with pytest.raises(DataError, match="proposals.json: expected a mapping image_id -> list of"):
         _load_proposals(str(path))

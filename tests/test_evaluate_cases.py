@@ -139,6 +139,8 @@ def test_a_point_in_any_of_the_entitys_boxes_is_a_hit_and_a_miss_is_classified()
     boxed = Record(**{**vars(record), "boxes": [[25, 25, 40, 40]], "image_id": "7"})
     assert _score(boxed, heatmap, proposals).box_hit is True
     assert _score(Record(**{**vars(boxed), "image_id": "8"}), heatmap, proposals).box_hit is False
+    # a map with no positive value has no energy to share: undefined, not an error
+    assert _score(record, -torch.ones(4, 4), None).energy is None
 
 
 def test_record_images_resolve_against_the_records_folder(tmp_path):
