@@ -231,9 +231,10 @@ def value_text(value: Any) -> str:
 def expand_methods(config: dict) -> dict[str, dict]:
     """Every method of the grid (declared ones, then sweep-generated ones), fully specified.
 
-    Each entry gains ``seeds`` (resolved; one seed for the untrained kinds none and released),
-    ``init_checkpoint`` (resolved), ``checkpoints`` ({} unless released) and ``sweep`` (None, or
-    {base, parameter, symbol, value}).
+    ``config`` is validated (:func:`validate_config` filled in the schema's defaults: a method's
+    ``objectives``, ``optim``, ``data``, ``overrides`` and ``checkpoints`` are there, ``{}`` by
+    default). Each entry gains ``seeds`` (resolved; one seed for the untrained kinds none and
+    released), ``init_checkpoint`` (resolved) and ``sweep`` (None, or {base, parameter, symbol, value}).
     """
     declared = config["methods"]
     seeds = list(config["seeds"])
@@ -241,11 +242,6 @@ def expand_methods(config: dict) -> dict[str, dict]:
     for name, spec in declared.items():
         _check_name(name, f"methods.{name}")
         entry = copy.deepcopy(spec)
-        entry.setdefault("objectives", {})
-        entry.setdefault("optim", {})
-        entry.setdefault("data", {})
-        entry.setdefault("overrides", {})
-        entry["checkpoints"] = dict(entry.get("checkpoints") or {})
         entry["seeds"] = list(entry.get("seeds") or seeds)
         entry["init_checkpoint"] = entry.get("init_checkpoint") or config["init_checkpoint"]
         entry["sweep"] = None
@@ -259,7 +255,7 @@ def expand_methods(config: dict) -> dict[str, dict]:
         if base["kind"] != "finetune":
             raise GridError(f"sweeps[{number}]: base method {base_name!r} is not a fine-tuning method")
         base_value = _get_dotted(base, sweep["parameter"])
-        symbol = sweep.get("symbol") or sweep["parameter"].rsplit(".", 1)[-1]
+        symbol = sweep_symbol(sweep)
         for value in sweep["values"]:
             if value == base_value:
                 continue  # the base method itself
@@ -269,14 +265,10 @@ def expand_methods(config: dict) -> dict[str, dict]:
             if name in methods:
                 raise GridError(f"sweeps[{number}]: method name {name!r} already exists")
             entry = copy.deepcopy(declared[base_name])
-            entry.setdefault("objectives", {})
-            entry.setdefault("optim", {})
-            entry.setdefault("data", {})
-            entry.setdefault("overrides", {})
             _set_dotted(entry, sweep["parameter"], value)
-            label_pattern = sweep.get("label") or "{base_label}, {symbol} = {value}"
             entry["label"] = (
-                label_pattern.replace("{base_label}", base["label"])
+                sweep["label"]
+                .replace("{base_label}", base["label"])
                 .replace("{symbol}", symbol)
                 .replace("{value}", value_text(value))
             )
@@ -296,13 +288,18 @@ def expand_methods(config: dict) -> dict[str, dict]:
     return methods
 
 
+def sweep_symbol(sweep: dict) -> str:
+    """A sweep's axis label: its ``symbol``, or else the last part of its dotted ``parameter``."""
+    return sweep["symbol"] or sweep["parameter"].rsplit(".", 1)[-1]
+
+
 def sweep_axes(config: dict) -> list[dict]:
     """One entry per sweep: {base, parameter, symbol, points: [{value, method}]} sorted by value."""
     methods = expand_methods(config)
     axes = []
     for sweep in config.get("sweeps") or []:
         base = sweep["base"]
-        symbol = sweep.get("symbol") or sweep["parameter"].rsplit(".", 1)[-1]
+        symbol = sweep_symbol(sweep)
         points = []
         base_value = _get_dotted(methods[base], sweep["parameter"])
         for value in sweep["values"]:
@@ -321,7 +318,7 @@ def _flatten(prefix: str, node: Any) -> list[tuple[str, Any]]:
     if isinstance(node, dict) and node:
         items: list[tuple[str, Any]] = []
         for key, value in node.items():
-            items.extend(_flatten(f"{prefix}.{key}" if prefix else str(key), value))
+            items.extend(_flatten(f"{prefix}.{key}", value))
         return items
     return [(prefix, node)]
 
@@ -332,7 +329,7 @@ def override_value(value: Any) -> str:
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
-            parsed = None
+            return json.dumps(value)
         return value if parsed == value else json.dumps(value)
     return json.dumps(value)
 
@@ -520,6 +517,12 @@ def explainer_targets(config: dict) -> list[dict]:
     ]
 
 
+def _is_evaluated(config: dict, benchmark: str, split: str) -> bool:
+    """Whether the run evaluates ``split`` of ``benchmark`` (``benchmarks.<name>.splits``)."""
+    bench = config["benchmarks"].get(benchmark)
+    return bench is not None and split in bench["splits"]
+
+
 def _check_explainers(config: dict, methods: dict) -> None:
     spec = config.get("explainers") or {}
     if not spec.get("enabled"):
@@ -531,7 +534,7 @@ def _check_explainers(config: dict, methods: dict) -> None:
     if reference and reference not in spec["methods"]:
         raise GridError(f"explainers.reference: {reference!r} is not among explainers.methods")
     for benchmark, split in explainer_splits(config):
-        if split not in (config["benchmarks"].get(benchmark) or {}).get("splits", []):
+        if not _is_evaluated(config, benchmark, split):
             raise GridError(
                 f"explainers.splits: {benchmark} {split} is not among the evaluated benchmarks/splits"
             )
@@ -545,8 +548,7 @@ def check_grid(config: dict) -> None:
         if row["method"] not in methods:
             raise GridError(f"table1.rows: method {row['method']!r} is not in methods ({', '.join(methods)})")
     for column in config["table1"]["columns"]:
-        bench = config["benchmarks"].get(column["benchmark"])
-        if bench is None or column["split"] not in bench["splits"]:
+        if not _is_evaluated(config, column["benchmark"], column["split"]):
             raise GridError(
                 f"table1.columns: {column['benchmark']} {column['split']} is not among the evaluated benchmarks/splits"
             )
@@ -560,19 +562,18 @@ def check_grid(config: dict) -> None:
     first = config["table1"]["columns"][0]
     benchmark = qualitative.get("benchmark") or first["benchmark"]
     split = qualitative.get("split") or first["split"]
-    if split not in (config["benchmarks"].get(benchmark) or {}).get("splits", []):
+    if not _is_evaluated(config, benchmark, split):
         raise GridError(f"qualitative: {benchmark} {split} is not among the evaluated benchmarks/splits")
     pretrain = config.get("pretrain") or {}
     if pretrain.get("enabled"):
-        out_dir = posixpath.normpath(str(pretrain.get("out_dir", "")))
-        if not out_dir.startswith(f"results/{config['run']}/"):
+        if not posixpath.normpath(pretrain["out_dir"]).startswith(f"results/{config['run']}/"):
             raise GridError(
-                f"pretrain.out_dir: {pretrain.get('out_dir')!r} must be a folder inside results/{config['run']}/"
+                f"pretrain.out_dir: {pretrain['out_dir']!r} must be a folder inside results/{config['run']}/"
             )
-    if config.get("pretrain", {}).get("enabled") and config["data"]["source"] != "synthetic":
-        raise GridError(
-            "pretrain.enabled needs data.source: synthetic (the pretrain rule trains on its captions)"
-        )
+        if config["data"]["source"] != "synthetic":
+            raise GridError(
+                "pretrain.enabled needs data.source: synthetic (the pretrain rule trains on its captions)"
+            )
     for name, spec in methods.items():
         kind = spec["kind"]
         if kind in UNTRAINED_KINDS and (spec["objectives"] or spec["optim"] or spec["overrides"]):

@@ -5,11 +5,13 @@ through the workflow's rules, in another process)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from amc import grid
+from amc.io import AmcError
 from tests.helpers import REPO
 
 
@@ -270,10 +272,16 @@ def test_paths_are_resolved_from_the_run_and_the_data_folders():
     )
     assert resolved["vocab"] == "data/ci/raw/vocab/vocab.txt"
     assert resolved["extra"] == ["data/ci/raw/records/a.jsonl", {"b": "ci"}, 3]
-    assert config["vocab"] == "{raw_dir}/vocab/vocab.txt"  # the input is not changed
+    assert config["vocab"] == "{raw_dir}/vocab/vocab.txt"  # the input is not changed, nor its sections
+    assert (config["data"]["raw_dir"], config["data"]["records_dir"]) == (
+        "data/{run}/raw",
+        "{raw_dir}/records",
+    )
     assert resolved["data"]["manifest"] == "amc/resources/synthetic-manifest.yaml"
     real = {**config, "data": {**config["data"], "source": "real", "manifest": None}}
     assert grid.resolve_paths(real)["data"]["manifest"] == grid.DEFAULT_MANIFEST
+    own = {**config, "data": {**config["data"], "source": "real", "manifest": "{run}/mine.yaml"}}
+    assert grid.resolve_paths(own)["data"]["manifest"] == "ci/mine.yaml"  # a named manifest stays
     synthetic = {**config, "data": {**config["data"], "manifest": None}}
     assert grid.resolve_paths(synthetic)["data"]["manifest"] is None
 
@@ -300,6 +308,16 @@ def test_paths_are_resolved_from_the_run_and_the_data_folders():
         (lambda c: c["exports"].update(x={"method": "albef"}), r"exports.x.method: 'albef' is not a fine-tuning method"),
         (lambda c: c["exports"].update(x={"method": "amc", "seed": 3}), "exports.x.seed: amc is not trained with seed 3"),
         (lambda c: c["exports"].update(x={"method": "amc", "benchmark": "vg"}), "exports.x.benchmark: 'vg' is not a benchmark of the run"),
+        # the qualitative figure's benchmark and split: each defaults to the first Table 1 column's
+        (lambda c: c["qualitative"].update(split="testA"), "^qualitative: flickr30k testA is not among"),
+        (lambda c: c["qualitative"].update(benchmark="refcoco+"), r"^qualitative: refcoco\+ test is not among"),
+        (lambda c: c["table1"]["columns"].reverse() or c["qualitative"].update(split="test"),
+         r"^qualitative: refcoco\+ test is not among"),
+        (lambda c: c["explainers"].update(splits=[{"benchmark": "vg", "split": "test"}]),
+         "^explainers.splits: vg test is not among the evaluated benchmarks/splits$"),
+        (lambda c: c["pretrain"].update(out_dir="results/other/pretrain"),
+         r"^pretrain.out_dir: 'results/other/pretrain' must be a folder inside results/ci/$"),
+        (lambda c: c["pretrain"].update(out_dir="results/ci/../x"), "^pretrain.out_dir: 'results/ci/../x' must be"),
     ],
 )  # fmt: skip
 def test_cross_field_errors_name_the_key(change, message):
@@ -308,6 +326,90 @@ def test_cross_field_errors_name_the_key(change, message):
     change(config)
     with pytest.raises(grid.GridError, match=message):
         grid.check_grid(config)
+
+
+def test_a_qualitative_figure_of_another_column_passes():
+    config = ci_config()
+    config["qualitative"].update(benchmark="refcoco+", split="testB")
+    grid.check_grid(config)
+
+
+def test_names_and_paths_outside_the_run_are_refused_naming_what_they_are():
+    with pytest.raises(grid.GridError, match=r"^run: 'a/b' is not a name"):
+        grid.run_dir({"run": "a/b"})
+    with pytest.raises(
+        grid.GridError, match=r"^results path: '../x' must be a relative path inside results/ci"
+    ):
+        grid.results_path(ci_config(), "../x")
+    with pytest.raises(grid.GridError, match=r"^exports.a b: 'a b' is not a name"):
+        grid.export_path(ci_config(), "a b")
+    config = ci_config()
+    config["methods"]["a b"] = config["methods"]["amc"]  # past the schema, which refuses it first
+    with pytest.raises(grid.GridError, match=r"^methods.a b: 'a b' is not a name"):
+        grid.expand_methods(config)
+
+
+def test_figure_paths_are_a_png_and_a_pdf_under_figures():
+    assert grid.figure_paths("results/ci", "ablation") == [
+        Path("results/ci/figures/ablation.png"),
+        Path("results/ci/figures/ablation.pdf"),
+    ]
+
+
+def test_a_sweep_may_set_a_key_its_base_does_not_have():
+    sweep = {"base": "amc", "parameter": "optim.schedule.min_lr", "values": [0.0], "name": "amc_min{value}"}
+    methods = grid.expand_methods(sweep_config(sweep))
+    assert methods["amc_min0.0"]["optim"] == {"schedule": {"min_lr": 0.0}} and methods["amc"]["optim"] == {}
+
+
+def test_the_explainer_ablation_targets_and_their_paths():
+    config = ci_config(seeds=[0, 1])
+    config["explainers"]["splits"] = []  # the default: every evaluated split but val
+    config["benchmarks"]["flickr30k"]["splits"] = ["val", "test"]
+    assert grid.explainer_splits(config) == [
+        ("flickr30k", "test"),
+        ("refcoco+", "testA"),
+        ("refcoco+", "testB"),
+    ]
+    targets = grid.explainer_targets(config)
+    explainers = grid.explainer_list(config)
+    assert len(targets) == (1 + 2) * 3 * len(explainers)  # albef once, amc two seeds; three splits
+    first = targets[0]
+    assert first == {
+        "method": "albef",
+        "seed": 0,
+        "benchmark": "flickr30k",
+        "split": "test",
+        "explainer": explainers[0],
+        "path": f"results/ci/eval_explainers/albef/seed0/flickr30k-test-{explainers[0].slug}.json",
+    }
+    last = targets[-1]
+    assert (last["method"], last["seed"], last["benchmark"], last["split"], last["explainer"]) == (
+        "amc", 1, "refcoco+", "testB", explainers[-1]
+    )  # fmt: skip
+    assert grid.parse_explainer_eval_path(last["path"]) == (
+        "amc",
+        1,
+        "refcoco+",
+        "testB",
+        explainers[-1].slug,
+    )
+    with pytest.raises(grid.GridError, match="not <method>/seed<k>/<benchmark>-<split>-<explainer>.json"):
+        grid.parse_explainer_eval_path("results/ci/eval_explainers/amc/run1/flickr30k-test-gradcam.json")
+    listed = grid.resolved_config(config)["explainer_list"]
+    assert [(e["slug"], e["text"]) for e in listed] == [(e.slug, str(e)) for e in explainers]
+
+
+def test_a_non_finite_number_anywhere_in_the_configuration_is_refused():
+    config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    config["methods"]["amc"]["objectives"]["amc"]["delta_mean"] = float("nan")
+    with pytest.raises(grid.GridError, match="config.methods.amc.objectives.amc.delta_mean"):
+        grid.validate_config(config)
+
+
+def test_an_unreadable_configuration_names_the_file(tmp_path):
+    with pytest.raises(AmcError, match="workflow configuration"):
+        grid.load_config(str(tmp_path / "missing.yaml"))
 
 
 def test_a_json_configuration_with_its_grid_is_read_as_it_is(tmp_path):
