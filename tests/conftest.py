@@ -24,16 +24,30 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+# Under ``make mutation``, a test whose call runs this many times its clean duration, plus the
+# margin, fails (pytest-timeout): the mutant made it loop or crawl.
+MUTANT_TEST_SLOWDOWN, MUTANT_TEST_MARGIN_S = 3.0, 5.0
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under ``make mutation``, a mutant's tests run fastest first: mutmut stops at the first test
-    that fails, and the mutant's tests come in no particular order. The durations are those of
-    mutmut's clean run (``mutmut-stats.json`` in the mutated copy, the tests' working folder)."""
+    """Under ``make mutation``, a mutant's tests run fastest first, each with a time limit of its own.
+
+    mutmut stops at the first test that fails, and the mutant's tests come in no particular order.
+    mutmut's own limit is for all of a mutant's tests together: a mutant that makes the first test
+    loop would hold a worker for that whole limit (a minute and more for the training loop's
+    mutants); a limit per test fails it after a few times its own duration. The durations are those
+    of mutmut's clean run (``mutmut-stats.json`` in the mutated copy, the tests' working folder)."""
     if "__mutmut_" not in os.environ.get("MUTANT_UNDER_TEST", ""):
         return
     stats = Path("mutmut-stats.json")
     if stats.exists():
         durations = json.loads(stats.read_text())["duration_by_test"]
         items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+        for item in items:
+            if item.nodeid in durations:
+                limit = MUTANT_TEST_SLOWDOWN * durations[item.nodeid] + MUTANT_TEST_MARGIN_S
+                # the call only: mutmut's durations leave out fixtures (a module's training run)
+                item.add_marker(pytest.mark.timeout(limit, method="signal", func_only=True), append=False)
 
 
 @pytest.fixture(autouse=True, scope="session")

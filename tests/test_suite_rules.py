@@ -4,6 +4,7 @@ module imports another, and a test that starts a program says so with the `subpr
 from __future__ import annotations
 
 import ast
+import json
 
 import pytest
 
@@ -59,3 +60,52 @@ def test_a_test_that_starts_a_program_without_the_marker_fails_naming_it(pyteste
     output = result.stdout.str()
     assert "ERROR test_probe.py::test_unmarked_python - Failed" in output
     assert "Failed: started ['python'] without @pytest.mark.subprocess" in output
+
+
+SLOW_PROBE = """
+import time
+import pytest
+
+@pytest.fixture
+def slow_setup():
+    time.sleep(1.0)  # fixtures are not timed: mutmut's durations are the calls'
+
+def test_second():
+    pass
+
+def test_looping():
+    time.sleep(30)
+
+def test_first(slow_setup):
+    pass
+"""
+
+
+def test_under_mutation_tests_run_fastest_first_each_with_its_own_time_limit(pytester, monkeypatch):
+    """A mutant's tests run in the order of their clean durations, and one that runs past
+    MUTANT_TEST_SLOWDOWN x its clean duration + MUTANT_TEST_MARGIN_S fails (make mutation)."""
+    import tests.conftest
+
+    monkeypatch.setattr(tests.conftest, "MUTANT_TEST_MARGIN_S", 0.5)  # a 0.8 s limit for the looping test
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "amc.losses.x_amc_loss__mutmut_1")
+    pytester.makeconftest("from tests.conftest import pytest_collection_modifyitems  # noqa: F401\n")
+    pytester.makepyfile(test_probe=SLOW_PROBE)
+    durations = {
+        "test_probe.py::test_first": 0.01,
+        "test_probe.py::test_looping": 0.1,
+        "test_probe.py::test_second": 0.2,
+    }
+    (pytester.path / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(passed=2, failed=1)
+    output = result.stdout.str()
+    order = [
+        output.index(f"test_probe.py::{name} ") for name in ("test_first", "test_looping", "test_second")
+    ]
+    assert order == sorted(order)
+    assert "FAILED test_probe.py::test_looping" in output
+    assert "Failed: Timeout (>0.8s) from pytest-timeout." in output
+    monkeypatch.delenv("MUTANT_UNDER_TEST")  # a plain run: the file's order, no limits
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-v", "-k", "not looping")
+    output = result.stdout.str()
+    assert output.index("test_probe.py::test_second ") < output.index("test_probe.py::test_first ")
