@@ -5,6 +5,7 @@ through the workflow's rules, in another process)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -405,6 +406,28 @@ def test_a_non_finite_number_anywhere_in_the_configuration_is_refused():
     config["methods"]["amc"]["objectives"]["amc"]["delta_mean"] = float("nan")
     with pytest.raises(grid.GridError, match="config.methods.amc.objectives.amc.delta_mean"):
         grid.validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda c: c["table1"]["rows"][0].update(label="a\x07b"), "config.table1.rows[0].label"),
+        (lambda c: c["methods"]["amc"].update(optim={"a\nb": 1}), "config.methods.amc.optim (key)"),
+    ],
+)
+def test_a_control_character_in_any_value_or_key_is_refused(change, where):
+    config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    change(config)
+    with pytest.raises(grid.GridError, match=rf"^{re.escape(where)}: .* holds a control character"):
+        grid.validate_config(config)
+
+
+def test_validation_fills_in_defaults_without_changing_its_input():
+    config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    before = json.dumps(config, sort_keys=True)
+    validated = grid.validate_config(config)
+    assert json.dumps(config, sort_keys=True) == before
+    assert validated["methods"]["amc"]["optim"] == {} and "optim" not in config["methods"]["amc"]
 
 
 def test_an_unreadable_configuration_names_the_file(tmp_path):
