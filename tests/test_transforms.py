@@ -546,3 +546,13 @@ def test_each_jitter_factor_is_uniform_over_its_range(strengths, monkeypatch):
     draws = [torch.rand((), generator=replay).item() for _ in range(4)]
     got = [seen[name] for name in ("adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue")]
     assert got == pytest.approx(expected(draws), rel=1e-12, abs=1e-12)
+
+
+def test_a_sample_without_a_box_flips_too():
+    """Caption samples (pretraining, VMRM-style) have no box: flipped, they have no mask either."""
+    image = noise_image(53, 37)
+    transform = TrainTransform(32, 32, hflip_p=1.0, **NO_COLOUR)
+    sample = transform(image, None, "the dog left of the cat", torch.Generator().manual_seed(0))
+    assert sample.mask is None and sample.flipped and sample.text == "the dog left of the cat"  # as released
+    resized = cv2.resize(np.asarray(image), (32, 32), interpolation=cv2.INTER_LINEAR)
+    torch.testing.assert_close(sample.image, clip_normalise(resized[:, ::-1].copy()), rtol=0, atol=1e-5)
