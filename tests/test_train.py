@@ -1299,3 +1299,26 @@ def test_a_baseline_objective_is_set_up_with_the_model_and_the_loader_gets_its_w
     amc.train.train(load_run_config(str(config), overrides), tmp_path / "out")
     assert [kwargs["num_workers"] for kwargs in loaders] == [1]
     assert {"loss_itc", "loss_vmrm_contrastive"} <= set(read_metrics(tmp_path / "out" / "metrics.jsonl")[0])
+
+
+def test_the_init_checkpoint_is_loaded_into_the_runs_model_and_must_hold_what_training_reads(
+    tmp_path, ci_data, random_checkpoint
+):
+    """Fine-tuning starts from ``init_checkpoint`` in the run's model configuration (at
+    ``data.image_res``, the position embeddings resized from the checkpoint's 96 px); a checkpoint
+    without what training reads (here the ITC queues, which evaluation may lack) is refused."""
+    import amc.train
+
+    records = records_subset(ci_data, 4, tmp_path / "vg-4.jsonl")
+    path = write_run_config(tmp_path / "run.yaml", ci_data, data__path=str(records))
+    overrides = ["data.image_res=32", "optim.batch_size=4", "optim.max_steps=1", "optim.warmup_steps=0"]
+    config = load_run_config(str(path), [*overrides, f"init_checkpoint={random_checkpoint}"])
+    assert amc.train.train(config, tmp_path / "out").steps == 1
+    weights = checkpoint_state(tmp_path / "out" / "checkpoint_final.pt")
+    assert weights["visual_encoder.pos_embed"].shape[1] == 1 + 4 * 4
+    start = torch.load(random_checkpoint, map_location="cpu", weights_only=False)
+    del start["model"]["image_queue"]
+    torch.save(start, tmp_path / "no-queue.pt")
+    config = load_run_config(str(path), [*overrides, f"init_checkpoint={tmp_path / 'no-queue.pt'}"])
+    with pytest.raises(AmcError, match="image_queue"):
+        amc.train.train(config, tmp_path / "again")
