@@ -1127,6 +1127,7 @@ class _RecordedBoard:
     """A stand-in for amc.tensorboard_log.TensorBoardLog that records what the loop gives it."""
 
     made: list = []
+    logged: list = []  # the values of every log call, of every board
 
     def __init__(self, log_dir, resume_step=None):
         self.steps: list[int] = []
@@ -1134,6 +1135,7 @@ class _RecordedBoard:
 
     def log(self, step, values):
         self.steps.append(step)
+        _RecordedBoard.logged.append(values)
 
     def close(self):
         self.steps.append("closed")
@@ -1168,7 +1170,7 @@ def test_the_loop_seeds_counts_and_reports_each_micro_batch(tmp_path, ci_data, m
         optimizer.step = lambda: step_lrs.append([g["lr"] for g in optimizer.param_groups]) or real_step()
         return optimizer
 
-    clock = iter(range(1_000_000))  # every reading of the clock one second later
+    clock = iter(range(0, 2_000_000, 2))  # every reading of the clock two seconds later
     monkeypatch.setattr(amc.train, "step_seed", recording_seed)
     monkeypatch.setattr(amc.train.TrainingStep, "forward", recording_forward)
     monkeypatch.setattr(amc.train, "build_dataset", recording_build)
@@ -1178,7 +1180,7 @@ def test_the_loop_seeds_counts_and_reports_each_micro_batch(tmp_path, ci_data, m
         amc.train, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: float(next(clock)))})
     )
     monkeypatch.setattr(amc.train, "TensorBoardLog", _RecordedBoard)
-    _RecordedBoard.made = []
+    _RecordedBoard.made, _RecordedBoard.logged = [], []
 
     records = records_subset(ci_data, 8, tmp_path / "vg-8.jsonl")
     config = write_run_config(tmp_path / "run.yaml", ci_data, data__path=str(records))
@@ -1194,13 +1196,12 @@ def test_the_loop_seeds_counts_and_reports_each_micro_batch(tmp_path, ci_data, m
     assert step_lrs == [[lr_at(step, 2, 3, run_config.optim)] * 2 for step in range(3)]  # both groups
     rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
     assert [r["images_replaced"] for r in rows] == [2, 6]  # counted over the run, per micro-batch
-    assert [r["pairs_per_s"] for r in rows] == [
-        4.0,
-        8.0,
-    ]  # global batches of 4 since the last log, in one second
+    # global batches of 4 since the last log (one step, then two), in two seconds
+    assert [r["pairs_per_s"] for r in rows] == [2.0, 4.0]
     assert _RecordedBoard.made == [(tmp_path / "out", None, [1, 3, "closed"])]  # beside metrics.jsonl
-    err = capsys.readouterr().err  # the progress bar: the method, the steps, the loss
-    assert "train albef_vg" in err and "3/3" in err and re.search(r"loss=\d+\.\d{3}", err)
+    assert _RecordedBoard.logged == rows  # TensorBoard gets what metrics.jsonl gets
+    err = capsys.readouterr().err  # the progress bar: the method, the steps, the loss and the rate
+    assert "train albef_vg" in err and "3/3" in err and re.search(r"loss=\d+\.\d{3}, pairs_s=4\b", err)
 
 
 def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights_in_process(
@@ -1212,7 +1213,7 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights_in_process(
 
     monkeypatch.setattr(amc.train, "_images_replaced", lambda raw, procs: 1)
     monkeypatch.setattr(amc.train, "TensorBoardLog", _RecordedBoard)
-    _RecordedBoard.made = []
+    _RecordedBoard.made, _RecordedBoard.logged = [], []
     records = records_subset(ci_data, 8, tmp_path / "vg-8.jsonl")
     config = load_run_config(
         str(write_run_config(tmp_path / "run.yaml", ci_data, data__path=str(records))),
