@@ -1323,3 +1323,25 @@ def test_the_init_checkpoint_is_loaded_into_the_runs_model_and_must_hold_what_tr
     config = load_run_config(str(path), [*overrides, f"init_checkpoint={tmp_path / 'no-queue.pt'}"])
     with pytest.raises(AmcError, match="image_queue"):
         amc.train.train(config, tmp_path / "again")
+
+
+@pytest.mark.parametrize(("terminal", "interval"), [(True, 1.0), (False, 10.0)])
+def test_the_progress_bar_counts_steps_from_the_resumed_one(monkeypatch, terminal, interval):
+    """One line a second on a terminal; in a log file (Slurm's), one every ten seconds."""
+    import tqdm
+
+    import amc.train
+
+    made = []
+    monkeypatch.setattr(tqdm, "tqdm", lambda **kwargs: made.append(kwargs))
+    monkeypatch.setattr(amc.train.os, "isatty", lambda fd: terminal and fd == 2)
+    amc.train._progress_bar(True, total=10, initial=3, name="amc")
+    amc.train._progress_bar(False, total=10, initial=0, name="amc")
+    common = {
+        "total": 10,
+        "desc": "train amc",
+        "unit": "step",
+        "mininterval": interval,
+        "dynamic_ncols": True,
+    }
+    assert made == [{**common, "initial": 3, "disable": False}, {**common, "initial": 0, "disable": True}]
