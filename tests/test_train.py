@@ -143,6 +143,22 @@ def test_a_bad_configuration_names_the_key(overrides, message):
         load_run_config(None, [*BASE, *overrides])
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("method: {objectives: {amc: 5}}", "method.objectives.amc: 5 is not of type 'object', 'null'"),
+        ("method: {objectives: {amc: {weight: -1}}}", "method.objectives.amc.weight: -1 is less than the minimum of 0"),
+        ("optim: {lr: .nan}", "optim.lr: nan is not a finite number"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_from_a_file_names_the_file(tmp_path, text, message):
+    """Also inside a method's objectives, which a file sets as a whole."""
+    path = tmp_path / "method.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(AmcError, match=f"^{re.escape(f'{path}: {message}')}$"):
+        load_run_config(str(path), BASE)
+
+
 def test_a_bad_configuration_file_names_the_file(tmp_path):
     with pytest.raises(AmcError, match=r"nowhere.yaml: run configuration not found"):
         load_run_config(str(tmp_path / "nowhere.yaml"), BASE)

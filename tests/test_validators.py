@@ -332,6 +332,10 @@ def test_the_typed_configuration_gives_back_the_dict_it_was_built_from(tmp_path)
     expected["optim"]["max_steps"] = 7
     assert config.to_dict() == expected
     assert RunConfig.from_dict(config.to_dict()) == config
+    given = config.to_dict()
+    typed = RunConfig.from_dict(given)
+    given["method"]["objectives"]["itc"]["weight"] = 9.0  # the typed copy shares nothing with its input
+    assert typed.method.objectives["itc"] == {"weight": 2.0}
     assert list(config.to_dict()) == list(DEFAULTS)  # config.resolved.yaml keeps the documented order
     assert (config.optim.max_steps, config.selection.splits[0].max_words, config.method.name) == (
         7,
