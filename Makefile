@@ -45,8 +45,8 @@ test-slurm: venv
 test-fast: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not subprocess" -n 2
 
-# Mutation testing of the core with mutmut (docs/testing.md): not part of CI (about three hours on
-# two cores, measured 2026-12-01), part of reviewing a change to the core. One `mutmut run` per
+# Mutation testing of the core with mutmut (docs/testing.md): not part of CI (92 minutes on two
+# cores for the whole scope, measured 2026-12-01), part of reviewing a change to the core. One `mutmut run` per
 # module of [tool.mutmut] only_mutate in pyproject.toml; MODULES=amc/losses.py (or several, space-separated) runs only
 # those. The mutated copy is mutants/ (git-ignored): the log is mutants/run.log, each module's
 # minutes mutants/times.txt. Children started by a test see the mutated package (PYTHONPATH);

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from tests.helpers import REPO, CiData, build_ci_data, tiny_config
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+
+_SETUP_SECONDS = pytest.StashKey[float]()
 
 # Under ``make mutation``, a test whose call runs this many times its clean duration, plus the
 # margin, fails (pytest-timeout): the mutant made it loop or crawl.
@@ -48,6 +51,23 @@ def pytest_collection_modifyitems(config, items):
                 limit = MUTANT_TEST_SLOWDOWN * durations[item.nodeid] + MUTANT_TEST_MARGIN_S
                 # the call only: mutmut's durations leave out fixtures (a module's training run)
                 item.add_marker(pytest.mark.timeout(limit, method="signal", func_only=True), append=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    start = time.perf_counter()
+    yield
+    item.stash[_SETUP_SECONDS] = time.perf_counter() - start
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """In mutmut's clean run (``MUTANT_UNDER_TEST=stats``), a test's recorded duration includes its
+    fixtures' set-up: mutmut records only the call, and limits a mutant's run to 1.5 x the sum of
+    those durations (+ 3 s), so tests with a costly fixture (a module's training run) made mutants
+    that change nothing run past the limit and count as killed (timeouts)."""
+    if call.when == "call" and os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        call.duration += item.stash.get(_SETUP_SECONDS, 0.0)
 
 
 @pytest.fixture(autouse=True, scope="session")

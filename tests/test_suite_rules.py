@@ -109,3 +109,40 @@ def test_under_mutation_tests_run_fastest_first_each_with_its_own_time_limit(pyt
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-v", "-k", "not looping")
     output = result.stdout.str()
     assert output.index("test_probe.py::test_second ") < output.index("test_probe.py::test_first ")
+
+
+SETUP_PROBE = """
+import time
+import pytest
+
+@pytest.fixture(scope="module")
+def costly():
+    time.sleep(0.5)
+
+def test_after_a_costly_set_up(costly):
+    pass
+"""
+
+
+class _CallDurations:
+    """What mutmut's clean run records of each test: the duration of its call report."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def pytest_runtest_makereport(self, item, call):
+        if call.when == "call":
+            self.seconds[item.name] = call.duration
+
+
+@pytest.mark.parametrize(("mutant", "at_least"), [("stats", 0.5), ("", 0.0)])
+def test_mutmuts_recorded_duration_includes_the_fixtures_set_up(pytester, monkeypatch, mutant, at_least):
+    monkeypatch.setenv("MUTANT_UNDER_TEST", mutant)
+    pytester.makeconftest(
+        "from tests.conftest import pytest_runtest_makereport, pytest_runtest_setup  # noqa: F401\n"
+    )
+    pytester.makepyfile(test_probe=SETUP_PROBE)
+    recorder = _CallDurations()
+    pytester.runpytest_inprocess("-p", "no:cacheprovider", plugins=[recorder]).assert_outcomes(passed=1)
+    seconds = recorder.seconds["test_after_a_costly_set_up"]
+    assert seconds >= at_least and (mutant == "stats" or seconds < 0.5)
