@@ -49,7 +49,8 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.nodeid in durations:
                 limit = MUTANT_TEST_SLOWDOWN * durations[item.nodeid] + MUTANT_TEST_MARGIN_S
-                # the call only: mutmut's durations leave out fixtures (a module's training run)
+                # the call only: a module fixture's set-up is in the recorded duration of the test
+                # that first needed it in the clean run, which need not be the first to need it here
                 item.add_marker(pytest.mark.timeout(limit, method="signal", func_only=True), append=False)
 
 

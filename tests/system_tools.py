@@ -35,17 +35,15 @@ def _install(package: str) -> str | None:
     install = ["apt-get", *wait, "install", "-y", "--no-install-recommends", package]
     with open(APT_LOCK_FILE, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _install_holding_the_lock(package, install, wait, env)
-
-
-def _install_holding_the_lock(package: str, install: list[str], wait: list[str], env: dict) -> str | None:
-    for command in (install, ["apt-get", *wait, "update"], install):  # update only when the first try fails
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return f"`{' '.join(command)}` took more than {APT_TIMEOUT_S} s"
-        if result.returncode == 0 and command is install:
-            return None
+        for command in (install, ["apt-get", *wait, "update"], install):  # update only if the first fails
+            try:
+                result = subprocess.run(
+                    command, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT_S
+                )
+            except subprocess.TimeoutExpired:
+                return f"`{' '.join(command)}` took more than {APT_TIMEOUT_S} s"
+            if result.returncode == 0 and command is install:
+                return None
     return f"`apt-get install {package}` failed: {result.stderr.strip()[-300:]}"
 
 

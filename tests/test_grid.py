@@ -16,9 +16,14 @@ from amc.io import AmcError
 from tests.helpers import REPO
 
 
+def raw_ci_config() -> dict:
+    """config/ci.yaml as written, not yet validated."""
+    return yaml.safe_load((REPO / "config/ci.yaml").read_text())
+
+
 def ci_config(**changes) -> dict:
     """config/ci.yaml validated (schema defaults filled), with ``changes`` applied first."""
-    config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    config = raw_ci_config()
     config.update(changes)
     return grid.resolve_paths(grid.validate_config(config))
 
@@ -262,7 +267,7 @@ def test_every_evaluation_of_the_grid():
 
 
 def test_paths_are_resolved_from_the_run_and_the_data_folders():
-    config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    config = raw_ci_config()
     config["data"]["raw_dir"] = "data/{run}/raw"
     config["data"]["records_dir"] = "{raw_dir}/records"
     config["extra"] = ["{records_dir}/a.jsonl", {"b": "{run}"}, 3]
@@ -402,7 +407,7 @@ def test_the_explainer_ablation_targets_and_their_paths():
 
 
 def test_a_non_finite_number_anywhere_in_the_configuration_is_refused():
-    config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    config = raw_ci_config()
     config["methods"]["amc"]["objectives"]["amc"]["delta_mean"] = float("nan")
     with pytest.raises(grid.GridError, match="config.methods.amc.objectives.amc.delta_mean"):
         grid.validate_config(config)
@@ -416,14 +421,14 @@ def test_a_non_finite_number_anywhere_in_the_configuration_is_refused():
     ],
 )
 def test_a_control_character_in_any_value_or_key_is_refused(change, where):
-    config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    config = raw_ci_config()
     change(config)
     with pytest.raises(grid.GridError, match=rf"^{re.escape(where)}: .* holds a control character"):
         grid.validate_config(config)
 
 
 def test_validation_fills_in_defaults_without_changing_its_input():
-    config = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    config = raw_ci_config()
     before = json.dumps(config, sort_keys=True)
     validated = grid.validate_config(config)
     assert json.dumps(config, sort_keys=True) == before
@@ -445,5 +450,5 @@ def test_a_json_configuration_with_its_grid_is_read_as_it_is(tmp_path):
     yaml_path.write_text((REPO / "config/ci.yaml").read_text())
     assert grid.load_config(str(yaml_path)) == resolved
     raw = tmp_path / "raw.json"
-    raw.write_text(json.dumps(yaml.safe_load((REPO / "config/ci.yaml").read_text())))
+    raw.write_text(json.dumps(raw_ci_config()))
     assert grid.load_config(str(raw)) == resolved  # no grid yet: validated and resolved like the YAML

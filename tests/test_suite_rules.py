@@ -68,7 +68,7 @@ import pytest
 
 @pytest.fixture
 def slow_setup():
-    time.sleep(1.0)  # fixtures are not timed: mutmut's durations are the calls'
+    time.sleep(1.0)  # the limit is the call's: set-up is not timed
 
 def test_second():
     pass

@@ -694,9 +694,8 @@ def test_a_short_run_in_process_wires_the_configuration_through(tmp_path, ci_dat
     )
     assert all(r["images_replaced"] == 0 and r["pairs_per_s"] > 0 and r["max_memory_mb"] > 0 for r in rows)
     recorded = yaml.safe_load((out / "config.resolved.yaml").read_text())
-    assert recorded == config.to_dict() and list(recorded) == list(
-        config.to_dict()
-    )  # in the documented order
+    assert recorded == config.to_dict()
+    assert list(recorded) == list(config.to_dict())  # in the documented order
 
     last = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     assert (last["step"], last["epoch"], last["batch_in_epoch"]) == (2, 1, 0)  # saved at the end of epoch 0
