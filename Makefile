@@ -45,12 +45,13 @@ test-slurm: venv
 test-fast: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not subprocess" -n 2
 
-# Mutation testing of the core with mutmut (docs/testing.md): not part of CI (92 minutes on two
-# cores for the whole scope, measured 2026-12-01), part of reviewing a change to the core. One `mutmut run` per
-# module of [tool.mutmut] only_mutate in pyproject.toml; MODULES=amc/losses.py (or several, space-separated) runs only
-# those. The mutated copy is mutants/ (git-ignored): the log is mutants/run.log, each module's
-# minutes mutants/times.txt. Children started by a test see the mutated package (PYTHONPATH);
-# every test session reuses one ci dataset (AMC_TEST_CI_DATA).
+# Mutation testing of the core with mutmut (docs/testing.md): not part of CI, part of reviewing a
+# change to the core. One `mutmut run` over the modules of [tool.mutmut] only_mutate in
+# pyproject.toml (one clean test run and one forced failure for all of them, not one per module);
+# MODULES=amc/losses.py (or several, space-separated) runs only those. The mutated copy is
+# mutants/ (git-ignored): the log is mutants/run.log, the run's minutes mutants/times.txt. Children
+# started by a test see the mutated package (PYTHONPATH); every test session reuses one ci dataset
+# (AMC_TEST_CI_DATA).
 MUTATED = $(shell sed -n '/^only_mutate/,/^]/p' pyproject.toml | grep -o '[a-z_/]*\.py')
 MODULES ?= $(MUTATED)
 mutation: venv
@@ -69,13 +70,11 @@ mutation: venv
 	  (cd $$dir && find . -type f ! -name '*.py' ! -path '*/__pycache__/*' -exec cp --parents {} $(CURDIR)/mutants/$$dir/ \;) \
 	  || exit 1; \
 	done
-	for module in $(MODULES); do \
-	  name=$$(echo $${module%.py} | tr / .); start=$$(date +%s); \
-	  PYTHONPATH=$(CURDIR)/mutants OMP_NUM_THREADS=1 AMC_TEST_CI_DATA=$(CURDIR)/mutants/ci-data \
-	    $(BIN)/mutmut run --max-children 2 "$$name.*" >> mutants/run.log 2>&1 \
-	    || { tail -n 40 mutants/run.log; exit 1; }; \
-	  echo "$$module: $$(( $$(date +%s) - start )) s" | tee -a mutants/times.txt; \
-	done
+	start=$$(date +%s); \
+	PYTHONPATH=$(CURDIR)/mutants OMP_NUM_THREADS=1 AMC_TEST_CI_DATA=$(CURDIR)/mutants/ci-data \
+	  $(BIN)/mutmut run --max-children 2 $(foreach module,$(MODULES),"$(subst /,.,$(module:.py=)).*") \
+	  >> mutants/run.log 2>&1 || { tail -n 40 mutants/run.log; exit 1; }; \
+	echo "$$(date -u +%FT%TZ) $(MODULES): $$(( $$(date +%s) - start )) s" | tee -a mutants/times.txt
 	$(BIN)/python -m tests.mutation_report
 
 # ruff on the code; snakemake --lint on the workflow with both configurations (the findings

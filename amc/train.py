@@ -83,8 +83,8 @@ def setup_processes() -> Processes:
     """torch.distributed when launched by torchrun (WORLD_SIZE set), else one plain process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # pragma: no mutate (device)
+        if torch.cuda.is_available():  # pragma: no mutate block (device)
             torch.cuda.set_device(local_rank)
             device, backend = torch.device("cuda", local_rank), "nccl"
         else:
@@ -194,7 +194,7 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) 
     """AdamW with torch's default betas (0.9, 0.999) and eps 1e-8, no gradient clipping, as released
     (fused on CUDA: the same update, another kernel)."""
     groups = weight_decay_groups(model, optim.weight_decay)
-    return torch.optim.AdamW(groups, lr=optim.lr, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=optim.lr, fused=device.type == "cuda")  # pragma: no mutate (device)
 
 
 def lr_at(step: int, steps_per_epoch: int, total_steps: int, optim: OptimConfig) -> float:
@@ -329,11 +329,13 @@ def to_train_batch(raw: dict, tokenizer, data: DataConfig, device: torch.device)
     texts = [pre_caption(t, data.max_words) for t in raw["text"]]
     tokens = tokenizer(texts, max_length=data.max_tokens)
     box_mask = raw.get("box_mask")
+    if box_mask is not None:
+        box_mask = box_mask.to(device, non_blocking=True)  # pragma: no mutate (device)
     return TrainBatch(
-        image=raw["image"].to(device, non_blocking=True),
-        input_ids=tokens.input_ids.to(device),
-        attention_mask=tokens.attention_mask.to(device),
-        box_mask=None if box_mask is None else box_mask.to(device, non_blocking=True),
+        image=raw["image"].to(device, non_blocking=True),  # pragma: no mutate (device)
+        input_ids=tokens.input_ids.to(device),  # pragma: no mutate (device)
+        attention_mask=tokens.attention_mask.to(device),  # pragma: no mutate (device)
+        box_mask=box_mask,
     )
 
 
@@ -343,7 +345,7 @@ def to_train_batch(raw: dict, tokenizer, data: DataConfig, device: torch.device)
 def _images_replaced(raw: dict, procs: Processes) -> int:
     """Images replaced in this micro-batch, summed over processes."""
     count = int(raw.get("images_replaced", 0))
-    if procs.world_size > 1:
+    if procs.world_size > 1:  # pragma: no mutate block (processes)
         total = torch.tensor(count, device=procs.device)
         dist.all_reduce(total)
         count = int(total.item())
@@ -351,7 +353,7 @@ def _images_replaced(raw: dict, procs: Processes) -> int:
 
 
 def _memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
+    if device.type == "cuda":  # pragma: no mutate block (device)
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -570,7 +572,7 @@ def _build(config: RunConfig, folder: RunFolder, procs: Processes) -> Run:
     else:
         model = ALBEF(model_config)
         model.copy_params()
-    model.to(procs.device).train()
+    model.to(procs.device).train()  # pragma: no mutate (device)
     objectives = build_objectives(config.method.objectives)
     for objective in objectives:
         objective.setup(model)
@@ -583,7 +585,7 @@ def _build(config: RunConfig, folder: RunFolder, procs: Processes) -> Run:
     }
     training_step = TrainingStep(model, objectives, special_ids)
     step_module: nn.Module = training_step
-    if procs.world_size > 1:
+    if procs.world_size > 1:  # pragma: no mutate block (processes)
         step_module = nn.parallel.DistributedDataParallel(
             training_step,
             device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
@@ -602,7 +604,7 @@ def _build(config: RunConfig, folder: RunFolder, procs: Processes) -> Run:
         sampler=sampler,
         num_workers=config.num_workers,
         collate_fn=collate,
-        pin_memory=procs.device.type == "cuda",
+        pin_memory=procs.device.type == "cuda",  # pragma: no mutate (device)
         drop_last=True,
         persistent_workers=False,
     )
@@ -698,9 +700,9 @@ def _loop(run: Run) -> None:
             batch = to_train_batch(raw, run.tokenizer, config.data, procs.device)
             run.images_replaced += _images_replaced(raw, procs)
             last_micro = position == accum - 1
-            sync = (
-                contextlib.nullcontext() if last_micro or procs.world_size == 1 else run.step_module.no_sync()
-            )
+            sync = contextlib.nullcontext()
+            if not last_micro and procs.world_size > 1:  # pragma: no mutate block (processes)
+                sync = run.step_module.no_sync()  # DDP all-reduces the gradients of the last micro-batch only
             with sync:
                 with autocast:
                     out = run.step_module(batch, alpha, generator)
@@ -754,7 +756,7 @@ def _loop(run: Run) -> None:
 def _finish(run: Run) -> None:
     """Check the replicas, publish the best checkpoints, then write the final one: the run is complete."""
     procs = run.procs
-    if procs.world_size > 1:
+    if procs.world_size > 1:  # pragma: no mutate block (processes)
         _check_replicas_identical(run.model, procs)
     if procs.is_main:
         if run.selector is not None:
@@ -773,7 +775,8 @@ def _check_replicas_identical(model: nn.Module, procs: Processes) -> None:
     )
     reference = flat.clone()
     dist.broadcast(reference, src=0)
-    same = torch.tensor([int(torch.equal(flat, reference))], device=flat.device)
+    identical = int(torch.equal(flat, reference))
+    same = torch.tensor([identical], device=flat.device)  # pragma: no mutate (device)
     dist.all_reduce(same, op=dist.ReduceOp.MIN)
     if not bool(same.item()):
         raise AmcError(f"rank {procs.rank}: weights differ between processes after training")

@@ -3,7 +3,8 @@
     python -m tests.mutation_report [--survivors]
 
 Killed counts mutants a test failed on; a timeout (a test ran past mutmut's limit) is listed
-apart and counts as a kill in the rate. ``--survivors`` lists every mutant that survived or had no test, by
+apart and counts as a kill in the rate. "Worker min" is the time a worker spent on the module's
+mutants (their test runs added up; two workers share the wall-clock time). ``--survivors`` lists every mutant that survived or had no test, by
 name (``mutmut show NAME`` prints its diff); ``--diffs`` adds each one's changed lines, read from the
 mutated copy (what ``docs/testing.md`` groups into reasons).
 """
@@ -42,35 +43,47 @@ def mutated_modules(pyproject: Path = Path("pyproject.toml")) -> list[str]:
 
 def module_results(mutants: Path, modules: list[str]) -> dict[str, dict[str, str]]:
     """{module path: {mutant name: status}} for each of ``modules`` that has results in ``mutants``."""
-    results = {}
+    return {module: _statuses(meta) for module, meta in _metas(mutants, modules)}
+
+
+def module_seconds(mutants: Path, modules: list[str]) -> dict[str, float]:
+    """{module path: seconds its mutants' test runs took, added up}."""
+    return {
+        module: sum(meta.get("durations_by_key", {}).values()) for module, meta in _metas(mutants, modules)
+    }
+
+
+def _metas(mutants: Path, modules: list[str]):
     for module in modules:
-        meta = mutants / f"{module}.meta"
-        if meta.exists():
-            codes = json.loads(meta.read_text())["exit_code_by_key"]
-            results[module] = {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
-    return results
+        path = mutants / f"{module}.meta"
+        if path.exists():
+            yield module, json.loads(path.read_text())
 
 
-def table(results: dict[str, dict[str, str]]) -> str:
+def _statuses(meta: dict) -> dict[str, str]:
+    return {name: STATUS.get(code, "suspicious") for name, code in meta["exit_code_by_key"].items()}
+
+
+def table(results: dict[str, dict[str, str]], seconds: dict[str, float]) -> str:
     lines = [
-        "| module | mutants | " + " | ".join(COLUMNS) + " | kill rate |",
-        "|---|---:|" + "---:|" * len(COLUMNS) + "---:|",
+        "| module | mutants | " + " | ".join(COLUMNS) + " | kill rate | worker min |",
+        "|---|---:|" + "---:|" * len(COLUMNS) + "---:|---:|",
     ]
     total: Counter = Counter()
     for module, statuses in results.items():
         counts = Counter(statuses.values())
         total.update(counts)
-        lines.append(_row(f"`{module}`", counts))
-    lines.append(_row("**all**", total))
+        lines.append(_row(f"`{module}`", counts, seconds.get(module, 0.0)))
+    lines.append(_row("**all**", total, sum(seconds.get(module, 0.0) for module in results)))
     return "\n".join(lines)
 
 
-def _row(name: str, counts: Counter) -> str:
+def _row(name: str, counts: Counter, seconds: float) -> str:
     """A table row; the kill rate counts a timeout as a kill (the mutant made a test hang)."""
     run = sum(counts.values()) - counts["not run"]
     rate = f"{100 * (counts['killed'] + counts['timeout']) / run:.1f}%" if run else "-"
     cells = " | ".join(str(counts[c]) for c in COLUMNS)
-    return f"| {name} | {sum(counts.values())} | {cells} | {rate} |"
+    return f"| {name} | {sum(counts.values())} | {cells} | {rate} | {seconds / 60:.1f} |"
 
 
 def function_sources(path: Path) -> dict[str, str]:
@@ -103,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     results = module_results(Path(args.mutants), mutated_modules())
     if not results:
         parser.error(f"{args.mutants}: no mutmut results (run make mutation first)")
-    print(table(results))
+    print(table(results, module_seconds(Path(args.mutants), mutated_modules())))
     if args.survivors:
         for module, statuses in results.items():
             sources = function_sources(Path(args.mutants) / module) if args.diffs else {}

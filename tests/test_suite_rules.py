@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import json
+import re
+import tomllib
 
 import pytest
 
@@ -146,3 +148,46 @@ def test_mutmuts_recorded_duration_includes_the_fixtures_set_up(pytester, monkey
     pytester.runpytest_inprocess("-p", "no:cacheprovider", plugins=[recorder]).assert_outcomes(passed=1)
     seconds = recorder.seconds["test_after_a_costly_set_up"]
     assert seconds >= at_least and (mutant == "stats" or seconds < 0.5)
+
+
+# `# pragma: no mutate (reason)` (or `block`, `start`, `end` before the reason): a line mutmut
+# leaves alone, and why. docs/testing.md defines each reason.
+PRAGMA = re.compile(r"#\s*pragma:\s*no mutate\b(?P<tail>.*)")
+REASON = re.compile(r"^(?:block |start |end )?\((?P<reason>[a-z]+)\)$")
+
+
+def test_every_line_kept_from_mutation_gives_a_reason_the_testing_doc_defines():
+    doc = (REPO / "docs" / "testing.md").read_text()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    kept: list[str] = []
+    for module in pyproject["tool"]["mutmut"]["only_mutate"]:
+        for number, line in enumerate((REPO / module).read_text().splitlines(), start=1):
+            if not (pragma := PRAGMA.search(line)):
+                continue
+            where = f"{module}:{number}"
+            reason = REASON.match(pragma["tail"].strip())
+            assert reason, f"{where}: the pragma gives no reason in parentheses: {line.strip()}"
+            assert f"`# pragma: no mutate ({reason['reason']})`" in doc, (
+                f"{where}: docs/testing.md does not define the reason ({reason['reason']})"
+            )
+            kept.append(where)
+    # the device and multi-process lines of the training loop, evaluation and the objectives
+    assert len(kept) >= 20, kept
+
+
+def test_the_mutation_report_counts_each_module_and_its_worker_minutes(tmp_path, capsys):
+    from tests import mutation_report
+
+    meta = {
+        "exit_code_by_key": {"amc.losses.x_f__mutmut_1": 1, "amc.losses.x_f__mutmut_2": 0,
+                             "amc.losses.x_f__mutmut_3": -24, "amc.losses.x_f__mutmut_4": None},
+        "durations_by_key": {"amc.losses.x_f__mutmut_1": 30.0, "amc.losses.x_f__mutmut_2": 60.0,
+                             "amc.losses.x_f__mutmut_3": 90.0},
+    }  # fmt: skip
+    (tmp_path / "amc").mkdir()
+    (tmp_path / "amc" / "losses.py.meta").write_text(json.dumps(meta))
+    assert mutation_report.main(["--mutants", str(tmp_path)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    # killed, timeout, survived, no tests, not run; the rate of those run, a timeout a kill
+    assert "| `amc/losses.py` | 4 | 1 | 1 | 1 | 0 | 1 | 66.7% | 3.0 |" in rows
+    assert "| **all** | 4 | 1 | 1 | 1 | 0 | 1 | 66.7% | 3.0 |" in rows
