@@ -63,12 +63,12 @@ mutation: venv
 	rm -f mutants/mutmut-stats.json
 	# mutmut re-copies a changed .py file but neither removes a file the checkout no longer has
 	# nor copies the package's data files (schemas, resources)
-	-cd mutants && for f in $$(find amc baselines -type f ! -path '*/__pycache__/*' | sed 's/\.\(meta\|spans\)$$//' | sort -u); do \
+	-cd mutants && for f in $$(find amc baselines -type f ! -path '*/__pycache__/*' 2>/dev/null | sed 's/\.\(meta\|spans\)$$//' | sort -u); do \
 	  [ -e "../$$f" ] || rm -f "$$f" "$$f.meta" "$$f.spans"; \
 	done
 	for dir in amc baselines; do \
-	  (cd $$dir && find . -type f ! -name '*.py' ! -path '*/__pycache__/*' -exec cp --parents {} $(CURDIR)/mutants/$$dir/ \;) \
-	  || exit 1; \
+	  mkdir -p mutants/$$dir && (cd $$dir && find . -type f ! -name '*.py' ! -path '*/__pycache__/*' \
+	    -exec cp --parents {} $(CURDIR)/mutants/$$dir/ \;) || exit 1; \
 	done
 	start=$$(date +%s); \
 	PYTHONPATH=$(CURDIR)/mutants OMP_NUM_THREADS=1 AMC_TEST_CI_DATA=$(CURDIR)/mutants/ci-data \

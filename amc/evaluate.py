@@ -221,17 +221,16 @@ def _phrase_batches(
         image_embeds = _encode_images(model, images)
         phrases = [(i, r) for i, p in enumerate(batch_paths) for r in by_image[p]]
         for start in range(0, len(phrases), phrases_per_batch):
-            chunk = phrases[start : start + phrases_per_batch]
-            texts = [inputs.text(r.phrase) for _, r in chunk]
-            if any(not t for t in texts):
-                for (_, r), t in zip(chunk, texts, strict=True):
-                    if not t:
-                        skipped["phrase empty after clean-up"] += 1
-                        log.warning("%s: phrase %r is empty after clean-up; skipped", r.id, r.phrase)
-                chunk = [(i, r) for (i, r), t in zip(chunk, texts, strict=True) if t]
-                texts = [t for t in texts if t]
-                if not chunk:
-                    continue
+            chunk, texts = [], []
+            for i, r in phrases[start : start + phrases_per_batch]:
+                if text := inputs.text(r.phrase):
+                    chunk.append((i, r))
+                    texts.append(text)
+                else:
+                    skipped["phrase empty after clean-up"] += 1
+                    log.warning("%s: phrase %r is empty after clean-up; skipped", r.id, r.phrase)
+            if not chunk:
+                continue
             tokens = inputs.tokens(tokenizer, texts, model.config.text.max_position_embeddings)
             yield _PhraseBatch(
                 records=[r for _, r in chunk],
@@ -379,7 +378,7 @@ def _score_upsampled(
         energy=None if energy is None else round(energy, 6),
     )
     if proposals:
-        image_proposals = proposals.get(str(record.image_id), [])
+        image_proposals = proposals.get(str(record.image_id))
         result.box_hit = box_hit(upsampled, image_proposals, record.boxes[0]) if image_proposals else False
     return result
 
@@ -446,10 +445,8 @@ def configure_parser(parser) -> None:
     parser.add_argument(
         "--max-words", type=positive_int, help="words kept by pre_caption (default: per benchmark)"
     )
-    parser.add_argument("--method", default=None, help="method name recorded in the summary")
-    parser.add_argument(
-        "--seed", type=nonnegative_int, default=None, help="training seed recorded in the summary"
-    )
+    parser.add_argument("--method", help="method name recorded in the summary")
+    parser.add_argument("--seed", type=nonnegative_int, help="training seed recorded in the summary")
     parser.add_argument(
         "--explainer",
         action="append",
@@ -470,7 +467,7 @@ def configure_parser(parser) -> None:
     parser.add_argument(
         "--skip-missing-images", action="store_true", help="count missing or unreadable images as skipped"
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
+    parser.add_argument("--device", help="cpu, cuda (default: cuda when available)")
 
 
 @dataclass
@@ -558,7 +555,8 @@ def run(args) -> int:
     check_outputs(
         {**{f"--out ({task.name})": task.out for task in tasks}, "--heatmaps": args.heatmaps}, inputs
     )
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"  # pragma: no mutate (device)
+    device = torch.device(args.device or default_device)
     # Read every input before the first (possibly long) evaluation starts: each split's records and
     # prepare report, the proposals, and every checkpoint with its model configuration and vocabulary.
     splits = [_load_split(task, args) for task in tasks]

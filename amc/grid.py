@@ -290,7 +290,7 @@ def expand_methods(config: dict) -> dict[str, dict]:
 
 def sweep_symbol(sweep: dict) -> str:
     """A sweep's axis label: its ``symbol``, or else the last part of its dotted ``parameter``."""
-    return sweep["symbol"] or sweep["parameter"].rsplit(".", 1)[-1]
+    return sweep["symbol"] or sweep["parameter"].split(".")[-1]
 
 
 def sweep_axes(config: dict) -> list[dict]:

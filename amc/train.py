@@ -678,7 +678,7 @@ def _loop(run: Run) -> None:
     steps_per_epoch = run.sampler.steps_per_epoch
     # TensorBoard event files beside metrics.jsonl when tensorboard is installed (amc.tensorboard_log)
     board = TensorBoardLog(run.folder.metrics.parent, resume_step=run.step or None) if procs.is_main else None
-    autocast = numerics(config.precision, procs.device)
+    autocast = numerics(config.precision, procs.device)  # pragma: no mutate (device)
     progress = _progress_bar(procs.is_main, total_steps, run.step, config.method.name)
     window_start, window_pairs = time.perf_counter(), 0
     global_batch = optim.batch_size * accum * procs.world_size

@@ -452,3 +452,23 @@ def test_a_json_configuration_with_its_grid_is_read_as_it_is(tmp_path):
     raw = tmp_path / "raw.json"
     raw.write_text(json.dumps(raw_ci_config()))
     assert grid.load_config(str(raw)) == resolved  # no grid yet: validated and resolved like the YAML
+
+
+def test_a_schema_error_names_the_key_with_list_positions_and_a_bad_name_says_what_a_name_is():
+    with pytest.raises(grid.GridError, match=r"^config\.seeds\[1\]: -1 is less than the minimum of 0"):
+        ci_config(seeds=[0, -1])
+    with pytest.raises(grid.GridError, match=r"^config\.run: 'a b' is not a name \(a letter or digit, then"):
+        ci_config(run="a b")
+    # a pattern other than a name's: the schema's own message
+    with pytest.raises(grid.GridError, match=r"^config\.sweeps\[0\]\.parameter: 'lr' does not match '"):
+        sweep_config({**SWEEP, "parameter": "lr"})
+
+
+def test_the_schema_and_the_methods_are_copies_a_caller_may_change():
+    schema = grid.config_schema()
+    schema["properties"].clear()
+    assert "methods" in grid.config_schema()["properties"]
+    config = ci_config()
+    objectives = json.dumps(config["methods"]["amc"]["objectives"], sort_keys=True)
+    grid.expand_methods(config)["amc"]["objectives"].clear()
+    assert json.dumps(config["methods"]["amc"]["objectives"], sort_keys=True) == objectives != "{}"
