@@ -99,9 +99,11 @@ def function_sources(path: Path) -> dict[str, str]:
 
 def mutant_diff(sources: dict[str, str], name: str) -> list[str]:
     """The lines mutant ``name`` changes (``-`` original, ``+`` mutated)."""
-    original = sources.get(name.rsplit("__mutmut_", 1)[0].split(".")[-1] + "__mutmut_orig", "")
-    mutated = sources.get(name.split(".")[-1], "")
-    lines = difflib.unified_diff(original.splitlines()[1:], mutated.splitlines()[1:], lineterm="", n=0)
+    original_name = name.rsplit("__mutmut_", 1)[0].split(".")[-1] + "__mutmut_orig"
+    original = sources.get(original_name, "")
+    # the same name on both sides, so that a mutant of the ``def`` line (a default) shows
+    mutated = sources.get(name.split(".")[-1], "").replace(name.split(".")[-1], original_name, 1)
+    lines = difflib.unified_diff(original.splitlines(), mutated.splitlines(), lineterm="", n=0)
     return [line.strip() for line in lines if line[:1] in "-+" and line[:3] not in ("---", "+++")]
 
 

@@ -191,3 +191,21 @@ def test_the_mutation_report_counts_each_module_and_its_worker_minutes(tmp_path,
     # killed, timeout, survived, no tests, not run; the rate of those run, a timeout a kill
     assert "| `amc/losses.py` | 4 | 1 | 1 | 1 | 0 | 1 | 66.7% | 3.0 |" in rows
     assert "| **all** | 4 | 1 | 1 | 1 | 0 | 1 | 66.7% | 3.0 |" in rows
+
+
+def test_the_mutation_report_shows_a_mutant_of_a_default_argument():
+    from tests import mutation_report
+
+    sources = {
+        "x_f__mutmut_orig": "def x_f__mutmut_orig(a, b=0):\n    return a + b",
+        "x_f__mutmut_1": "def x_f__mutmut_1(a, b=1):\n    return a + b",
+        "x_f__mutmut_2": "def x_f__mutmut_2(a, b=0):\n    return a - b",
+    }
+    assert mutation_report.mutant_diff(sources, "amc.m.x_f__mutmut_1") == [
+        "-def x_f__mutmut_orig(a, b=0):",
+        "+def x_f__mutmut_orig(a, b=1):",
+    ]
+    assert mutation_report.mutant_diff(sources, "amc.m.x_f__mutmut_2") == [
+        "-    return a + b",
+        "+    return a - b",
+    ]
