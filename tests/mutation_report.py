@@ -41,27 +41,20 @@ def mutated_modules(pyproject: Path = Path("pyproject.toml")) -> list[str]:
     return tomllib.loads(pyproject.read_text())["tool"]["mutmut"]["only_mutate"]
 
 
-def module_results(mutants: Path, modules: list[str]) -> dict[str, dict[str, str]]:
-    """{module path: {mutant name: status}} for each of ``modules`` that has results in ``mutants``."""
-    return {module: _statuses(meta) for module, meta in _metas(mutants, modules)}
+def module_metas(mutants: Path, modules: list[str]) -> dict[str, dict]:
+    """{module path: mutmut's ``.meta`` record} for each of ``modules`` that has results in ``mutants``."""
+    paths = {module: mutants / f"{module}.meta" for module in modules}
+    return {module: json.loads(path.read_text()) for module, path in paths.items() if path.exists()}
 
 
-def module_seconds(mutants: Path, modules: list[str]) -> dict[str, float]:
-    """{module path: seconds its mutants' test runs took, added up}."""
-    return {
-        module: sum(meta.get("durations_by_key", {}).values()) for module, meta in _metas(mutants, modules)
-    }
-
-
-def _metas(mutants: Path, modules: list[str]):
-    for module in modules:
-        path = mutants / f"{module}.meta"
-        if path.exists():
-            yield module, json.loads(path.read_text())
-
-
-def _statuses(meta: dict) -> dict[str, str]:
+def mutant_statuses(meta: dict) -> dict[str, str]:
+    """{mutant name: status} of one module's record."""
     return {name: STATUS.get(code, "suspicious") for name, code in meta["exit_code_by_key"].items()}
+
+
+def worker_seconds(meta: dict) -> float:
+    """The seconds one module's mutants' test runs took, added up."""
+    return sum(meta.get("durations_by_key", {}).values())
 
 
 def table(results: dict[str, dict[str, str]], seconds: dict[str, float]) -> str:
@@ -99,10 +92,11 @@ def function_sources(path: Path) -> dict[str, str]:
 
 def mutant_diff(sources: dict[str, str], name: str) -> list[str]:
     """The lines mutant ``name`` changes (``-`` original, ``+`` mutated)."""
-    original_name = name.rsplit("__mutmut_", 1)[0].split(".")[-1] + "__mutmut_orig"
+    mutant_name = name.split(".")[-1]
+    original_name = mutant_name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
     original = sources.get(original_name, "")
     # the same name on both sides, so that a mutant of the ``def`` line (a default) shows
-    mutated = sources.get(name.split(".")[-1], "").replace(name.split(".")[-1], original_name, 1)
+    mutated = sources.get(mutant_name, "").replace(mutant_name, original_name, 1)
     lines = difflib.unified_diff(original.splitlines(), mutated.splitlines(), lineterm="", n=0)
     return [line.strip() for line in lines if line[:1] in "-+" and line[:3] not in ("---", "+++")]
 
@@ -115,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--survivors", action="store_true", help="list the mutants no test killed")
     parser.add_argument("--diffs", action="store_true", help="with --survivors: each one's changed lines")
     args = parser.parse_args(argv)
-    results = module_results(Path(args.mutants), mutated_modules())
-    if not results:
+    metas = module_metas(Path(args.mutants), mutated_modules())
+    if not metas:
         parser.error(f"{args.mutants}: no mutmut results (run make mutation first)")
-    print(table(results, module_seconds(Path(args.mutants), mutated_modules())))
+    results = {module: mutant_statuses(meta) for module, meta in metas.items()}
+    print(table(results, {module: worker_seconds(meta) for module, meta in metas.items()}))
     if args.survivors:
         for module, statuses in results.items():
             sources = function_sources(Path(args.mutants) / module) if args.diffs else {}
